@@ -1,0 +1,429 @@
+"""The batch-size control law: measurements in, next batch size out.
+
+Pure: no I/O, no clock reads, no psutil. Everything the law needs arrives
+as arguments (a :class:`BatchMeasurement` per finished batch, the current
+resident bytes of the process tree, the pressure level, how many batches
+run at once), so it can be unit-tested with synthetic numbers.
+
+Estimates
+---------
+Two per-item costs are estimated from each batch and smoothed with an
+exponentially weighted moving average (EWMA, weight ``ewma_alpha`` on the
+newest sample):
+
+* ``bytes_per_item`` = ``peak_bytes / size`` (bytes per item), the peak
+  resident bytes above the pre-batch level divided by the batch size;
+* ``seconds_per_item`` = ``duration_s / size`` (seconds per item).
+
+Before a sample enters the EWMA it is clipped to
+``[estimate / outlier_ratio, estimate * outlier_ratio]``, so one outlier
+batch moves the estimate by at most ``alpha * (outlier_ratio - 1)``
+(+60 % with the defaults) and cannot halve or double the batch size. Two
+consecutive samples outside that window *on the same side* are a level
+shift, not an outlier: the estimate is reset to the newest sample.
+
+Set-points
+----------
+* Memory: the predicted peak of the next batch,
+  ``baseline_bytes + size * bytes_per_item * in_flight``, must stay under
+  ``memory_target_fraction * memory_limit_bytes``. Solving for ``size``
+  gives ``memory_size = (fraction * limit - baseline) / (bytes_per_item *
+  in_flight)``. The default fraction 0.6 is Dask's worker memory "target"
+  (``distributed.worker.memory.target: 0.60`` in distributed's
+  ``distributed.yaml``; https://distributed.dask.org/en/stable/worker-memory.html),
+  the level at which a Dask worker starts to relieve memory.
+* Time: batch wall time inside ``target_batch_seconds`` (default
+  ``(0.2, 2.0)`` s), joblib's auto-batching band
+  (``AutoBatchingMixin.MIN_IDEAL_BATCH_DURATION = 0.2`` and
+  ``MAX_IDEAL_BATCH_DURATION = 2`` in ``joblib/_parallel_backends.py``; older
+  joblib kept them in ``joblib/parallel.py``): long enough to amortise the
+  per-batch overhead, short enough that progress, checkpoints and load
+  balancing stay frequent. ``time_size = sqrt(low * high) / seconds_per_item``
+  aims at the geometric middle of the band (0.63 s by default). While the
+  predicted duration of the current size is inside the band the time term
+  never asks for a *smaller* batch (``time_size = max(size, time_size)``):
+  hysteresis, so noise does not make the size chatter.
+
+The law (applied after every batch, in this order)
+--------------------------------------------------
+::
+
+    candidate = min(memory_size, time_size, size * growth_factor)  # MI toward the set-points
+    if pressure >= WARNING:
+        candidate = min(candidate, size * shrink_factor ** pressure) # MD on pressure
+    next = clamp(candidate, min_batch_size, min(max_batch_size, ceiling))
+
+That is multiplicative increase, multiplicative decrease (MIMD) around
+model-based set-points, not AIMD: the size grows by ``growth_factor`` per
+batch while both targets have room, jumps straight down to the memory or
+time set-point when one binds, and is multiplied by ``shrink_factor`` once
+per pressure level (warning x0.5, critical x0.25, emergency x0.125 with the
+default 0.5). A ``MemoryError`` sets a ceiling of ``size // 2`` (at least
+``min_batch_size``) for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+from batchmem.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from batchmem.heap.monitor import PressureLevel
+
+__all__ = [
+    "BatchMeasurement",
+    "BatchSizeController",
+    "ControlConfig",
+    "Decision",
+]
+
+#: ``PressureLevel.WARNING`` as an int: the control law compares ints so it
+#: does not import the heap package (PressureLevel is an IntEnum).
+_WARNING = 1
+
+
+@dataclass(frozen=True)
+class BatchMeasurement:
+    """What one finished batch cost.
+
+    Attributes:
+        size: items in the batch.
+        duration_s: wall time of the batch, seconds.
+        peak_bytes: peak resident bytes above the pre-batch level, in the
+            process that ran the batch, bytes.
+        failed: items of the batch that raised, items.
+    """
+
+    size: int
+    duration_s: float
+    peak_bytes: int
+    failed: int = 0
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class ControlConfig:
+    """Tuning of the control law; validated on construction.
+
+    Attributes:
+        initial_batch_size: first batch size of a cold run, items.
+        min_batch_size: smallest batch ever proposed, items (>= 1).
+        max_batch_size: largest batch ever proposed, items.
+        memory_target_fraction: share of the memory limit the predicted
+            batch peak may reach, in (0, 1]. Default 0.6 = Dask's
+            ``distributed.worker.memory.target``.
+        target_batch_seconds: (low, high) wall-time band of one batch,
+            seconds. Default (0.2, 2.0) = joblib's
+            ``MIN_IDEAL_BATCH_DURATION`` / ``MAX_IDEAL_BATCH_DURATION``.
+        ewma_alpha: weight of the newest sample in the EWMA estimates, (0, 1].
+        growth_factor: multiplicative increase per batch while there is room, > 1.
+        shrink_factor: multiplicative decrease per pressure level, in (0, 1).
+        outlier_ratio: a per-item sample further than this factor from the
+            estimate is clipped (one outlier) or, twice in a row on the same
+            side, taken as a level shift; > 1.
+    """
+
+    initial_batch_size: int = 100
+    min_batch_size: int = 1
+    max_batch_size: int = 1_000_000
+    memory_target_fraction: float = 0.6
+    target_batch_seconds: tuple[float, float] = (0.2, 2.0)
+    ewma_alpha: float = 0.3
+    growth_factor: float = 2.0
+    shrink_factor: float = 0.5
+    outlier_ratio: float = field(default=3.0)
+
+    def __post_init__(self) -> None:
+        for name in ("initial_batch_size", "min_batch_size", "max_batch_size"):
+            value = getattr(self, name)
+            if not _is_int(value):
+                raise ConfigError(f"{name}={value!r} is not an integer: give a whole number of items")
+        if self.min_batch_size < 1:
+            raise ConfigError(f"min_batch_size={self.min_batch_size} is below 1: set min_batch_size >= 1")
+        if self.max_batch_size < self.min_batch_size:
+            raise ConfigError(
+                f"max_batch_size={self.max_batch_size} is below min_batch_size={self.min_batch_size}: "
+                "set max_batch_size >= min_batch_size"
+            )
+        if not self.min_batch_size <= self.initial_batch_size <= self.max_batch_size:
+            raise ConfigError(
+                f"initial_batch_size={self.initial_batch_size} is outside "
+                f"[min_batch_size={self.min_batch_size}, max_batch_size={self.max_batch_size}]: "
+                "set it between the two"
+            )
+        f = self.memory_target_fraction
+        if not _is_number(f) or not 0 < f <= 1:
+            raise ConfigError(
+                f"memory_target_fraction={f!r} is not in (0, 1]: give a fraction of the memory limit, e.g. 0.6"
+            )
+        band = self.target_batch_seconds
+        if (
+            not isinstance(band, (tuple, list))
+            or len(band) != 2
+            or not all(_is_number(x) for x in band)
+        ):
+            raise ConfigError(
+                f"target_batch_seconds={band!r} is not a (low, high) pair of seconds: give e.g. (0.2, 2.0)"
+            )
+        low, high = float(band[0]), float(band[1])
+        if not 0 < low < high:
+            raise ConfigError(
+                f"target_batch_seconds={band!r} needs 0 < low < high: give e.g. (0.2, 2.0)"
+            )
+        self.target_batch_seconds = (low, high)
+        a = self.ewma_alpha
+        if not _is_number(a) or not 0 < a <= 1:
+            raise ConfigError(f"ewma_alpha={a!r} is not in (0, 1]: give e.g. 0.3")
+        g = self.growth_factor
+        if not _is_number(g) or g <= 1:
+            raise ConfigError(f"growth_factor={g!r} is not > 1: give e.g. 2.0")
+        s = self.shrink_factor
+        if not _is_number(s) or not 0 < s < 1:
+            raise ConfigError(f"shrink_factor={s!r} is not in (0, 1): give e.g. 0.5")
+        r = self.outlier_ratio
+        if not _is_number(r) or r <= 1:
+            raise ConfigError(f"outlier_ratio={r!r} is not > 1: give e.g. 3.0")
+
+    @property
+    def band_middle_s(self) -> float:
+        """Geometric middle of ``target_batch_seconds``, seconds (0.632 s by default)."""
+        low, high = self.target_batch_seconds
+        return math.sqrt(low * high)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why the last size was chosen (for statistics and recommendations).
+
+    ``reason`` is one of ``"initial"``, ``"growth"``, ``"memory"``,
+    ``"time"``, ``"hold"``, ``"pressure"``, ``"ceiling"``, ``"min"``,
+    ``"max"``, ``"memory_error"``. Sizes are items.
+    """
+
+    size: int
+    reason: str
+    memory_size: int | None = None
+    time_size: int | None = None
+
+
+class _Ewma:
+    """EWMA of a non-negative per-item cost with outlier clipping and level-shift reset."""
+
+    __slots__ = ("alpha", "ratio", "value", "_pending")
+
+    def __init__(self, alpha: float, ratio: float, value: float | None = None):
+        self.alpha = alpha
+        self.ratio = ratio
+        self.value = value
+        self._pending = 0  # +1 / -1: the previous sample was clipped high / low
+
+    def update(self, sample: float) -> float:
+        sample = max(0.0, float(sample))
+        est = self.value
+        if est is None or est <= 0.0:
+            # Nothing to compare against (cold start, or all-zero so far): take the sample.
+            self.value = sample if est is None else est + self.alpha * (sample - est)
+            self._pending = 0
+            return self.value
+        hi, lo = est * self.ratio, est / self.ratio
+        side = 1 if sample > hi else (-1 if sample < lo else 0)
+        if side and side == self._pending:
+            self.value = sample  # level shift confirmed by two batches in a row
+            self._pending = 0
+            return self.value
+        self._pending = side
+        clipped = min(max(sample, lo), hi)
+        self.value = est + self.alpha * (clipped - est)
+        return self.value
+
+
+class BatchSizeController:
+    """Chooses the next batch size (items) from per-batch measurements.
+
+    See the module docstring for the control law. ``memory_limit_bytes`` is
+    the limit of the process tree, bytes; ``None`` disables the memory term
+    (only time, pressure and the MemoryError ceiling then bound the size).
+    ``warm_start`` seeds a run with what an earlier run of the same
+    operation learned: ``{"batch_size": items, "bytes_per_item": bytes,
+    "seconds_per_item": seconds}`` (any key may be missing).
+    """
+
+    def __init__(
+        self,
+        config: ControlConfig | None = None,
+        memory_limit_bytes: int | None = None,
+        warm_start: Mapping[str, Any] | None = None,
+    ):
+        self.config = config if config is not None else ControlConfig()
+        if memory_limit_bytes is not None and (not _is_int(memory_limit_bytes) or memory_limit_bytes <= 0):
+            raise ConfigError(
+                f"memory_limit_bytes={memory_limit_bytes!r} is not a positive number of bytes: "
+                "give e.g. 2_000_000_000, or None to size by time only"
+            )
+        self.memory_limit_bytes = memory_limit_bytes
+        cfg = self.config
+        self._bytes = _Ewma(cfg.ewma_alpha, cfg.outlier_ratio)
+        self._seconds = _Ewma(cfg.ewma_alpha, cfg.outlier_ratio)
+        self._ceiling: int | None = None
+        size = cfg.initial_batch_size
+        if warm_start:
+            bs = warm_start.get("batch_size")
+            if _is_number(bs) and bs >= 1:
+                size = int(bs)
+            bpi = warm_start.get("bytes_per_item")
+            if _is_number(bpi) and bpi >= 0:
+                self._bytes.value = float(bpi)
+            spi = warm_start.get("seconds_per_item")
+            if _is_number(spi) and spi >= 0:
+                self._seconds.value = float(spi)
+        self._size = self._clamp(size)
+        self.last_decision = Decision(self._size, "initial")
+
+    # -- read-only state ----------------------------------------------------
+
+    @property
+    def bytes_per_item(self) -> float | None:
+        """Smoothed peak bytes per item (bytes), or None before the first batch."""
+        return self._bytes.value
+
+    @property
+    def seconds_per_item(self) -> float | None:
+        """Smoothed wall time per item (seconds), or None before the first batch."""
+        return self._seconds.value
+
+    @property
+    def ceiling(self) -> int | None:
+        """Largest size allowed after a MemoryError (items), or None."""
+        return self._ceiling
+
+    def next_size(self) -> int:
+        """The size (items) the next batch should have."""
+        return self._size
+
+    def memory_target_size(self, baseline_bytes: int, in_flight: int = 1) -> int | None:
+        """Largest size (items) whose predicted peak stays under the memory target.
+
+        ``baseline_bytes + size * bytes_per_item * in_flight <=
+        memory_target_fraction * memory_limit_bytes``, clamped to
+        ``[min_batch_size, max_batch_size]``. None when there is no limit
+        or no bytes-per-item estimate yet (or it is zero).
+        """
+        bpi = self._bytes.value
+        if self.memory_limit_bytes is None or bpi is None or bpi <= 0:
+            return None
+        cfg = self.config
+        budget = cfg.memory_target_fraction * self.memory_limit_bytes - max(0, baseline_bytes)
+        per_batch = bpi * max(1, in_flight)
+        if budget <= per_batch * cfg.min_batch_size:
+            return cfg.min_batch_size
+        return int(min(cfg.max_batch_size, budget // per_batch))
+
+    def time_target_size(self) -> int | None:
+        """Size (items) the time band asks for, or None without a usable estimate.
+
+        Outside the band: the size whose predicted duration is the band's
+        geometric middle. Inside: the same, but never below the current size.
+        """
+        spi = self._seconds.value
+        if spi is None or spi <= 0:
+            return None
+        cfg = self.config
+        low, high = cfg.target_batch_seconds
+        aim = cfg.band_middle_s / spi
+        aim_items = int(min(float(cfg.max_batch_size), max(1.0, aim)))
+        predicted_s = self._size * spi
+        if low <= predicted_s <= high:
+            return max(self._size, aim_items)
+        return aim_items
+
+    # -- inputs -------------------------------------------------------------
+
+    def observe(
+        self,
+        m: BatchMeasurement,
+        *,
+        baseline_bytes: int,
+        pressure: PressureLevel | int = 0,
+        in_flight: int = 1,
+    ) -> int:
+        """Feed one finished batch; return the next size (items).
+
+        Args:
+            m: the batch's measurement.
+            baseline_bytes: resident bytes of the process tree now, bytes.
+            pressure: ``PressureLevel`` (an IntEnum; NORMAL=0 ... EMERGENCY=3).
+            in_flight: batches that run at the same time (n_jobs), batches.
+        """
+        if m.size > 0 and m.failed < m.size:
+            # A batch where every item failed says nothing about the cost of success.
+            self._bytes.update(max(0, m.peak_bytes) / m.size)
+            self._seconds.update(max(0.0, m.duration_s) / m.size)
+        cfg = self.config
+        size = self._size
+        grown = max(size + 1, int(size * cfg.growth_factor))
+        candidate, reason = grown, "growth"
+        mem = self.memory_target_size(baseline_bytes, in_flight)
+        tim = self.time_target_size()
+        if tim is not None and tim < candidate:
+            candidate, reason = tim, ("hold" if tim == size else "time")
+        if mem is not None and mem <= candidate:
+            candidate, reason = mem, "memory"
+        level = int(pressure)
+        if level >= _WARNING:
+            shrunk = min(size - 1, int(size * cfg.shrink_factor**level))
+            if shrunk < candidate:
+                candidate, reason = shrunk, "pressure"
+        self._size, reason = self._clamp_reason(candidate, reason)
+        self.last_decision = Decision(self._size, reason, mem, tim)
+        return self._size
+
+    def cap_to_memory(self, baseline_bytes: int, in_flight: int = 1) -> int:
+        """Lower the next size to the memory-target size if it is above it; return the next size (items).
+
+        For the first batch of a warm-started run, whose learned size may
+        come from a run under a larger limit or a smaller baseline.
+        """
+        mem = self.memory_target_size(baseline_bytes, in_flight)
+        if mem is not None and mem < self._size:
+            self._size = self._clamp(mem)
+            self.last_decision = Decision(self._size, "memory", mem, None)
+        return self._size
+
+    def on_memory_error(self, size: int) -> int:
+        """A batch of ``size`` items raised MemoryError: cap sizes at ``size // 2`` for the rest of the run.
+
+        The ceiling never rises again in this run (at least ``min_batch_size``).
+        Returns the next size (items).
+        """
+        cap = max(self.config.min_batch_size, int(size) // 2)
+        self._ceiling = cap if self._ceiling is None else min(self._ceiling, cap)
+        self._size = self._clamp(min(self._size, self._ceiling))
+        self.last_decision = Decision(self._size, "memory_error")
+        return self._size
+
+    # -- helpers ------------------------------------------------------------
+
+    def _upper(self) -> int:
+        cfg = self.config
+        return cfg.max_batch_size if self._ceiling is None else min(cfg.max_batch_size, self._ceiling)
+
+    def _clamp(self, size: float) -> int:
+        return int(min(self._upper(), max(self.config.min_batch_size, size)))
+
+    def _clamp_reason(self, size: float, reason: str) -> tuple[int, str]:
+        upper = self._upper()
+        if size > upper:
+            return upper, ("ceiling" if self._ceiling is not None and upper == self._ceiling else "max")
+        if size < self.config.min_batch_size:
+            return self.config.min_batch_size, "min"
+        return int(size), reason
