@@ -1,0 +1,51 @@
+"""The checkpoint: how far a run got, replaced atomically after every committed batch.
+
+A run commits a batch by appending its lines to the output (and error) file,
+flushing, and then replacing ``<output>.ckpt.json``. On resume the output is
+truncated back to the checkpoint's byte offset (cutting any torn tail written
+after the last commit) and the committed items are skipped in the source.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+
+from .stats import write_json_atomic
+
+__all__ = ["Checkpoint", "checkpoint_path"]
+
+
+def checkpoint_path(output: str | os.PathLike[str]) -> Path:
+    """``<output>.ckpt.json``."""
+    output = Path(output)
+    return output.with_name(output.name + ".ckpt.json")
+
+
+@dataclass
+class Checkpoint:
+    """Items committed and the byte offsets of the files that hold them."""
+
+    items: int = 0  # input items committed (lines in the output)
+    batches: int = 0
+    output_bytes: int = 0
+    errors_bytes: int = 0
+    batches_bytes: int = 0
+    failed: int = 0
+    fingerprint: str = ""  # what produced the output (function, source, batching); resume refuses a mismatch
+    complete: bool = False
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Checkpoint | None:
+        """The saved checkpoint, or None when there is none."""
+        try:
+            data = orjson.loads(Path(path).read_bytes())
+        except FileNotFoundError:
+            return None
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})

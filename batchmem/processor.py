@@ -1,0 +1,496 @@
+"""BatchProcessor: the pipeline loop.
+
+source ──items──▶ batcher ──batch──▶ executor ──results──▶ sink (JSONL)
+                    ▲ next size           │ measurement
+                 BatchOptimizer ◀─────────┘ + MemoryMonitor sample
+
+The batcher asks the optimizer for a size just before it cuts each batch;
+finished batches are written in input order, then a checkpoint is replaced
+atomically, so a crash leaves a valid prefix that ``resume=True`` continues.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .checkpoint import Checkpoint, checkpoint_path
+from .errors import ConfigError, ItemFailedError, OutputExistsError
+from .executors import BatchOutcome, BatchTask, RunOptions, make_executor
+from .heap.monitor import MemoryMonitor, PressureLevel, current_rss_bytes
+from .optimizer import BatchOptimizer
+from .optimizer.control import BatchMeasurement, ControlConfig
+from .sinks import NULL_LINE, JsonlSink, encode_results, error_record, iter_jsonl, open_sink
+from .sources import as_source
+from .stats import BatchRecordWriter, RunStats, write_json_atomic
+
+__all__ = ["BatchProcessor", "BatchResult", "NODE_ALIASES"]
+
+logger = logging.getLogger("batchmem")
+
+#: The Node module's option names, accepted as keyword aliases (the only place they are mapped).
+NODE_ALIASES = MappingProxyType(
+    {
+        "batchSize": "batch_size",
+        "autoOptimize": "auto_optimize",
+        "memoryMonitoring": "memory_monitoring",
+        "detectMemoryIssues": "detect_memory_issues",
+        "processName": "process_name",
+        "forceGCOnCompletion": "force_gc_on_completion",
+    }
+)
+_ON_ERROR = ("raise", "skip", "retry")
+
+
+def _accept_node_aliases(init: Callable[..., None]) -> Callable[..., None]:
+    """Rename the Node option names in ``kwargs`` to their Python names before ``init`` sees them."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        for alias in NODE_ALIASES.keys() & kwargs.keys():
+            name = NODE_ALIASES[alias]
+            if name in kwargs:
+                raise TypeError(f"BatchProcessor() got both {alias!r} and its alias {name!r}")
+            kwargs[name] = kwargs.pop(alias)
+        init(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _sidecar(output: Path, suffix: str) -> Path:
+    return output.with_name(output.name + suffix)
+
+
+class BatchResult:
+    """The outcome of :meth:`BatchProcessor.process`.
+
+    ``path`` is the results file (one line per input item, in input order;
+    ``null`` for items that failed under ``on_error="skip"``), ``stats`` the
+    :class:`RunStats`, ``errors_path`` the error records (or None). Iterating
+    reads the results back lazily from disk; ``len()`` is the number of items.
+    """
+
+    def __init__(self, path: Path, stats: RunStats, errors_path: Path | None, output_format: str = "jsonl"):
+        self.path, self.stats, self.errors_path, self.output_format = path, stats, errors_path, output_format
+
+    def __len__(self) -> int:
+        return self.stats.items + self.stats.resumed_from
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.output_format == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(self.path).iter_batches():
+                yield from batch.to_pylist()
+        else:
+            yield from iter_jsonl(self.path)
+
+    def errors(self) -> Iterator[dict[str, Any]]:
+        """The error records (index, item repr, error type, message, traceback, attempts)."""
+        if self.errors_path and self.errors_path.exists():
+            yield from iter_jsonl(self.errors_path)
+
+    def __repr__(self) -> str:
+        return f"BatchResult(path={str(self.path)!r}, items={len(self)}, failed={self.stats.failed})"
+
+
+class BatchProcessor:
+    """Process a stream of items in batches sized from live memory use and past runs.
+
+    Parameters (sizes in bytes or size strings, durations in seconds, counts in items):
+
+    batch_size: first batch size (``auto_optimize=True``) or the fixed size.
+    auto_optimize: let :class:`BatchOptimizer` resize batches after each one.
+    memory_limit: bytes, a size string (``"2GB"``), a fraction of the detected
+        limit (``0.5``) or None to detect it (cgroup, rlimit, physical RAM).
+    memory_monitoring: sample process-tree RSS after every batch.
+    detect_memory_issues: run the heap analyzer on the per-batch baselines.
+    process_name: operation name, the key of history and stats.
+    n_jobs, backend: joblib execution; ``n_jobs=1`` with no backend runs in
+        process; backend None means joblib's :func:`~joblib.parallel_config`
+        backend (loky unless configured).
+    batched: False: ``fn(item) -> result``; True: ``fn(list) -> list`` of the
+        same length (or DataFrame -> DataFrame for chunked pandas sources).
+    on_error: ``"raise"`` stops at the first failing item (naming its index),
+        ``"skip"`` writes an error record and a ``null`` line and goes on,
+        ``"retry"`` retries ``max_retries`` times with exponential backoff then skips.
+    progress: show a tqdm bar (batch size, RSS and pressure in its postfix).
+    min_batch_size, max_batch_size, target_batch_seconds, memory_target_fraction:
+        the optimizer's bounds and targets (see :mod:`batchmem.optimizer.control`).
+    force_gc_on_completion: run ``gc.collect()`` once the run ends.
+    use_history: warm-start from and record into the per-operation history.
+    json_default: fallback for results orjson cannot encode (e.g. ``str``).
+    fsync: ``os.fsync`` the output after every batch (crash safety, one sync per batch).
+
+    The Node option names (``batchSize``, ``autoOptimize``, ``memoryMonitoring``,
+    ``detectMemoryIssues``, ``processName``, ``forceGCOnCompletion``) are accepted too.
+
+    Raises :class:`~batchmem.errors.ConfigError` for invalid options.
+    """
+
+    @_accept_node_aliases
+    def __init__(
+        self,
+        batch_size: int = 100,
+        *,
+        auto_optimize: bool = True,
+        memory_limit: int | str | float | None = None,
+        memory_monitoring: bool = True,
+        detect_memory_issues: bool = True,
+        process_name: str = "default",
+        n_jobs: int = 1,
+        backend: str | None = None,
+        batched: bool = False,
+        on_error: str = "raise",
+        max_retries: int = 3,
+        progress: bool = True,
+        min_batch_size: int = 1,
+        max_batch_size: int = 1_000_000,
+        target_batch_seconds: tuple[float, float] = (0.2, 2.0),
+        memory_target_fraction: float = 0.6,
+        force_gc_on_completion: bool = False,
+        use_history: bool = True,
+        json_default: Callable[[Any], Any] | None = None,
+        fsync: bool = False,
+    ):
+        if on_error not in _ON_ERROR:
+            raise ConfigError(f"on_error: {on_error!r} is not one of {', '.join(_ON_ERROR)}; pick one of them")
+        if n_jobs == 0:
+            raise ConfigError("n_jobs: 0 workers cannot run anything; use 1 (serial), N workers or -1 (all cores)")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"max_retries: {max_retries!r} must be an integer >= 0")
+        self.control_config = ControlConfig(
+            initial_batch_size=min(max(batch_size, min_batch_size), max_batch_size) if isinstance(batch_size, int) else batch_size,
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            memory_target_fraction=memory_target_fraction,
+            target_batch_seconds=tuple(target_batch_seconds),
+        )
+        self.batch_size = batch_size
+        self.auto_optimize = auto_optimize
+        self.memory_limit = memory_limit
+        self.memory_monitoring = memory_monitoring
+        self.detect_memory_issues = detect_memory_issues
+        self.process_name = process_name
+        self.n_jobs, self.backend = n_jobs, backend
+        self.batched, self.on_error, self.max_retries = batched, on_error, max_retries
+        self.progress = progress
+        self.force_gc_on_completion = force_gc_on_completion
+        self.use_history = use_history
+        self.json_default = json_default
+        self.fsync = fsync
+        self.monitor = MemoryMonitor(memory_limit)
+        self.optimizer = BatchOptimizer(
+            memory_limit_bytes=self.monitor.limit.bytes,
+            config=self.control_config,
+            operation=process_name,
+            use_history=use_history,
+        )
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ helpers
+    def stop(self) -> None:
+        """Ask a running :meth:`process` to stop after the batches in flight (thread-safe)."""
+        self._stop.set()
+
+    def _fingerprint(self, fn: Callable[..., Any]) -> str:
+        name = f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', repr(fn))}"
+        key = f"{name}|batched={self.batched}|{self.process_name}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _open_output(self, output: str | os.PathLike[str] | None, overwrite: bool, resume: bool) -> tuple[Path, bool]:
+        """The output path and whether it is a temporary spool file."""
+        if output is None:
+            fd, name = tempfile.mkstemp(prefix=f"batchmem-{self.process_name}-", suffix=".jsonl")
+            os.close(fd)
+            return Path(name), True
+        path = Path(output)
+        if not path.parent.is_dir():
+            raise ConfigError(f"output: folder {str(path.parent)!r} does not exist; create it or choose another path")
+        if path.exists() and not (overwrite or resume):
+            raise OutputExistsError(f"output: {str(path)!r} exists; pass overwrite=True (overwrite: true) or resume")
+        return path, False
+
+    # ------------------------------------------------------------------ main loop
+    def process(
+        self,
+        items: Iterable[Any],
+        fn: Callable[..., Any],
+        output: str | os.PathLike[str] | None = None,
+        *,
+        output_format: str | None = None,
+        errors_output: str | os.PathLike[str] | None = None,
+        overwrite: bool = False,
+        resume: bool = False,
+    ) -> BatchResult:
+        """Run ``fn`` over ``items`` in adaptive batches and stream the results to ``output``.
+
+        ``items`` is any iterable (consumed lazily) or a :class:`~batchmem.sources.BatchSource`
+        such as :func:`batchmem.read_csv`. ``output`` is a path (``.jsonl``, or
+        ``.parquet`` / ``output_format="parquet"``) or None for a temporary
+        spool file. Stats go to ``<output>.stats.json``, per-batch records to
+        ``<output>.batches.jsonl``, error records to ``errors_output``
+        (default ``<output>.errors.jsonl``, created only when an item fails).
+
+        Raises :class:`~batchmem.errors.OutputExistsError` if ``output`` exists
+        and neither ``overwrite`` nor ``resume`` is set,
+        :class:`~batchmem.errors.ItemFailedError` under ``on_error="raise"``,
+        :class:`~batchmem.errors.SerializationError` for a result that cannot be
+        encoded. Whatever was committed before an error stays on disk with a
+        matching checkpoint.
+        """
+        self._stop.clear()
+        path, spooled = self._open_output(output, overwrite, resume)
+        fmt = output_format or ("parquet" if path.suffix == ".parquet" else "jsonl")
+        if fmt not in ("jsonl", "parquet"):
+            raise ConfigError(f"output.format: {fmt!r} is not supported; use jsonl or parquet")
+        errors_path = Path(errors_output) if errors_output else _sidecar(path, ".errors.jsonl")
+        ckpt_path = checkpoint_path(path)
+        fingerprint = self._fingerprint(fn)
+        source = as_source(items)
+
+        ckpt = Checkpoint(fingerprint=fingerprint)
+        mode = "wb"
+        if resume and path.exists():
+            ckpt = self._prepare_resume(path, errors_path, ckpt_path, fingerprint, fmt)
+            mode = "ab"
+            if ckpt.items:
+                source.skip(ckpt.items)
+        stats = RunStats(
+            process_name=self.process_name,
+            memory_limit_bytes=self.monitor.limit.bytes,
+            limit_source=self.monitor.limit.source,
+            n_jobs=self.n_jobs,
+            backend=self.backend or ("serial" if self.n_jobs == 1 else "loky"),
+            resumed_from=ckpt.items,
+            output_path=str(path),
+            stats_path=str(_sidecar(path, ".stats.json")),
+            batches_path=str(_sidecar(path, ".batches.jsonl")),
+            started_at=time.time(),
+        )
+        opts = RunOptions(self.batched, self.on_error, self.max_retries, encode=(fmt == "jsonl"), json_default=self.json_default)
+        sink = open_sink(path, fmt, mode=mode, fsync=self.fsync)
+        records = BatchRecordWriter(stats.batches_path, mode=mode)
+        run = _Run(self, source, stats, ckpt, ckpt_path, sink, records, errors_path, opts, fn)
+        try:
+            run.loop()
+            stats.status = "stopped" if run.stopped else "completed"
+        except KeyboardInterrupt:
+            stats.status = "interrupted"
+            raise
+        except BaseException:
+            stats.status = "failed"
+            raise
+        finally:
+            run.finish()
+        return BatchResult(path, stats, errors_path if stats.failed or ckpt.failed else None, fmt)
+
+    def _prepare_resume(self, path: Path, errors_path: Path, ckpt_path: Path, fingerprint: str, fmt: str) -> Checkpoint:
+        """Load the checkpoint and cut every file back to it (torn tails are dropped)."""
+        ckpt = Checkpoint.load(ckpt_path) or Checkpoint(fingerprint=fingerprint)
+        if ckpt.fingerprint and ckpt.fingerprint != fingerprint:
+            raise ConfigError(
+                f"resume: {str(path)!r} was written by a different function or batching; "
+                "rerun with overwrite instead of resume"
+            )
+        if fmt == "parquet":
+            raise ConfigError("resume: Parquet output cannot be resumed; use output.format jsonl or overwrite")
+        for p, size in ((path, ckpt.output_bytes), (errors_path, ckpt.errors_bytes), (_sidecar(path, ".batches.jsonl"), ckpt.batches_bytes)):
+            if p.exists() and p.stat().st_size > size:
+                os.truncate(p, size)
+        logger.info("resuming %s after %d committed items", path, ckpt.items)
+        return ckpt
+
+
+class _Run:
+    """State of one :meth:`BatchProcessor.process` call (kept off the processor so it can be reused)."""
+
+    def __init__(self, proc: BatchProcessor, source: Any, stats: RunStats, ckpt: Checkpoint, ckpt_path: Path,
+                 sink: Any, records: BatchRecordWriter, errors_path: Path, opts: RunOptions, fn: Callable[..., Any]):
+        self.proc, self.source, self.stats, self.ckpt, self.ckpt_path = proc, source, stats, ckpt, ckpt_path
+        self.sink, self.records, self.errors_path, self.opts, self.fn = sink, records, errors_path, opts, fn
+        self.error_sink: JsonlSink | None = None
+        self.lock = threading.Lock()
+        self.stopped = False
+        self.executor = make_executor(fn, opts, proc.n_jobs, proc.backend)
+        self.optimizer = proc.optimizer
+        self.last_sample = proc.monitor.sample()
+        self.optimizer.start_run(proc.process_name, baseline_bytes=self.last_sample.rss_bytes, in_flight=self.executor.in_flight)
+        self.fixed_size = None if proc.auto_optimize else proc.batch_size
+        self.peak_bytes_sum = 0
+        self.t0 = time.perf_counter()
+        self.bar = self._progress_bar()
+
+    def _progress_bar(self) -> Any:
+        from tqdm.auto import tqdm
+
+        total = self.source.total
+        if total is not None:
+            total -= self.stats.resumed_from
+        return tqdm(total=total, disable=not self.proc.progress, unit="item", desc=self.proc.process_name, dynamic_ncols=True)
+
+    def _next_size(self) -> int:
+        if self.fixed_size is not None:
+            return self.fixed_size
+        with self.lock:
+            return self.optimizer.next_batch_size()
+
+    def tasks(self) -> Iterator[BatchTask]:
+        """Cut batches lazily, asking the optimizer for each size just before the cut."""
+        index = self.ckpt.batches
+        start = self.ckpt.items
+        while not self.proc._stop.is_set():
+            batch = self.source.take(self._next_size())
+            if batch is None or len(batch) == 0:
+                return
+            yield BatchTask(index, start, batch)
+            index += 1
+            start += len(batch)
+
+    def loop(self) -> None:
+        pending: dict[int, BatchTask] = {}
+
+        def remember(tasks: Iterator[BatchTask]) -> Iterator[BatchTask]:
+            for t in tasks:
+                pending[t.start] = t
+                yield t
+
+        for outcome in self.executor.map(remember(self.tasks())):
+            task = pending.pop(outcome.start)
+            for final in self._resolve(task, outcome):
+                self._commit(final)
+        self.stopped = self.proc._stop.is_set()
+
+    def _resolve(self, task: BatchTask, outcome: BatchOutcome) -> Iterator[BatchOutcome]:
+        """Yield final outcomes in order, halving batches that hit MemoryError (or a failing batched call)."""
+        if not outcome.split:
+            yield outcome
+            return
+        if outcome.split == "memory":
+            self.stats.memory_errors += 1
+            with self.lock:
+                self.optimizer.on_memory_error(len(task))
+            logger.warning("MemoryError in a batch of %d items (items %d..); retrying it in halves", len(task), task.start)
+        if len(task) == 1:  # a single item that raises MemoryError on its own: it fails
+            err = MemoryError(f"item {task.start} raised MemoryError on its own")
+            out = BatchOutcome(task.index, task.start, 1, duration_s=outcome.duration_s)
+            if self.opts.on_error == "raise":
+                out.error = (task.start, err)
+            else:
+                out.failed, out.payload = 1, NULL_LINE
+                out.results = [None]
+                out.error_records.append(error_record(task.start, task.items[0], err, 1))
+            yield out
+            return
+        halves = task.halves()
+        for half, sub in zip(halves, self.executor.run_now(list(halves))):
+            yield from self._resolve(half, sub)
+
+    def _commit(self, o: BatchOutcome) -> None:
+        """Write one finished batch, then the checkpoint; feed the measurement back."""
+        if o.error is not None:
+            index, exc = o.error
+            raise ItemFailedError(
+                f"item {index} failed: {type(exc).__name__}: {exc}; on_error='raise' stops the run "
+                "(use on_error='skip' to record failures and go on)",
+                index,
+            ) from exc
+        if self.opts.encode:
+            self.sink.write(o.payload)
+        else:
+            self.sink.write_batch(o.results, o.start)
+        self.sink.flush()
+        if o.error_records:
+            if self.error_sink is None:
+                self.error_sink = JsonlSink(self.errors_path, mode="ab" if self.ckpt.errors_bytes else "wb")
+            self.error_sink.write(encode_results(o.error_records, o.start, str))
+            self.error_sink.flush()
+        sample = self.proc.monitor.sample() if self.proc.memory_monitoring else None
+        rss_now = sample.rss_bytes if sample else current_rss_bytes()
+        pressure = sample.pressure if sample else PressureLevel.NORMAL
+        st = self.stats
+        self.records.write({
+            "index": st.batches, "start_time": time.time() - o.duration_s, "items": o.size,
+            "batch_size": o.size, "duration_s": o.duration_s, "peak_bytes": o.peak_bytes,
+            "rss_after_bytes": rss_now, "pressure": pressure.label, "failed": o.failed,
+            "gc_collections": o.gc_collections, "pid": o.pid,
+        })
+        self.records.flush()
+        ck = self.ckpt
+        ck.items += o.size
+        ck.batches += 1
+        ck.failed += o.failed
+        ck.output_bytes = _file_size(self.sink.path) if self.opts.encode else 0
+        ck.errors_bytes = _file_size(self.errors_path) if self.error_sink else ck.errors_bytes
+        ck.batches_bytes = _file_size(self.records.path)
+        ck.save(self.ckpt_path)
+
+        st.items += o.size
+        st.failed += o.failed
+        st.batches += 1
+        st.batch_sizes.append(o.size)
+        st.gc_collections += o.gc_collections
+        self.peak_bytes_sum += o.peak_bytes
+        base = self.last_sample.rss_bytes if self.last_sample else o.start_rss_bytes
+        st.peak_rss_bytes = max(st.peak_rss_bytes, base + o.peak_bytes, rss_now)
+        if sample:
+            self.last_sample = sample
+        with self.lock:
+            self.optimizer.observe(
+                BatchMeasurement(size=o.size, duration_s=o.duration_s, peak_bytes=o.peak_bytes, failed=o.failed),
+                baseline_bytes=rss_now,
+                pressure=pressure,
+                in_flight=self.executor.in_flight,
+            )
+        self.bar.update(o.size)
+        if self.proc.progress:
+            from tqdm import tqdm
+
+            self.bar.set_postfix_str(
+                f"batch={o.size} rss={tqdm.format_sizeof(rss_now, 'B', 1024)} {pressure.label}", refresh=False
+            )
+
+    def finish(self) -> None:
+        """Close files, write stats (also after an error) and record the run in history."""
+        st = self.stats
+        self.bar.close()
+        self.executor.close()
+        for f in (self.sink, self.records, self.error_sink):
+            if f is not None:
+                f.close()
+        st.duration_s = time.perf_counter() - self.t0
+        st.finished_at = time.time()
+        st.items_per_s = st.items / st.duration_s if st.duration_s > 0 else 0.0
+        st.bytes_per_item = self.peak_bytes_sum / st.items if st.items else 0.0
+        if st.failed or self.ckpt.failed:
+            st.errors_path = str(self.errors_path)
+        if st.status == "completed":
+            self.ckpt.complete = True
+            self.ckpt.save(self.ckpt_path)
+        if self.proc.force_gc_on_completion:
+            gc.collect()
+        write_json_atomic(st.stats_path, st.to_dict())
+        if self.proc.auto_optimize and self.proc.use_history and st.items:
+            self.optimizer.finish_run({
+                "items": st.items, "duration_s": st.duration_s, "items_per_s": st.items_per_s,
+                "peak_rss_bytes": st.peak_rss_bytes, "bytes_per_item": st.bytes_per_item,
+                "batches": st.batches, "failed": st.failed, "leaks": sum(1 for i in st.issues if i.get("kind") == "leak"),
+                "finished_at": st.finished_at,
+            })
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

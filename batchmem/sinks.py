@@ -1,0 +1,149 @@
+"""Where results go: JSONL files written a whole batch at a time.
+
+Results are encoded with orjson in the process that produced them (so process
+workers send back one ``bytes`` object per batch instead of pickled objects)
+and appended by the parent in input order. A failed item under
+``on_error="skip"`` is written as ``null`` so the output keeps exactly one line
+per input item; its details go to the error sink.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import SerializationError
+
+__all__ = ["JsonlSink", "encode_results", "error_record", "iter_jsonl", "open_sink"]
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+NULL_LINE = b"null\n"
+
+
+def _default(obj: Any) -> Any:
+    """orjson fallback for the pandas/numpy scalars DataFrames hand out (Timestamp, NaT, NA, np.generic)."""
+    import numpy as np
+    import pandas as pd
+
+    if obj is pd.NaT or obj is pd.NA:
+        return None
+    if isinstance(obj, (_dt.datetime, _dt.date, _dt.time)):
+        return obj.isoformat()
+    if isinstance(obj, pd.Timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError
+
+
+def _records(results: Any) -> Sequence[Any]:
+    """A DataFrame becomes its rows as dicts; anything else must already be a sequence."""
+    if hasattr(results, "to_dict") and hasattr(results, "columns"):
+        return results.to_dict("records")
+    return results
+
+
+def encode_results(
+    results: Any, start_index: int, fallback: Callable[[Any], Any] | None = None
+) -> bytes:
+    """Encode one batch of results as JSONL bytes, one line per result.
+
+    ``results`` is a sequence of JSON-able objects or a pandas DataFrame (one
+    line per row). ``start_index`` is the input index of the first result and
+    only names the culprit in errors. ``fallback`` (e.g. ``str``) is used for
+    objects orjson cannot encode; without it such a result raises
+    :class:`SerializationError` naming its type and item index.
+    """
+    rows = _records(results)
+
+    def default(obj: Any) -> Any:
+        try:
+            return _default(obj)
+        except TypeError:
+            if fallback is None:
+                raise
+            return fallback(obj)
+
+    try:
+        return b"".join([orjson.dumps(r, default=default, option=_OPTS | orjson.OPT_APPEND_NEWLINE) for r in rows])
+    except TypeError:
+        pass
+    for offset, r in enumerate(rows):  # slow path: find the culprit
+        try:
+            orjson.dumps(r, default=default, option=_OPTS)
+        except TypeError as exc:
+            raise SerializationError(
+                f"result of item {start_index + offset} is not JSON-serialisable ({type(r).__name__}: {exc}); "
+                "return dicts/lists/str/numbers, or set a json fallback such as json_default=str"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def error_record(index: int, item: Any, exc: BaseException, attempts: int, max_repr: int = 500) -> dict[str, Any]:
+    """The error sink's record of one failed item: index, truncated repr, type, message, traceback, attempts."""
+    text = repr(item)
+    return {
+        "index": index,
+        "item": text if len(text) <= max_repr else text[: max_repr - 3] + "...",
+        "error_type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "attempts": attempts,
+    }
+
+
+class JsonlSink:
+    """Append-only JSONL file written one encoded batch at a time.
+
+    ``mode`` is ``"wb"`` (new file) or ``"ab"`` (resume). ``fsync=True`` forces
+    each batch to disk before :meth:`write` returns (crash safety costs one
+    ``fsync`` per batch).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "wb", fsync: bool = False):
+        self.path = Path(path)
+        self._f = open(self.path, mode)
+        self._fsync = fsync
+        self.bytes_written = 0
+
+    def write(self, payload: bytes) -> int:
+        """Append already-encoded JSONL bytes; returns the number of bytes written."""
+        self._f.write(payload)
+        self.bytes_written += len(payload)
+        return len(payload)
+
+    def write_batch(self, results: Any, start_index: int) -> int:
+        """Encode ``results`` (sequence or DataFrame) and append them; returns bytes written."""
+        return self.write(encode_results(results, start_index))
+
+    def flush(self) -> None:
+        self._f.flush()
+        if self._fsync:
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self.flush()
+            self._f.close()
+
+
+def open_sink(path: Path, output_format: str, mode: str = "wb", fsync: bool = False) -> Any:
+    """Open the sink for ``output_format`` (``"jsonl"`` or ``"parquet"``)."""
+    if output_format == "parquet":
+        from .parquet_sink import ParquetSink
+
+        return ParquetSink(path)
+    return JsonlSink(path, mode=mode, fsync=fsync)
+
+
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """Read a JSONL file back lazily, one decoded object per line."""
+    with open(path, "rb") as f:
+        for line in f:
+            yield orjson.loads(line)
