@@ -32,7 +32,7 @@ from .optimizer import BatchOptimizer
 from .optimizer.control import BatchMeasurement, ControlConfig
 from .sinks import NULL_LINE, JsonlSink, encode_results, error_record, iter_jsonl, open_sink
 from .sources import as_source
-from .stats import BatchRecordWriter, RunStats, write_json_atomic
+from .stats import BatchRecordWriter, RunStats, bytes_per_item, items_per_second, write_json_atomic
 
 __all__ = ["BatchProcessor", "BatchResult", "NODE_ALIASES"]
 
@@ -327,6 +327,7 @@ class _Run:
         self.last_sample = proc.monitor.sample()
         self.optimizer.start_run(proc.process_name, baseline_bytes=self.last_sample.rss_bytes, in_flight=self.executor.in_flight)
         self.fixed_size = None if proc.auto_optimize else proc.batch_size
+        self.asked: dict[int, int] = {}  # input index of a batch's first item -> size asked when it was cut (items)
         self.peak_bytes_sum = 0
         self.t0 = time.perf_counter()
         self.bar = self._progress_bar()
@@ -350,9 +351,11 @@ class _Run:
         index = self.ckpt.batches
         start = self.ckpt.items
         while not self.proc._stop.is_set():
-            batch = self.source.take(self._next_size())
+            asked = self._next_size()
+            batch = self.source.take(asked)
             if batch is None or len(batch) == 0:
                 return
+            self.asked[start] = asked
             yield BatchTask(index, start, batch)
             index += 1
             start += len(batch)
@@ -421,7 +424,7 @@ class _Run:
         st = self.stats
         self.records.write({
             "index": st.batches, "start_time": time.time() - o.duration_s, "items": o.size,
-            "batch_size": o.size, "duration_s": o.duration_s, "peak_bytes": o.peak_bytes,
+            "batch_size": self.asked.pop(o.start, o.size), "duration_s": o.duration_s, "peak_bytes": o.peak_bytes,
             "rss_after_bytes": rss_now, "pressure": pressure.label, "failed": o.failed,
             "gc_collections": o.gc_collections, "pid": o.pid,
         })
@@ -470,8 +473,10 @@ class _Run:
                 f.close()
         st.duration_s = time.perf_counter() - self.t0
         st.finished_at = time.time()
-        st.items_per_s = st.items / st.duration_s if st.duration_s > 0 else 0.0
-        st.bytes_per_item = self.peak_bytes_sum / st.items if st.items else 0.0
+        st.items_per_s = items_per_second(st.items, st.duration_s)
+        st.bytes_per_item = bytes_per_item(self.peak_bytes_sum, st.items)
+        if st.batches:
+            st.learned_batch_size = self.fixed_size if self.fixed_size is not None else self.optimizer.learned_batch_size()
         if st.failed or self.ckpt.failed:
             st.errors_path = str(self.errors_path)
         if st.status == "completed":
@@ -480,8 +485,9 @@ class _Run:
         if self.proc.force_gc_on_completion:
             gc.collect()
         write_json_atomic(st.stats_path, st.to_dict())
-        if self.proc.auto_optimize and self.proc.use_history and st.items:
+        if self.proc.use_history and st.items:  # fixed-size runs are recorded too: their costs are measured
             self.optimizer.finish_run({
+                "learned_batch_size": st.learned_batch_size,
                 "items": st.items, "duration_s": st.duration_s, "items_per_s": st.items_per_s,
                 "peak_rss_bytes": st.peak_rss_bytes, "bytes_per_item": st.bytes_per_item,
                 "batches": st.batches, "failed": st.failed, "leaks": sum(1 for i in st.issues if i.get("kind") == "leak"),

@@ -10,7 +10,34 @@ from typing import Any
 
 import orjson
 
-__all__ = ["RunStats", "BatchRecordWriter", "read_batch_records", "write_json_atomic"]
+__all__ = [
+    "RunStats",
+    "BatchRecordWriter",
+    "read_batch_records",
+    "batch_records_frame",
+    "items_per_second",
+    "bytes_per_item",
+    "write_json_atomic",
+]
+
+
+def items_per_second(items: float, duration_s: float) -> float:
+    """Throughput, items/s: ``items`` divided by the wall-clock ``duration_s`` (seconds) of the run.
+
+    The one definition used by :class:`RunStats`, the per-operation history
+    and every report (0.0 when nothing was timed).
+    """
+    return items / duration_s if duration_s > 0 else 0.0
+
+
+def bytes_per_item(peak_bytes_sum: float, items: float) -> float:
+    """Memory cost, bytes/item: the sum over batches of each batch's peak RSS growth
+    above its starting level (bytes), divided by the items of those batches.
+
+    The one definition used by :class:`RunStats`, the per-operation history
+    and every report (0.0 for no items).
+    """
+    return peak_bytes_sum / items if items else 0.0
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
@@ -31,7 +58,11 @@ class RunStats:
     each batch measured where it ran (exact for serial runs; for parallel runs
     the settled tree RSS plus the batch's own peak, a lower bound when several
     batches peak together). ``bytes_per_item`` is the peak RSS growth of a batch
-    over its starting level divided by its items, over all batches.
+    over its starting level divided by its items, over all batches
+    (:func:`bytes_per_item`); ``items_per_s`` is items over the run's wall
+    seconds (:func:`items_per_second`). ``learned_batch_size`` (items) is what
+    the optimizer learned (the fixed size when ``auto_optimize=False``), the
+    size the next run of the operation starts at.
     """
 
     process_name: str
@@ -51,6 +82,7 @@ class RunStats:
     stop_reason: str | None = None
     resumed_from: int = 0  # items already committed by an earlier run (resume)
     memory_errors: int = 0
+    learned_batch_size: int | None = None  # items
     gc_collections: int = 0
     gc_collected_between_batches: int = 0
     issues: list[dict[str, Any]] = field(default_factory=list)
@@ -77,19 +109,21 @@ class RunStats:
         return cls.from_dict(orjson.loads(Path(path).read_bytes()))
 
     def to_dataframe(self) -> Any:
-        """The per-batch records of this run as a pandas DataFrame (one row per batch)."""
-        import pandas as pd
+        """The per-batch records of this run as a typed pandas DataFrame (one row per batch).
 
-        if not self.batches_path or not Path(self.batches_path).exists():
-            return pd.DataFrame()
-        return pd.DataFrame(list(read_batch_records(self.batches_path)))
+        See :func:`batch_records_frame` for the columns and their dtypes.
+        """
+        return batch_records_frame(self.batches_path)
 
 
 class BatchRecordWriter:
     """Streams one JSON record per batch to ``<output>.batches.jsonl`` (not kept in memory).
 
-    Fields: index, start_time (epoch s), items, batch_size (items asked for),
-    duration_s, peak_bytes, rss_after_bytes, pressure, failed, gc_collections, pid.
+    Fields: index, start_time (epoch s), items (items actually cut),
+    batch_size (items the batcher asked for; ``items`` is smaller for the
+    source's tail or a half retried after a MemoryError), duration_s (wall s),
+    peak_bytes (peak RSS growth during the batch), rss_after_bytes (tree RSS
+    after it), pressure (label), failed (items), gc_collections, pid.
     """
 
     def __init__(self, path: str | os.PathLike[str], mode: str = "wb"):
@@ -113,3 +147,47 @@ def read_batch_records(path: str | os.PathLike[str]) -> Any:
         for line in f:
             if line.strip():
                 yield orjson.loads(line)
+
+
+#: Columns of :func:`batch_records_frame` and their pandas dtypes (units in the names).
+BATCH_COLUMNS = {
+    "index": "int64",
+    "start_time": "datetime64[ns, UTC]",
+    "items": "int64",
+    "batch_size": "int64",
+    "duration_s": "float64",
+    "peak_bytes": "int64",
+    "rss_after_bytes": "int64",
+    "pressure": "category",
+    "failed": "int64",
+    "gc_collections": "int64",
+    "pid": "int64",
+}
+PRESSURE_LABELS = ("normal", "warning", "critical", "emergency")
+
+
+def batch_records_frame(path: str | os.PathLike[str] | None) -> Any:
+    """Read a ``.batches.jsonl`` file into a typed pandas DataFrame (one row per batch).
+
+    Columns: index, start_time (``datetime64[ns, UTC]``), items, batch_size
+    (items), duration_s (s), peak_bytes, rss_after_bytes (bytes), pressure
+    (ordered category normal < warning < critical < emergency), failed,
+    gc_collections, pid; extra keys follow. A missing file gives an empty
+    frame with the same columns.
+    """
+    import pandas as pd
+
+    rows = list(read_batch_records(path)) if path and Path(path).exists() else []
+    df = pd.DataFrame(rows)
+    for col in BATCH_COLUMNS:
+        if col not in df.columns:
+            df[col] = pd.Series(dtype="float64")
+    df = df[list(BATCH_COLUMNS) + [c for c in df.columns if c not in BATCH_COLUMNS]]
+    df["start_time"] = pd.to_datetime(df["start_time"], unit="s", utc=True)
+    for col, dtype in BATCH_COLUMNS.items():
+        if dtype == "int64":
+            df[col] = pd.to_numeric(df[col]).fillna(0).astype("int64")
+        elif dtype == "float64":
+            df[col] = pd.to_numeric(df[col]).astype("float64")
+    df["pressure"] = pd.Categorical(df["pressure"], categories=list(PRESSURE_LABELS), ordered=True)
+    return df

@@ -145,7 +145,7 @@ class BatchOptimizer:
         if record and _number(record.get("learned_batch_size")):
             warm = {
                 "batch_size": record.get("learned_batch_size"),
-                "bytes_per_item": record.get("bytes_per_item"),
+                "bytes_per_item": record.get("ewma_bytes_per_item", record.get("bytes_per_item")),
                 "seconds_per_item": record.get("seconds_per_item"),
             }
         self.controller = BatchSizeController(self.config, self.memory_limit_bytes, warm_start=warm)

@@ -29,6 +29,7 @@ import orjson
 import platformdirs
 
 from batchmem.errors import ConfigError
+from batchmem.stats import items_per_second
 
 __all__ = ["HISTORY_VERSION", "MAX_RUNS", "HistoryStore", "history_dir", "history_file_name"]
 
@@ -172,15 +173,20 @@ class HistoryStore:
             "runs": int(num(old.get("runs"))) + 1,
             "items": items,
             "duration_s": duration,
-            "items_per_s": (items / duration) if duration > 0 else None,
+            "items_per_s": items_per_second(items, duration) if duration > 0 else None,
             "failed": total("failed"),
             "batches": total("batches"),
             "peak_rss_bytes": int(max(num(old.get("peak_rss_bytes")), run.get("peak_rss_bytes", 0))),
             "first_run_at": old.get("first_run_at", run["finished_at"]),
             "last_run_at": run["finished_at"],
-            # Latest run's learned figures: what the next run warm-starts from.
+            # Latest run's figures. bytes_per_item is the run's measured figure
+            # (batchmem.stats.bytes_per_item, the one the reports show); the
+            # controller's EWMA estimates are what the next run warm-starts from.
             "learned_batch_size": run.get("learned_batch_size", old.get("learned_batch_size")),
-            "bytes_per_item": run.get("ewma_bytes_per_item", run.get("bytes_per_item", old.get("bytes_per_item"))),
+            "bytes_per_item": run.get("bytes_per_item", run.get("ewma_bytes_per_item", old.get("bytes_per_item"))),
+            "ewma_bytes_per_item": run.get(
+                "ewma_bytes_per_item", run.get("bytes_per_item", old.get("ewma_bytes_per_item"))
+            ),
             "seconds_per_item": run.get(
                 "ewma_seconds_per_item", run.get("seconds_per_item", old.get("seconds_per_item"))
             ),
