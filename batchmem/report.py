@@ -53,6 +53,11 @@ __all__ = [
     "render_html",
     "write_report",
     "save_plot",
+    "operation_statistics",
+    "render_operations_table",
+    "render_operation_detail",
+    "memory_status",
+    "render_memory",
 ]
 
 logger = logging.getLogger("batchmem")
@@ -98,7 +103,7 @@ def format_bytes(n: float | None) -> str:
         return "-"
     from tqdm import tqdm
 
-    return tqdm.format_sizeof(float(n), "B", 1000)
+    return tqdm.format_sizeof(float(n), "B", 1000) if n else "0 B"
 
 
 def _format(value: Any, kind: str) -> str:
@@ -111,7 +116,7 @@ def _format(value: Any, kind: str) -> str:
     if kind == "rate":
         return f"{value:,.1f} items/s"
     if kind == "seconds":
-        return f"{value:,.2f} s"
+        return f"{value:,.2f} s" if value >= 1 else f"{value:.3g} s"
     if kind == "percent":
         return f"{100 * value:.1f} %"
     if kind == "time":
@@ -632,3 +637,160 @@ def write_report(report: Report, path: str | os.PathLike[str], fmt: str | None =
     else:
         raise ConfigError(f"report format {fmt!r} is not one of html, markdown, json, text")
     return out
+
+
+# --------------------------------------------------------------------------- per-operation history (batchmem stats)
+
+#: Columns of the per-operation table: key of get_batch_statistics figures -> (header, kind).
+HISTORY_COLUMNS: dict[str, tuple[str, str]] = {
+    "runs": ("runs", "int"),
+    "items": ("items", "int"),
+    "items_per_s": ("items/s", "rate_short"),
+    "bytes_per_item": ("bytes/item", "bytes"),
+    "learned_batch_size": ("learned batch", "int"),
+    "peak_rss_bytes": ("peak RSS", "bytes"),
+    "leaks": ("leaks", "int"),
+    "last_run_at": ("last run", "time"),
+}
+
+
+def operation_statistics(operation: str | None = None, *, history: Any = None) -> dict[str, Any]:
+    """``BatchOptimizer.get_batch_statistics(operation)`` over the stored history (no live run).
+
+    Raises :class:`ConfigError` when ``operation`` has no history.
+    """
+    from .optimizer import BatchOptimizer, HistoryStore
+
+    store = history if history is not None else HistoryStore()
+    data = BatchOptimizer(history=store).get_batch_statistics(operation)
+    if operation is not None and operation not in data["operations"]:
+        known = ", ".join(store.operations()) or "none yet"
+        raise ConfigError(f"OPERATION: no history for {operation!r} (operations with history: {known})")
+    return data
+
+
+def _cell(value: Any, kind: str) -> str:
+    if kind == "rate_short":
+        return "-" if value is None else f"{value:,.1f}"
+    return _format(value, kind)
+
+
+def render_operations_table(stats: dict[str, Any]) -> str:
+    """A text table, one row per operation, of :func:`operation_statistics`' figures."""
+    ops = stats["operations"]
+    if not ops:
+        return "no operations in the history yet (they are recorded when a run finishes)\n"
+    header = ["operation"] + [h for h, _ in HISTORY_COLUMNS.values()]
+    rows = [[name] + [_cell(fig.get(k), kind) for k, (_, kind) in HISTORY_COLUMNS.items()] for name, fig in ops.items()]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_operation_detail(name: str, fig: dict[str, Any]) -> str:
+    """One operation's figures, its last run and its recommendations, as text."""
+    rows = [
+        ("runs", _format(fig.get("runs"), "int")),
+        ("items, all runs", _format(fig.get("items"), "int")),
+        ("failed items, all runs", _format(fig.get("failed"), "int")),
+        ("batches, all runs", _format(fig.get("batches"), "int")),
+        ("wall time, all runs", _format(fig.get("duration_s"), "seconds")),
+        ("throughput, all runs (items / wall s)", _format(fig.get("items_per_s"), "rate")),
+        ("memory per item, last run", _format(fig.get("bytes_per_item"), "bytes")),
+        ("learned batch size (items)", _format(fig.get("learned_batch_size"), "int")),
+        ("typical batch (s)", _format(fig.get("typical_batch_s"), "seconds")),
+        ("peak RSS, all runs", _format(fig.get("peak_rss_bytes"), "bytes")),
+        ("leaks flagged, all runs", _format(fig.get("leaks"), "int")),
+        ("first run", _format(fig.get("first_run_at"), "time")),
+        ("last run", _format(fig.get("last_run_at"), "time")),
+    ]
+    w = max(len(a) for a, _ in rows)
+    lines = [f"operation {name!r}"] + [f"  {a:<{w}}  {b}" for a, b in rows]
+    recs = fig.get("recommendations") or []
+    lines += ["", "recommendations:" if recs else "recommendations: none"] + [f"  - {r}" for r in recs]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- memory now (batchmem memory)
+
+
+def memory_status(verbose: bool = False) -> dict[str, Any]:
+    """What memory looks like now, for this process (bytes; utilization a fraction of the limit).
+
+    Keys: rss_bytes, available_bytes, limit_bytes, limit_source, utilization,
+    pressure, thresholds; with ``verbose`` also ``gc`` (count, threshold,
+    stats per generation, enabled) and ``heap`` (tracemalloc tracing and its
+    current/peak bytes, and psutil's ``memory_full_info`` fields such as uss,
+    pss, swap where the platform has them).
+    """
+    import gc
+    import tracemalloc
+
+    import psutil
+
+    from .heap.monitor import MemoryMonitor
+
+    mon = MemoryMonitor()
+    s = mon.sample()
+    out: dict[str, Any] = s.to_dict()
+    out["thresholds"] = {"warning": mon.thresholds.warning, "critical": mon.thresholds.critical,
+                         "emergency": mon.thresholds.emergency}
+    if not verbose:
+        return out
+    out["gc"] = {
+        "enabled": gc.isenabled(),
+        "count": list(gc.get_count()),
+        "threshold": list(gc.get_threshold()),
+        "stats": gc.get_stats(),
+        "tracked_objects": len(gc.get_objects()),
+    }
+    heap: dict[str, Any] = {"tracemalloc_tracing": tracemalloc.is_tracing()}
+    if tracemalloc.is_tracing():
+        current, peak = tracemalloc.get_traced_memory()
+        heap.update(tracemalloc_current_bytes=current, tracemalloc_peak_bytes=peak)
+    try:
+        info = psutil.Process().memory_full_info()
+        heap.update({f"{k}_bytes": int(v) for k, v in info._asdict().items()})
+    except (psutil.Error, AttributeError, OSError) as exc:  # not permitted or not on this platform
+        heap["memory_full_info"] = f"unavailable ({type(exc).__name__})"
+    try:
+        heap["swap_used_bytes_system"] = int(psutil.swap_memory().used)
+    except (psutil.Error, OSError, RuntimeError):
+        pass
+    out["heap"] = heap
+    return out
+
+
+def render_memory(status: dict[str, Any]) -> str:
+    """:func:`memory_status` as text lines for the terminal."""
+    t = status["thresholds"]
+    lines = [
+        f"rss:       {format_bytes(status['rss_bytes'])} (this process and its children)",
+        f"available: {format_bytes(status['available_bytes'])} (system)",
+        f"limit:     {format_bytes(status['limit_bytes'])} from {status['limit_source']}",
+        f"pressure:  {status['pressure']} ({status['utilization']:.1%} of the limit; warning at {t['warning']:.0%}, "
+        f"critical at {t['critical']:.0%}, emergency at {t['emergency']:.0%})",
+    ]
+    g = status.get("gc")
+    if g:
+        lines += ["", f"gc:        {'enabled' if g['enabled'] else 'DISABLED'}; "
+                  f"{g['tracked_objects']:,} tracked objects",
+                  f"  count / threshold per generation: "
+                  + ", ".join(f"gen{i} {c}/{th}" for i, (c, th) in enumerate(zip(g["count"], g["threshold"])))]
+        for i, st in enumerate(g["stats"]):
+            lines.append(f"  gen{i}: {st.get('collections', 0):,} collections, {st.get('collected', 0):,} collected, "
+                         f"{st.get('uncollectable', 0):,} uncollectable")
+    h = status.get("heap")
+    if h:
+        lines += ["", "heap:"]
+        tracing = h.get("tracemalloc_tracing")
+        lines.append("  tracemalloc: " + (
+            f"tracing, {format_bytes(h['tracemalloc_current_bytes'])} now, {format_bytes(h['tracemalloc_peak_bytes'])} peak"
+            if tracing else "not tracing (set PYTHONTRACEMALLOC=1 to trace allocations)"))
+        for key, value in h.items():
+            if key.endswith("_bytes") and not key.startswith("tracemalloc"):
+                lines.append(f"  {key[:-6]}: {format_bytes(value)}")
+            elif key == "memory_full_info":
+                lines.append(f"  memory_full_info: {value}")
+    return "\n".join(lines) + "\n"

@@ -327,6 +327,7 @@ class BatchOptimizer:
             "learned_batch_size": record.get("learned_batch_size"),
             "typical_batch_s": (learned * spi) if learned and spi is not None else None,
             "peak_rss_bytes": record.get("peak_rss_bytes"),
+            "leaks": record.get("leaks", sum(int(_number(r.get("leaks")) or 0) for r in runs)),
             "first_run_at": record.get("first_run_at"),
             "last_run_at": record.get("last_run_at"),
             "last_run": runs[-1] if runs else None,
@@ -339,7 +340,8 @@ class BatchOptimizer:
         "recommendations": [str, ...]}``. Figures: runs, items, failed,
         batches, duration_s (s), items_per_s, bytes_per_item (bytes),
         seconds_per_item (s), learned_batch_size (items), typical_batch_s
-        (s), peak_rss_bytes (bytes), first/last_run_at (epoch s), last_run,
+        (s), peak_rss_bytes (bytes), leaks (flagged by the heap analyzer,
+        all runs), first/last_run_at (epoch s), last_run,
         and that operation's "recommendations". With ``operation`` only that
         one is reported.
         """

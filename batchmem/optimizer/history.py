@@ -176,6 +176,7 @@ class HistoryStore:
             "items_per_s": items_per_second(items, duration) if duration > 0 else None,
             "failed": total("failed"),
             "batches": total("batches"),
+            "leaks": total("leaks"),  # leaks the heap analyzer flagged, all runs
             "peak_rss_bytes": int(max(num(old.get("peak_rss_bytes")), run.get("peak_rss_bytes", 0))),
             "first_run_at": old.get("first_run_at", run["finished_at"]),
             "last_run_at": run["finished_at"],
