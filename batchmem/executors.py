@@ -9,21 +9,30 @@ collections and failures travel back with the encoded results.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import gc
+import importlib
+import inspect
 import itertools
+import logging
 import os
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BatchFunctionError
-from .heap.monitor import PeakMemoryTracker
-from .sinks import NULL_LINE, encode_results, error_record
+from .errors import BatchFunctionError, ConfigError
+from .heap.analyzer import heap_in_use_bytes
+from .heap.monitor import MemoryLimit, PeakMemoryTracker, PressureLevel, PressureThresholds
+from .sinks import NULL_LINE, encode_results, error_record, make_encoder, serialization_error
 
-__all__ = ["BatchTask", "BatchOutcome", "RunOptions", "run_batch", "SerialExecutor", "JoblibExecutor", "make_executor"]
+__all__ = ["BatchTask", "BatchOutcome", "RunOptions", "run_batch", "SerialExecutor", "JoblibExecutor", "make_executor", "WorkerSetup", "make_worker_setup"]
+
+logger = logging.getLogger("batchmem")
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,7 @@ class RunOptions:
     max_retries: int = 3
     encode: bool = True  # True: JSONL bytes come back; False: the raw results (Parquet sink)
     json_default: Callable[[Any], Any] | None = None
+    setup: WorkerSetup | None = None  # per-worker setup; its result is passed to fn as state=
 
 
 @dataclass
@@ -70,7 +80,7 @@ class BatchOutcome:
     index: int
     start: int
     size: int  # items
-    payload: bytes = b""  # encoded JSONL, one line per item (``null`` for failed items)
+    payload: bytes | bytearray = b""  # encoded JSONL, one line per item (``null`` for failed items)
     results: Any = None  # raw results when RunOptions.encode is False
     failed: int = 0
     error_records: list[dict[str, Any]] = field(default_factory=list)
@@ -81,6 +91,7 @@ class BatchOutcome:
     peak_bytes: int = 0  # peak RSS above start_rss_bytes during the batch
     gc_collections: int = 0
     pid: int = 0
+    heap_bytes: int = 0  # malloc in-use bytes of this process when the batch started (glibc; 0 elsewhere)
 
 
 def _gc_collections() -> int:
@@ -118,11 +129,15 @@ def _item_failure(out: BatchOutcome, index: int, item: Any, exc: BaseException, 
     return False
 
 
-def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]) -> list[Any] | None:
-    """Per-item calling convention; returns the results (``None`` for failed items), or None to stop the run.
+def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]) -> list[Any] | bytearray | None:
+    """Per-item calling convention, one pass: call, then encode at once (``opts.encode``).
 
-    The loop has no per-item ``try``: an exception leaves it, is recorded
-    against the item at ``len(results)``, and the loop resumes after it.
+    Encoding each result as soon as it exists lets the result object die
+    before the next item runs, so a batch holds only its encoded lines; this
+    keeps the batch's memory (and page faults) small. Returns the encoded
+    lines (or raw results), with ``null``/``None`` for failed items, or None
+    to stop the run (``on_error="raise"``). Try blocks cost nothing until
+    they catch (CPython >= 3.11).
     """
     items = task.items.to_dict("records") if hasattr(task.items, "to_dict") else task.items
     call = functools.partial(fn, **kwargs) if kwargs else fn
@@ -131,21 +146,34 @@ def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: B
         plain = call
         call = lambda x: _call_with_retries(lambda: plain(x), opts)[0]  # noqa: E731
         attempts += opts.max_retries
+    encode = make_encoder(opts.json_default) if opts.encode else None
+    # Encoded lines go straight into one buffer: a list of orjson outputs would
+    # keep ~4 KB per line alive (orjson does not shrink its output buffer),
+    # measured in benchmarks/bench_core.py (overhead) as 1.1 GB per 300k items.
+    buf = bytearray()
     results: list[Any] = []
     append = results.append
-    n = len(items)
-    while len(results) < n:
+    for offset, x in enumerate(items):
         try:
-            for x in itertools.islice(items, len(results), None):
-                append(call(x))
+            r = call(x)
         except MemoryError:
             raise
         except Exception as exc:
-            i = len(results)
-            if _item_failure(out, task.start + i, items[i], exc, attempts, opts):
+            if _item_failure(out, task.start + offset, x, exc, attempts, opts):
                 return None
-            append(None)
-    return results
+            if encode is None:
+                append(None)
+            else:
+                buf += NULL_LINE
+            continue
+        if encode is None:
+            append(r)
+            continue
+        try:
+            buf += encode(r)
+        except TypeError as exc:
+            raise serialization_error(r, task.start + offset, exc) from None
+    return results if encode is None else buf
 
 
 def _run_batched(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]) -> Any:
@@ -185,7 +213,10 @@ def run_batch(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, kwargs:
     encode.
     """
     kwargs = kwargs or {}
+    if opts.setup is not None:  # before the measurement: the setup's time and memory are not this batch's
+        kwargs = {**kwargs, "state": opts.setup.state()}
     out = BatchOutcome(task.index, task.start, len(task), pid=os.getpid())
+    out.heap_bytes = heap_in_use_bytes() or 0  # the previous batch's settled heap: what HeapAnalyzer trends
     gc_before = _gc_collections()
     t0 = time.perf_counter()
     with PeakMemoryTracker() as peak:
@@ -202,16 +233,193 @@ def run_batch(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, kwargs:
         return out
     if not opts.encode:
         out.results = results
-    elif out.failed and not opts.batched:
-        out.payload = b"".join(
-            NULL_LINE if r is None else encode_results([r], task.start + i, opts.json_default) for i, r in enumerate(results)
-        )
-    else:
+    elif opts.batched:
         out.payload = encode_results(results, task.start, opts.json_default)
+    else:
+        out.payload = results  # already encoded, one bytearray of lines
     return out
 
 
-class SerialExecutor:
+# --------------------------------------------------------------------------- per-worker setup
+
+
+class _WorkerStates:
+    """Per-process cache of worker-setup results: setup token -> (state, teardown).
+
+    This is the library's one piece of process-global mutable state, on
+    purpose: the point of worker setup is that its result (a loaded model, a
+    lookup table) outlives a batch, and in a loky or dask worker nothing
+    outlives a task but the process itself. A single instance (``_STATES``
+    below) holds it; a lock makes the first batches of several threads in
+    one process (dask threads, the threading backend) run the setup once.
+    Teardown empties it: :meth:`release` (end of an in-process run, dask
+    worker-plugin teardown) or, for loky workers, at interpreter exit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[Any, Callable[[Any], Any] | None]] = {}
+        self._atexit_registered = False
+
+    def get(self, setup: WorkerSetup) -> Any:
+        """The state of ``setup`` in this process, running ``setup.setup()`` the first time."""
+        entry = self._entries.get(setup.token)
+        if entry is not None:
+            return entry[0]
+        with self._lock:
+            entry = self._entries.get(setup.token)
+            if entry is None:
+                try:
+                    state = setup.setup()
+                except Exception as exc:
+                    raise BatchFunctionError(
+                        f"setup: {setup.name} raised {type(exc).__name__}: {exc}; fix the setup function"
+                    ) from exc
+                entry = self._entries[setup.token] = (state, setup.teardown)
+                if setup.teardown is not None and not self._atexit_registered:
+                    atexit.register(self.release_all)
+                    self._atexit_registered = True
+                logger.debug("worker setup %s ran in process %d", setup.name, os.getpid())
+            return entry[0]
+
+    def release(self, token: str) -> bool:
+        """Forget the state of ``token`` in this process and run its teardown; False if there was none."""
+        with self._lock:
+            entry = self._entries.pop(token, None)
+        if entry is None:
+            return False
+        state, teardown = entry
+        if teardown is not None:
+            try:
+                teardown(state)
+            except Exception:  # teardown must not turn a finished run into a failed one
+                logger.exception("worker teardown failed in process %d", os.getpid())
+        return True
+
+    def release_all(self) -> None:
+        """Tear down every state this process holds (registered with :mod:`atexit`)."""
+        for token in list(self._entries):
+            self.release(token)
+
+
+#: The one per-process cache worker setup needs (see :class:`_WorkerStates`).
+_STATES = _WorkerStates()
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """A setup callable run once per worker process; its result reaches ``fn`` as ``state=``.
+
+    ``token`` identifies the setup across pickling (one per
+    :class:`~batchmem.BatchProcessor`), so every worker process runs
+    ``setup()`` once, before its first batch and outside the batch's time
+    and memory measurement, and keeps the result for later batches and runs
+    of the same processor. ``teardown(state)`` runs when the state is
+    released: at the end of an in-process run (serial, threading), at the
+    end of a dask run (worker plugin teardown), at worker exit for loky.
+    """
+
+    setup: Callable[[], Any]
+    teardown: Callable[[Any], Any] | None = None
+    name: str = "setup"
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def state(self) -> Any:
+        """This process's state, set up on first use."""
+        return _STATES.get(self)
+
+    def release(self) -> bool:
+        """Run the teardown for this process's state, if it has one; False if it had none."""
+        return _STATES.release(self.token)
+
+
+def _import_ref(ref: str, field_name: str) -> Callable[..., Any]:
+    """Import ``"module:callable"`` (attribute may be dotted); ConfigError naming ``field_name``."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{field_name}: expected 'module:callable' such as 'models:load', got {ref!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{field_name}: cannot import {module_name!r} ({exc}); fix {ref!r} or install the module") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{field_name}: module {module_name!r} has no attribute {attr!r}; fix {ref!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{field_name}: {ref!r} is not callable; point it at a function")
+    return obj
+
+
+def _callable_name(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def make_worker_setup(setup: Callable[[], Any] | str | None, teardown: Callable[[Any], Any] | str | None = None) -> WorkerSetup | None:
+    """Build the :class:`WorkerSetup` for ``BatchProcessor(setup=..., teardown=...)``.
+
+    Each may be a callable or a ``"module:callable"`` string (imported here,
+    in this process; workers unpickle it by reference). ``setup()`` takes no
+    arguments; ``teardown(state)`` takes its result. None without a setup.
+
+    Raises ConfigError naming ``setup``/``teardown`` for bad references, a
+    teardown without a setup, or a value that is not callable.
+    """
+    if setup is None:
+        if teardown is not None:
+            raise ConfigError("teardown: there is no setup to tear down; pass setup= too, or drop teardown")
+        return None
+    resolved = []
+    for name, value in (("setup", setup), ("teardown", teardown)):
+        if isinstance(value, str):
+            value = _import_ref(value, name)
+        elif value is not None and not callable(value):
+            raise ConfigError(f"{name}: {value!r} is not callable; pass a function or 'module:callable'")
+        resolved.append(value)
+    return WorkerSetup(resolved[0], resolved[1], name=_callable_name(resolved[0]))
+
+
+def _check_accepts_state(fn: Callable[..., Any]) -> None:
+    """With a setup, ``fn`` must accept the keyword argument ``state``; ConfigError naming ``function`` otherwise."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins and C callables: cannot tell, let the call decide
+        return
+    if any(p.kind is p.VAR_KEYWORD or (p.name == "state" and p.kind is not p.POSITIONAL_ONLY) for p in params):
+        return
+    raise ConfigError(
+        f"function: {_callable_name(fn)} has no parameter 'state', but a setup is configured; "
+        "add a keyword parameter state=None to receive the setup's result"
+    )
+
+
+class _ExecutorBase:
+    """What the run loop asks of every executor besides running batches."""
+
+    opts: RunOptions
+    in_flight: int = 1  # batches running at once
+    #: The limit batches are planned against when it is not this machine's
+    #: (dask: the workers' limit as the scheduler reports it); None: the local limit.
+    memory_limit: MemoryLimit | None = None
+
+    def memory_plan(
+        self, outcome: BatchOutcome | None, rss_bytes: int, pressure: PressureLevel, thresholds: PressureThresholds
+    ) -> tuple[int, PressureLevel, int]:
+        """Baseline (bytes), pressure and batches in flight the optimizer plans with.
+
+        In-process and loky: the local process tree's resident bytes and
+        pressure as sampled (``rss_bytes``, ``pressure``), and ``in_flight``.
+        ``outcome`` is the batch just finished (None before the first).
+        """
+        return rss_bytes, pressure, self.in_flight
+
+    def _release_setup(self) -> None:
+        """Tear down the setup state held in this process (serial and threading runs)."""
+        if self.opts.setup is not None:
+            self.opts.setup.release()
+
+
+class SerialExecutor(_ExecutorBase):
     """Runs every batch in this process, one after another (``n_jobs=1``)."""
 
     in_flight = 1
@@ -229,10 +437,10 @@ class SerialExecutor:
         return [run_batch(self.fn, t, self.opts) for t in tasks]
 
     def close(self) -> None:
-        pass
+        self._release_setup()
 
 
-class JoblibExecutor:
+class JoblibExecutor(_ExecutorBase):
     """Runs batches as joblib tasks: loky processes, threads, or any backend
     named by :func:`joblib.parallel_config` (e.g. joblib's ``"dask"`` backend).
 
@@ -249,6 +457,16 @@ class JoblibExecutor:
         self.n_jobs, self.backend, self.pre_dispatch = n_jobs, backend, pre_dispatch
         with joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext():
             self.in_flight = max(1, joblib.effective_n_jobs(n_jobs))
+            active = type(joblib.parallel.get_active_backend()[0]).__name__
+        # Worker recycling (process backends only; see map): replace the workers
+        # every max_tasks_per_worker batches each, or when request_recycle() is called.
+        self.recycles_workers = active in ("LokyBackend", "MultiprocessingBackend")
+        self._is_loky = active == "LokyBackend"
+        self.max_tasks_per_worker: int | None = None
+        self.recycles = 0
+        self.recycle_reasons: list[str] = []
+        self._recycle = threading.Event()
+        self._reason = ""
 
     def _parallel(self, **kw: Any) -> Any:
         import joblib
@@ -256,10 +474,47 @@ class JoblibExecutor:
         return joblib.Parallel(n_jobs=self.n_jobs, backend=self.backend, batch_size=1, return_as="generator", **kw)
 
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
+        """Outcomes in task order. With process backends the tasks run in segments:
+        a segment ends after ``max_tasks_per_worker * in_flight`` tasks or when
+        :meth:`request_recycle` is called; its results are drained, the workers
+        are replaced (:meth:`_recycle_workers`) and the next segment starts.
+        """
         from joblib import delayed
 
         call = delayed(run_batch)
-        yield from self._parallel(pre_dispatch=self.pre_dispatch)(call(self.fn, t, self.opts) for t in tasks)
+        it = iter(tasks)
+        while True:
+            budget = self.max_tasks_per_worker * self.in_flight if self.recycles_workers and self.max_tasks_per_worker else None
+            seg = _Segment(it, budget, self._recycle if self.recycles_workers else None)
+            yield from self._parallel(pre_dispatch=self.pre_dispatch)(call(self.fn, t, self.opts) for t in seg)
+            if seg.exhausted or not self.recycles_workers:
+                return
+            self._recycle_workers(self._recycle.is_set() and self._reason or f"after {self.max_tasks_per_worker} batches per worker")
+
+    def request_recycle(self, reason: str) -> None:
+        """Replace the worker processes once the batches already dispatched finish (thread-safe)."""
+        if self.recycles_workers and not self._recycle.is_set():
+            self._reason = reason
+            self._recycle.set()
+
+    def _recycle_workers(self, reason: str) -> None:
+        """Shut the worker processes down so the next segment starts fresh ones.
+
+        loky: the reusable executor joblib shares is fetched with
+        ``get_reusable_executor(reuse=True)`` and shut down (``wait=True``: the
+        segment is drained, workers exit on their sentinel and run their
+        atexit teardown); the next ``Parallel`` call builds a new one (loky has
+        no ``max_tasks_per_child``: joblib/loky issue #373). multiprocessing:
+        each ``Parallel`` call already owns its pool.
+        """
+        self._recycle.clear()
+        if self._is_loky:
+            from joblib.externals.loky import get_reusable_executor
+
+            get_reusable_executor(reuse=True).shutdown(wait=True)
+        self.recycles += 1
+        self.recycle_reasons.append(reason)
+        logger.warning("batchmem: replaced the worker processes (%s)", reason)
 
     def run_now(self, tasks: list[BatchTask]) -> list[BatchOutcome]:
         from joblib import delayed
@@ -267,11 +522,42 @@ class JoblibExecutor:
         return list(self._parallel()(delayed(run_batch)(self.fn, t, self.opts) for t in tasks))
 
     def close(self) -> None:
-        pass
+        self._release_setup()  # threading: the state lives here; loky workers keep theirs
 
 
-def make_executor(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend: str | None) -> SerialExecutor | JoblibExecutor:
-    """``n_jobs == 1`` and no explicit backend: in-process; otherwise joblib."""
+class _Segment:
+    """Tasks of one worker generation: stops after ``budget`` tasks or once ``recycle`` is set."""
+
+    def __init__(self, it: Iterator[BatchTask], budget: int | None, recycle: threading.Event | None):
+        self.it, self.budget, self.recycle = it, budget, recycle
+        self.count = 0
+        self.exhausted = False
+
+    def __iter__(self) -> Iterator[BatchTask]:
+        while (self.budget is None or self.count < self.budget) and not (self.recycle and self.recycle.is_set()):
+            try:
+                task = next(self.it)
+            except StopIteration:
+                self.exhausted = True
+                return
+            self.count += 1
+            yield task
+
+
+def make_executor(
+    fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend: str | None, **backend_options: Any
+) -> SerialExecutor | JoblibExecutor:
+    """``n_jobs == 1`` and no explicit backend: in-process; ``"dask"``: a dask cluster; otherwise joblib.
+
+    ``backend_options`` go to :class:`batchmem.dask_backend.DaskExecutor` (``client``,
+    ``scheduler_address``). With ``opts.setup``, ``fn`` must accept ``state=`` (ConfigError otherwise).
+    """
+    if opts.setup is not None:
+        _check_accepts_state(fn)
+    if backend == "dask":
+        from .dask_backend import DaskExecutor
+
+        return DaskExecutor(fn, opts, **backend_options)
     if n_jobs == 1 and backend in (None, "sequential"):
         return SerialExecutor(fn, opts)
     return JoblibExecutor(fn, opts, n_jobs, backend)

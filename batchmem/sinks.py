@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,25 +42,27 @@ def _default(obj: Any) -> Any:
     raise TypeError
 
 
-def _records(results: Any) -> Sequence[Any]:
-    """A DataFrame becomes its rows as dicts; anything else must already be a sequence."""
-    if hasattr(results, "to_dict") and hasattr(results, "columns"):
-        return results.to_dict("records")
-    return results
+def _records(results: Any, rows_per_slice: int = 4096) -> Iterator[Any]:
+    """Yield the results one by one; a DataFrame yields its rows as dicts, a slice at a time.
 
-
-def encode_results(
-    results: Any, start_index: int, fallback: Callable[[Any], Any] | None = None
-) -> bytes:
-    """Encode one batch of results as JSONL bytes, one line per result.
-
-    ``results`` is a sequence of JSON-able objects or a pandas DataFrame (one
-    line per row). ``start_index`` is the input index of the first result and
-    only names the culprit in errors. ``fallback`` (e.g. ``str``) is used for
-    objects orjson cannot encode; without it such a result raises
-    :class:`SerializationError` naming its type and item index.
+    Converting a whole DataFrame chunk with ``to_dict("records")`` would hold
+    every row as a dict at once (hundreds of MB for a 40k-row chunk of the
+    flights example); slices of ``rows_per_slice`` rows bound that.
     """
-    rows = _records(results)
+    if hasattr(results, "to_dict") and hasattr(results, "columns"):
+        for lo in range(0, len(results), rows_per_slice):
+            yield from results.iloc[lo : lo + rows_per_slice].to_dict("records")
+    else:
+        yield from results
+
+
+def make_encoder(fallback: Callable[[Any], Any] | None = None) -> Callable[[Any], bytes]:
+    """Return ``encode(result) -> bytes``: one JSONL line (orjson, newline included).
+
+    pandas/numpy scalars (Timestamp, NaT, NA, ``np.generic``) are handled;
+    ``fallback`` (e.g. ``str``) is used for any other object orjson cannot
+    encode. Without it such a result raises ``TypeError``.
+    """
 
     def default(obj: Any) -> Any:
         try:
@@ -70,18 +72,43 @@ def encode_results(
                 raise
             return fallback(obj)
 
+    dumps, option = orjson.dumps, _OPTS | orjson.OPT_APPEND_NEWLINE
+
+    def encode(result: Any) -> bytes:
+        return dumps(result, default=default, option=option)
+
+    return encode
+
+
+def serialization_error(result: Any, index: int, exc: BaseException) -> SerializationError:
+    """The error for a result of item ``index`` that orjson could not encode."""
+    return SerializationError(
+        f"result of item {index} is not JSON-serialisable ({type(result).__name__}: {exc}); "
+        "return dicts/lists/str/numbers, or set a json fallback such as json_default=str"
+    )
+
+
+def encode_results(results: Any, start_index: int, fallback: Callable[[Any], Any] | None = None) -> bytes:
+    """Encode one batch of results as JSONL bytes, one line per result.
+
+    ``results`` is a sequence of JSON-able objects or a pandas DataFrame (one
+    line per row). ``start_index`` is the input index of the first result and
+    only names the culprit in errors. Raises :class:`SerializationError`
+    naming the type and item index of a result that cannot be encoded.
+    """
+    encode = make_encoder(fallback)
+    buf = bytearray()  # not a list of lines: orjson's small outputs each keep a ~4 KB buffer while alive
     try:
-        return b"".join([orjson.dumps(r, default=default, option=_OPTS | orjson.OPT_APPEND_NEWLINE) for r in rows])
+        for r in _records(results):
+            buf += encode(r)
+        return bytes(buf)
     except TypeError:
         pass
-    for offset, r in enumerate(rows):  # slow path: find the culprit
+    for offset, r in enumerate(_records(results)):  # slow path: find the culprit
         try:
-            orjson.dumps(r, default=default, option=_OPTS)
+            encode(r)
         except TypeError as exc:
-            raise SerializationError(
-                f"result of item {start_index + offset} is not JSON-serialisable ({type(r).__name__}: {exc}); "
-                "return dicts/lists/str/numbers, or set a json fallback such as json_default=str"
-            ) from None
+            raise serialization_error(r, start_index + offset, exc) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
