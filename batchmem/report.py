@@ -82,6 +82,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "limit_source": ("limit from", "str"),
     "memory_errors": ("MemoryErrors", "int"),
     "gc_collections": ("GC collections in batches", "int"),
+    "gc_pause_s": ("time in GC", "seconds"),
     "n_jobs": ("n_jobs", "int"),
     "backend": ("backend", "str"),
     "started_at": ("started", "time"),
@@ -213,7 +214,7 @@ def _thresholds(raw: dict[str, Any]) -> PressureThresholds:
     return PressureThresholds()
 
 
-def _figures(stats: RunStats, df: Any) -> dict[str, Any]:
+def _figures(stats: RunStats, df: Any, raw: dict[str, Any]) -> dict[str, Any]:
     sizes = list(stats.batch_sizes) or ([int(x) for x in df["items"]] if len(df) else [])
     sizes_sorted = sorted(sizes)
     median = None
@@ -239,6 +240,7 @@ def _figures(stats: RunStats, df: Any) -> dict[str, Any]:
         "limit_source": stats.limit_source,
         "memory_errors": stats.memory_errors,
         "gc_collections": stats.gc_collections,
+        "gc_pause_s": raw.get("gc_pause_s"),
         "n_jobs": stats.n_jobs,
         "backend": stats.backend,
         "started_at": stats.started_at or None,
@@ -307,7 +309,7 @@ def load_report(
         stats=stats,
         raw=raw,
         batches=df,
-        figures=_figures(stats, df),
+        figures=_figures(stats, df, raw),
         issues=issues,
         recommendations=recs,
         history=hist,
