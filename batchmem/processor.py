@@ -26,8 +26,8 @@ from typing import Any
 
 from .checkpoint import Checkpoint, checkpoint_path
 from .errors import ConfigError, ItemFailedError, OutputExistsError
-from .executors import BatchOutcome, BatchTask, RunOptions, make_executor
-from .heap.monitor import MemoryMonitor, PressureLevel, current_rss_bytes
+from .executors import BatchOutcome, BatchTask, RunOptions, make_executor, make_worker_setup
+from .heap.monitor import MemoryMonitor, PressureLevel, current_rss_bytes, resolve_memory_limit
 from .optimizer import BatchOptimizer
 from .optimizer.control import BatchMeasurement, ControlConfig
 from .sinks import NULL_LINE, JsonlSink, encode_results, error_record, iter_jsonl, open_sink
@@ -131,6 +131,17 @@ class BatchProcessor:
     use_history: warm-start from and record into the per-operation history.
     json_default: fallback for results orjson cannot encode (e.g. ``str``).
     fsync: ``os.fsync`` the output after every batch (crash safety, one sync per batch).
+    setup, teardown: per-worker setup, a callable or ``"module:callable"``. ``setup()`` runs
+        once per worker process (loky, dask; once in this process for serial and threading
+        runs) before that worker's first batch, outside the batch measurement, and its result
+        reaches ``fn`` as the keyword argument ``state`` (``fn(item, state=...)``, batched too).
+        ``teardown(state)`` runs when the state is released: end of a serial, threading or
+        dask run; loky workers keep the state while they live and tear down at exit.
+    client, scheduler_address: for ``backend="dask"``: the ``distributed.Client`` to use, or
+        a scheduler address (``"tcp://host:8786"``) to connect to; either implies
+        ``backend="dask"``. Without both, the default client (``distributed.default_client()``)
+        is used. Batches are planned against the smallest worker ``memory_limit`` the
+        scheduler reports (limit source ``"dask_worker"``) unless ``memory_limit`` is set.
 
     The Node option names (``batchSize``, ``autoOptimize``, ``memoryMonitoring``,
     ``detectMemoryIssues``, ``processName``, ``forceGCOnCompletion``) are accepted too.
@@ -162,6 +173,10 @@ class BatchProcessor:
         use_history: bool = True,
         json_default: Callable[[Any], Any] | None = None,
         fsync: bool = False,
+        setup: Callable[[], Any] | str | None = None,
+        teardown: Callable[[Any], Any] | str | None = None,
+        client: Any = None,
+        scheduler_address: str | None = None,
     ):
         if on_error not in _ON_ERROR:
             raise ConfigError(f"on_error: {on_error!r} is not one of {', '.join(_ON_ERROR)}; pick one of them")
@@ -189,6 +204,16 @@ class BatchProcessor:
         self.use_history = use_history
         self.json_default = json_default
         self.fsync = fsync
+        if client is not None or scheduler_address is not None:
+            if backend not in (None, "dask"):
+                raise ConfigError(f"backend: {backend!r} cannot use a dask client or scheduler_address; use backend='dask'")
+            self.backend = backend = "dask"
+        if backend == "dask":
+            from .dask_backend import import_distributed
+
+            import_distributed()  # fail now, naming the extra to install, if dask.distributed is missing
+        self.client, self.scheduler_address = client, scheduler_address
+        self.worker_setup = make_worker_setup(setup, teardown)
         self.monitor = MemoryMonitor(memory_limit)
         self.optimizer = BatchOptimizer(
             memory_limit_bytes=self.monitor.limit.bytes,
@@ -278,7 +303,8 @@ class BatchProcessor:
             batches_path=str(_sidecar(path, ".batches.jsonl")),
             started_at=time.time(),
         )
-        opts = RunOptions(self.batched, self.on_error, self.max_retries, encode=(fmt == "jsonl"), json_default=self.json_default)
+        opts = RunOptions(self.batched, self.on_error, self.max_retries, encode=(fmt == "jsonl"), json_default=self.json_default,
+                          setup=self.worker_setup)
         sink = open_sink(path, fmt, mode=mode, fsync=self.fsync)
         records = BatchRecordWriter(stats.batches_path, mode=mode)
         run = _Run(self, source, stats, ckpt, ckpt_path, sink, records, errors_path, opts, fn)
@@ -322,10 +348,18 @@ class _Run:
         self.error_sink: JsonlSink | None = None
         self.lock = threading.Lock()
         self.stopped = False
-        self.executor = make_executor(fn, opts, proc.n_jobs, proc.backend)
+        dask_options = {"client": proc.client, "scheduler_address": proc.scheduler_address} if proc.backend == "dask" else {}
+        self.executor = make_executor(fn, opts, proc.n_jobs, proc.backend, **dask_options)
         self.optimizer = proc.optimizer
+        if self.executor.memory_limit is not None:  # dask: plan against the workers' limit, not this machine's
+            limit = resolve_memory_limit(proc.memory_limit, detected=self.executor.memory_limit)
+            self.optimizer.memory_limit_bytes = limit.bytes
+            stats.memory_limit_bytes, stats.limit_source = limit.bytes, limit.source
+        if dask_options:
+            stats.n_jobs = self.executor.in_flight  # worker threads of the cluster
         self.last_sample = proc.monitor.sample()
-        self.optimizer.start_run(proc.process_name, baseline_bytes=self.last_sample.rss_bytes, in_flight=self.executor.in_flight)
+        baseline, _, in_flight = self.executor.memory_plan(None, self.last_sample.rss_bytes, self.last_sample.pressure, proc.monitor.thresholds)
+        self.optimizer.start_run(proc.process_name, baseline_bytes=baseline, in_flight=in_flight)
         self.fixed_size = None if proc.auto_optimize else proc.batch_size
         self.asked: dict[int, int] = {}  # input index of a batch's first item -> size asked when it was cut (items)
         self.peak_bytes_sum = 0
@@ -448,12 +482,13 @@ class _Run:
         st.peak_rss_bytes = max(st.peak_rss_bytes, base + o.peak_bytes, rss_now)
         if sample:
             self.last_sample = sample
+        plan_bytes, plan_pressure, plan_in_flight = self.executor.memory_plan(o, rss_now, pressure, self.proc.monitor.thresholds)
         with self.lock:
             self.optimizer.observe(
                 BatchMeasurement(size=o.size, duration_s=o.duration_s, peak_bytes=o.peak_bytes, failed=o.failed),
-                baseline_bytes=rss_now,
-                pressure=pressure,
-                in_flight=self.executor.in_flight,
+                baseline_bytes=plan_bytes,
+                pressure=plan_pressure,
+                in_flight=plan_in_flight,
             )
         self.bar.update(o.size)
         if self.proc.progress:
