@@ -20,7 +20,7 @@ from .errors import (
     OutputExistsError,
     SerializationError,
 )
-from .heap import MemoryMonitor, MemorySample, PeakMemoryTracker, PressureLevel
+from .heap import HeapAnalyzer, MemoryMonitor, MemorySample, PeakMemoryTracker, PressureLevel
 from .optimizer import BatchOptimizer
 from .processor import BatchProcessor, BatchResult
 from .sources import read_csv, read_jsonl, read_parquet
@@ -35,6 +35,7 @@ __all__ = [
     "BatchProcessor",
     "BatchResult",
     "BatchOptimizer",
+    "HeapAnalyzer",
     "MemoryMonitor",
     "MemorySample",
     "PeakMemoryTracker",

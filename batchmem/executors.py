@@ -483,11 +483,13 @@ class JoblibExecutor(_ExecutorBase):
 
         call = delayed(run_batch)
         it = iter(tasks)
+        carry = None
         while True:
             budget = self.max_tasks_per_worker * self.in_flight if self.recycles_workers and self.max_tasks_per_worker else None
-            seg = _Segment(it, budget, self._recycle if self.recycles_workers else None)
+            seg = _Segment(it, budget, self._recycle if self.recycles_workers else None, carry)
             yield from self._parallel(pre_dispatch=self.pre_dispatch)(call(self.fn, t, self.opts) for t in seg)
-            if seg.exhausted or not self.recycles_workers:
+            carry = seg.carry
+            if seg.exhausted or carry is None or not self.recycles_workers:
                 return
             self._recycle_workers(self._recycle.is_set() and self._reason or f"after {self.max_tasks_per_worker} batches per worker")
 
@@ -526,22 +528,37 @@ class JoblibExecutor(_ExecutorBase):
 
 
 class _Segment:
-    """Tasks of one worker generation: stops after ``budget`` tasks or once ``recycle`` is set."""
+    """Tasks of one worker generation: stops after ``budget`` tasks or once ``recycle`` is set.
 
-    def __init__(self, it: Iterator[BatchTask], budget: int | None, recycle: threading.Event | None):
-        self.it, self.budget, self.recycle = it, budget, recycle
+    When it stops early it pulls the next task into ``carry`` (the next
+    segment's first), so a source that ends right there is seen as
+    ``exhausted`` and no workers are replaced for nothing.
+    """
+
+    def __init__(self, it: Iterator[BatchTask], budget: int | None, recycle: threading.Event | None,
+                 carry: BatchTask | None = None):
+        self.it, self.budget, self.recycle, self.carry = it, budget, recycle, carry
         self.count = 0
         self.exhausted = False
 
+    def _next(self) -> BatchTask | None:
+        if self.carry is not None:
+            task, self.carry = self.carry, None
+            return task
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.exhausted = True
+            return None
+
     def __iter__(self) -> Iterator[BatchTask]:
         while (self.budget is None or self.count < self.budget) and not (self.recycle and self.recycle.is_set()):
-            try:
-                task = next(self.it)
-            except StopIteration:
-                self.exhausted = True
+            task = self._next()
+            if task is None:
                 return
             self.count += 1
             yield task
+        self.carry = self._next()
 
 
 def make_executor(

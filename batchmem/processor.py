@@ -27,7 +27,8 @@ from typing import Any
 from .checkpoint import Checkpoint, checkpoint_path
 from .errors import ConfigError, ItemFailedError, OutputExistsError
 from .executors import BatchOutcome, BatchTask, RunOptions, make_executor, make_worker_setup
-from .heap.monitor import MemoryMonitor, PressureLevel, current_rss_bytes, resolve_memory_limit
+from .heap.monitor import MemoryMonitor, PressureLevel, PressureThresholds, current_rss_bytes, resolve_memory_limit
+from .heap.pressure import PressureCallbacks, RunGuard
 from .optimizer import BatchOptimizer
 from .optimizer.control import BatchMeasurement, ControlConfig
 from .sinks import NULL_LINE, JsonlSink, encode_results, error_record, iter_jsonl, open_sink
@@ -137,6 +138,18 @@ class BatchProcessor:
         reaches ``fn`` as the keyword argument ``state`` (``fn(item, state=...)``, batched too).
         ``teardown(state)`` runs when the state is released: end of a serial, threading or
         dask run; loky workers keep the state while they live and tear down at exit.
+    trace_allocations: trace this process with :mod:`tracemalloc` so leak verdicts name
+        the source lines that grew (costs time per allocation; see benchmarks/bench_leaks.py).
+    pressure_thresholds: utilization fractions for warning/critical/emergency
+        (default 0.80/0.90/0.95); ``adaptive_thresholds=True`` (or a dict of
+        ``warning_mb``/``critical_mb``/``emergency_mb``) sets them at the baseline measured
+        when the run starts + 50/70/90 MB instead. See :mod:`batchmem.heap.pressure`.
+    pressure_max_wait_s: longest pause of dispatch at critical pressure (seconds);
+        after it batches go on at ``min_batch_size``.
+    gc_max_time_fraction: share of wall time garbage collection between batches may take.
+    max_tasks_per_worker: replace the worker processes (loky, multiprocessing) after
+        this many batches each; ``recycle_leaking_workers`` also replaces them when a
+        leak is flagged in a worker.
     client, scheduler_address: for ``backend="dask"``: the ``distributed.Client`` to use, or
         a scheduler address (``"tcp://host:8786"``) to connect to; either implies
         ``backend="dask"``. Without both, the default client (``distributed.default_client()``)
@@ -177,6 +190,13 @@ class BatchProcessor:
         teardown: Callable[[Any], Any] | str | None = None,
         client: Any = None,
         scheduler_address: str | None = None,
+        trace_allocations: bool = False,
+        pressure_thresholds: PressureThresholds | None = None,
+        adaptive_thresholds: bool | dict[str, float] = False,
+        pressure_max_wait_s: float = 10.0,
+        gc_max_time_fraction: float = 0.05,
+        max_tasks_per_worker: int | None = None,
+        recycle_leaking_workers: bool = True,
     ):
         if on_error not in _ON_ERROR:
             raise ConfigError(f"on_error: {on_error!r} is not one of {', '.join(_ON_ERROR)}; pick one of them")
@@ -214,7 +234,14 @@ class BatchProcessor:
             import_distributed()  # fail now, naming the extra to install, if dask.distributed is missing
         self.client, self.scheduler_address = client, scheduler_address
         self.worker_setup = make_worker_setup(setup, teardown)
-        self.monitor = MemoryMonitor(memory_limit)
+        self.monitor = MemoryMonitor(memory_limit, thresholds=pressure_thresholds or PressureThresholds())
+        # heap analysis, pressure escalation, worker recycling (batchmem.heap.pressure.RunGuard)
+        if max_tasks_per_worker is not None and (not isinstance(max_tasks_per_worker, int) or max_tasks_per_worker < 1):
+            raise ConfigError(f"max_tasks_per_worker: {max_tasks_per_worker!r} must be an integer >= 1 (batches) or None")
+        self.trace_allocations, self.adaptive_thresholds = trace_allocations, adaptive_thresholds
+        self.pressure_max_wait_s, self.gc_max_time_fraction = pressure_max_wait_s, gc_max_time_fraction
+        self.max_tasks_per_worker, self.recycle_leaking_workers = max_tasks_per_worker, recycle_leaking_workers
+        self.pressure_callbacks = PressureCallbacks()
         self.optimizer = BatchOptimizer(
             memory_limit_bytes=self.monitor.limit.bytes,
             config=self.control_config,
@@ -227,6 +254,15 @@ class BatchProcessor:
     def stop(self) -> None:
         """Ask a running :meth:`process` to stop after the batches in flight (thread-safe)."""
         self._stop.set()
+
+    def on_pressure(self, level: PressureLevel | str, callback: Callable[[], Any], *, cooldown_s: float = 10.0) -> None:
+        """Call ``callback()`` after a batch when memory pressure is at ``level`` ("warning",
+        "critical", "emergency") or above, at most once per ``cooldown_s`` seconds.
+
+        Emergency callbacks are the cleanup hooks run before an emergency stop.
+        See :mod:`batchmem.heap.pressure` for the whole escalation.
+        """
+        self.pressure_callbacks.register(level, callback, cooldown_s)
 
     def _fingerprint(self, fn: Callable[..., Any]) -> str:
         name = f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', repr(fn))}"
@@ -358,6 +394,8 @@ class _Run:
         if dask_options:
             stats.n_jobs = self.executor.in_flight  # worker threads of the cluster
         self.last_sample = proc.monitor.sample()
+        self.executor.max_tasks_per_worker = proc.max_tasks_per_worker  # worker recycling (process backends)
+        self.guard = RunGuard.from_processor(proc, self.executor, stats, self.last_sample)
         baseline, _, in_flight = self.executor.memory_plan(None, self.last_sample.rss_bytes, self.last_sample.pressure, proc.monitor.thresholds)
         self.optimizer.start_run(proc.process_name, baseline_bytes=baseline, in_flight=in_flight)
         self.fixed_size = None if proc.auto_optimize else proc.batch_size
@@ -385,7 +423,9 @@ class _Run:
         index = self.ckpt.batches
         start = self.ckpt.items
         while not self.proc._stop.is_set():
-            asked = self._next_size()
+            asked = self.guard.before_dispatch(self._next_size())  # backpressure: waits while pressure is critical
+            if self.proc._stop.is_set():
+                return
             batch = self.source.take(asked)
             if batch is None or len(batch) == 0:
                 return
@@ -490,6 +530,7 @@ class _Run:
                 pressure=plan_pressure,
                 in_flight=plan_in_flight,
             )
+        self.guard.after_batch(o, sample, rss_now)  # leak analysis, GC, pressure escalation (may stop the run)
         self.bar.update(o.size)
         if self.proc.progress:
             from tqdm import tqdm
@@ -519,6 +560,7 @@ class _Run:
             self.ckpt.save(self.ckpt_path)
         if self.proc.force_gc_on_completion:
             gc.collect()
+        self.guard.finish()  # issues + GC figures into the stats; GC hooks and tracing removed
         write_json_atomic(st.stats_path, st.to_dict())
         if self.proc.use_history and st.items:  # fixed-size runs are recorded too: their costs are measured
             self.optimizer.finish_run({

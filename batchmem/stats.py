@@ -84,7 +84,10 @@ class RunStats:
     memory_errors: int = 0
     learned_batch_size: int | None = None  # items
     gc_collections: int = 0
-    gc_collected_between_batches: int = 0
+    gc_collected_between_batches: int = 0  # objects found unreachable by batchmem's own collections between batches
+    gc_collections_by_generation: list[int] = field(default_factory=lambda: [0, 0, 0])  # this process, via gc.callbacks
+    gc_pause_s: float = 0.0  # seconds spent in garbage collection in this process during the run
+    gc_max_pause_s: float = 0.0  # longest single collection, seconds
     issues: list[dict[str, Any]] = field(default_factory=list)
     output_path: str | None = None
     errors_path: str | None = None

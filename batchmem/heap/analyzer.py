@@ -1,0 +1,543 @@
+"""HeapAnalyzer: leak verdicts from a robust trend, culprit lines, GC advice.
+
+How a leak is found
+-------------------
+After every batch the run records the *post-batch baseline* of the process
+that ran it -- its resident bytes before its next batch (``BatchOutcome.
+start_rss_bytes``), or the bytes traced by :mod:`tracemalloc` when tracing is
+on in this process -- against the items that process had processed, in a
+bounded window per process id (``collections.deque(maxlen=window)``).
+
+The trend is the Theil-Sen estimator (Sen 1968, "Estimates of the regression
+coefficient based on Kendall's tau", JASA 63:1379): the median of the slopes
+between every pair of points, which ignores up to ~29 % of outliers (allocator
+noise, one-off caches) where a first-to-last difference or least squares would
+not. The confidence figure is the share of those pairwise slopes that are
+positive (0.5 for noise, 1.0 for growth at every step; equal to
+``(1 + tau) / 2`` for Kendall's tau without ties).
+
+A leak is flagged when, over at least ``min_batches`` samples after
+``warmup_batches``:
+
+* the slope times the median batch size is at least
+  ``min_growth_per_batch_bytes`` (default 32 KiB per batch),
+* the growth projected over the window is at least
+  ``min_window_growth_bytes`` (default 1 MiB),
+* the confidence is at least ``min_confidence`` (default 0.8), and
+* the slope over the most recent half of the window is at least half of the
+  whole window's (growth that has flattened out is warm-up, not a leak).
+
+These defaults are checked by ``benchmarks/bench_leaks.py`` (false-positive
+rate over repeated clean runs with noisy allocation sizes; detection delay of
+a 100 KB-per-batch leak).
+
+Culprits: with ``trace_allocations=True`` a :mod:`tracemalloc` snapshot is
+taken at the start of the leak window and another at verdict time;
+``Snapshot.compare_to(old, "lineno")`` ranks source lines by growth, with
+tracemalloc's, importlib's and batchmem's own frames filtered out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import statistics
+import time
+import tracemalloc
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from batchmem.heap.gc_watch import GcWatch
+from batchmem.heap.monitor import MemoryMonitor, current_rss_bytes
+
+__all__ = ["heap_in_use_bytes", "Issue", "Trend", "theil_sen", "LineGrowth", "top_growth_lines", "HeapAnalyzer"]
+
+logger = logging.getLogger("batchmem")
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Frames hidden from culprit lists: the tracer itself, the import machinery, batchmem.
+_CULPRIT_FILTERS = (
+    tracemalloc.Filter(False, tracemalloc.__file__),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+    tracemalloc.Filter(False, "<unknown>"),
+    tracemalloc.Filter(False, os.path.join(_PACKAGE_DIR, "*")),
+)
+
+
+class _Mallinfo2(ctypes.Structure):
+    """``struct mallinfo2`` (glibc >= 2.33, mallinfo(3)): every field a ``size_t``."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _load_mallinfo2() -> Any:
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return None
+    fn.restype = _Mallinfo2
+    fn.argtypes = []
+    return fn
+
+
+#: glibc's mallinfo2, resolved once at import (None where unavailable); read-only.
+_MALLINFO2 = _load_mallinfo2()
+
+
+def heap_in_use_bytes() -> int | None:
+    """Bytes malloc has handed out and not had back in this process, or None off glibc.
+
+    ``uordblks + hblkhd`` of glibc's ``mallinfo2()`` (mallinfo(3)): allocated
+    heap chunks plus mmapped blocks (CPython's pymalloc arenas are mmapped, so
+    small objects count too). Unlike RSS it excludes freed memory the
+    allocator keeps for reuse, so allocate-and-free work of varying sizes
+    leaves it flat while RSS ratchets up by megabytes (measured in
+    benchmarks/bench_leaks.py). Cost ~10 us.
+    """
+    if _MALLINFO2 is None:
+        return None
+    m = _MALLINFO2()
+    return int(m.uordblks + m.hblkhd)
+
+
+def _fmt_bytes(n: float) -> str:
+    sign = "-" if n < 0 else ""
+    n = abs(float(n))
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} GiB"  # pragma: no cover
+
+
+# --- records ----------------------------------------------------------------------
+
+
+@dataclass
+class Issue:
+    """One verdict of the analyzer.
+
+    kind: "leak", "gc_cycles", "gc_pauses", "uncollectable", "pressure",
+        "emergency_stop" or "worker_recycling".
+    severity: "info", "warning" or "critical".
+    message: one or two plain sentences with the figures.
+    evidence: the figures, numbers only (bytes, items, seconds, ratios; ``None`` when unknown).
+    culprits: top source lines by growth (``{"line": "file:lineno", "size_bytes", "count"}``), leaks only.
+    recommendation: what to do about it.
+    """
+
+    kind: str
+    severity: str
+    message: str
+    evidence: dict[str, float | int | None] = field(default_factory=dict)
+    culprits: list[dict[str, Any]] = field(default_factory=list)
+    recommendation: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the form stored in ``RunStats.issues``)."""
+        return {
+            "kind": self.kind,
+            "severity": self.severity,
+            "message": self.message,
+            "evidence": dict(self.evidence),
+            "culprits": [dict(c) for c in self.culprits],
+            "recommendation": self.recommendation,
+        }
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A Theil-Sen fit ``y = intercept + slope * x``.
+
+    slope: median pairwise slope (units of y per unit of x).
+    confidence: share of pairwise slopes > 0 (0..1; 0.5 is no trend).
+    n: points used.
+    """
+
+    slope: float
+    intercept: float
+    confidence: float
+    n: int
+
+
+def theil_sen(x: Sequence[float], y: Sequence[float]) -> Trend:
+    """Theil-Sen slope (median of pairwise slopes) and the share of positive pairwise slopes.
+
+    Pairs with equal ``x`` are skipped. O(n^2) in time and memory: meant for
+    bounded windows (n = 50 takes ~40 us with numpy).
+    """
+    xa = np.asarray(x, dtype=float)
+    ya = np.asarray(y, dtype=float)
+    n = len(xa)
+    if n < 2:
+        return Trend(0.0, float(ya[0]) if n else 0.0, 0.5, n)
+    i, j = np.triu_indices(n, 1)
+    dx = xa[j] - xa[i]
+    ok = dx != 0
+    if not ok.any():
+        return Trend(0.0, float(np.median(ya)), 0.5, n)
+    slopes = (ya[j] - ya[i])[ok] / dx[ok]
+    slope = float(np.median(slopes))
+    intercept = float(np.median(ya - slope * xa))
+    confidence = float(np.count_nonzero(slopes > 0)) / slopes.size
+    return Trend(slope, intercept, confidence, n)
+
+
+@dataclass(frozen=True)
+class LineGrowth:
+    """Growth of the memory allocated at one source line between two snapshots."""
+
+    filename: str
+    lineno: int
+    size_bytes: int  # bytes gained
+    count: int  # blocks gained
+
+    @property
+    def line(self) -> str:
+        return f"{self.filename}:{self.lineno}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "size_bytes": self.size_bytes, "count": self.count}
+
+    def __str__(self) -> str:
+        return f"{self.line}: +{_fmt_bytes(self.size_bytes)} in {self.count:+d} blocks"
+
+
+def top_growth_lines(old: tracemalloc.Snapshot, new: tracemalloc.Snapshot, limit: int = 5) -> list[LineGrowth]:
+    """The ``limit`` source lines whose allocations grew most from ``old`` to ``new``.
+
+    Uses ``Snapshot.compare_to(old, "lineno")``; tracemalloc, importlib and
+    batchmem frames are filtered out; only lines that grew are listed.
+    """
+    stats = new.filter_traces(_CULPRIT_FILTERS).compare_to(old.filter_traces(_CULPRIT_FILTERS), "lineno")
+    out: list[LineGrowth] = []
+    for s in stats:
+        if s.size_diff <= 0:
+            continue
+        frame = s.traceback[0]
+        out.append(LineGrowth(frame.filename, frame.lineno, int(s.size_diff), int(s.count_diff)))
+        if len(out) >= limit:
+            break
+    return out
+
+
+# --- per-process series ---------------------------------------------------------
+
+
+@dataclass
+class _Series:
+    """Post-batch baselines of one process: (items processed, bytes, batch size) in a bounded window."""
+
+    window: int
+    items_done: int = 0
+    batches: int = 0
+    points: deque = field(init=False)  # (items_done, bytes, batch items)
+    flagged: bool = False
+    metric: str = "resident bytes"
+
+    def __post_init__(self) -> None:
+        self.points = deque(maxlen=self.window)
+
+
+class HeapAnalyzer:
+    """Watches a run (or any loop) for leaks, cyclic garbage and GC pauses.
+
+    Args:
+        monitor: the :class:`MemoryMonitor` that gives the limit and tree RSS
+            (one is made from ``memory_limit`` when None).
+        memory_limit: as for :class:`MemoryMonitor` (only when ``monitor`` is None).
+        trace_allocations: start :mod:`tracemalloc` (if not already tracing)
+            to name culprit lines and to use traced bytes as the in-process
+            baseline. Costs time on every allocation: see benchmarks/bench_leaks.py.
+        window: samples kept per process (batches).
+        warmup_batches: first batches of each process ignored (imports, caches).
+        min_batches: samples needed before a verdict.
+        min_growth_per_batch_bytes, min_window_growth_bytes, min_confidence:
+            the leak rule (module docstring).
+        top_lines: culprit lines named per leak.
+        gc_watch: a :class:`GcWatch` to read GC figures from (one is made otherwise).
+
+    Use :meth:`start`/:meth:`stop` (or ``with``) around the work, and call
+    :meth:`observe_batch` after each batch. :meth:`analyze_heap` gives the
+    issues and recommendations, :meth:`get_memory_stats` the current figures.
+    """
+
+    def __init__(
+        self,
+        monitor: MemoryMonitor | None = None,
+        *,
+        memory_limit: int | str | float | None = None,
+        trace_allocations: bool = False,
+        window: int = 50,
+        warmup_batches: int = 2,
+        min_batches: int = 10,
+        min_growth_per_batch_bytes: int = 32 * 1024,
+        min_window_growth_bytes: int = 1 << 20,
+        min_confidence: float = 0.8,
+        top_lines: int = 5,
+        gc_watch: GcWatch | None = None,
+    ) -> None:
+        if window < min_batches or min_batches < 3:
+            raise ValueError(f"window={window} must be >= min_batches={min_batches} >= 3")
+        self.monitor = monitor if monitor is not None else MemoryMonitor(memory_limit)
+        self.trace_allocations = bool(trace_allocations)
+        self.window, self.warmup_batches, self.min_batches = window, warmup_batches, min_batches
+        self.min_growth_per_batch_bytes = min_growth_per_batch_bytes
+        self.min_window_growth_bytes = min_window_growth_bytes
+        self.min_confidence = min_confidence
+        self.top_lines = top_lines
+        self.gc_watch = gc_watch if gc_watch is not None else GcWatch()
+        self._own_gc_watch = gc_watch is None
+        self.issues: list[Issue] = []
+        self._series: dict[int, _Series] = {}
+        self._started_tracing = False
+        self._snapshot: tracemalloc.Snapshot | None = None
+        self._snapshot_at = 0  # in-process samples recorded when the snapshot was taken
+        self._cycle_checks = 0
+        self._cycle_unreachable = 0
+        self._cycle_items = 0
+        self._items = 0
+        self._t0 = time.perf_counter()
+        self._stopped_s: float | None = None
+
+    # -- lifecycle
+    def start(self) -> HeapAnalyzer:
+        """Install the GC callbacks and, with ``trace_allocations``, start tracemalloc (1 frame per trace)."""
+        self._t0 = time.perf_counter()
+        self._stopped_s = None
+        if self._own_gc_watch:
+            self.gc_watch.install()
+        if self.trace_allocations and not tracemalloc.is_tracing():
+            tracemalloc.start(1)
+            self._started_tracing = True
+        return self
+
+    def stop(self) -> None:
+        """Remove the GC callbacks and stop tracemalloc if :meth:`start` started it."""
+        if self._own_gc_watch:
+            self.gc_watch.remove()
+        if self._started_tracing:
+            tracemalloc.stop()
+            self._started_tracing = False
+        self._snapshot = None
+        self._stopped_s = time.perf_counter() - self._t0
+
+    def __enter__(self) -> HeapAnalyzer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def tracing(self) -> bool:
+        """True when tracemalloc traces this process for the analyzer."""
+        return self.trace_allocations and tracemalloc.is_tracing()
+
+    # -- observations
+    def observe_batch(self, *, pid: int | None, items: int, baseline_bytes: int | None = None,
+                      metric: str = "resident bytes", tree_rss_bytes: int | None = None) -> list[Issue]:
+        """Record one batch of ``items`` run in process ``pid`` and return any new issues.
+
+        ``baseline_bytes`` is that process's memory with the batch's effects
+        settled -- its RSS before its next batch, or malloc's in-use bytes
+        (:func:`heap_in_use_bytes`) -- named by ``metric``. For this process it
+        may be None: it is read here, traced bytes when tracing, else malloc
+        in-use bytes (glibc), else RSS. ``tree_rss_bytes`` (process tree RSS,
+        for the items-until-limit projection) is sampled when None.
+        """
+        pid = os.getpid() if pid is None else pid
+        own = pid == os.getpid()
+        traced = own and self.tracing
+        if traced:
+            baseline_bytes, metric = tracemalloc.get_traced_memory()[0], "traced bytes"
+        elif baseline_bytes is None:
+            baseline_bytes, metric = heap_in_use_bytes(), "malloc in-use bytes"
+            if baseline_bytes is None:
+                baseline_bytes, metric = current_rss_bytes(), "resident bytes"
+        s = self._series.get(pid)
+        if s is None:
+            s = self._series[pid] = _Series(self.window)
+        self._items += items
+        s.batches += 1
+        before = s.items_done
+        s.items_done += items
+        if s.batches <= self.warmup_batches:
+            return []
+        s.points.append((before, int(baseline_bytes), items))
+        s.metric = metric
+        if traced and (self._snapshot is None or (not s.flagged and s.batches - self._snapshot_at >= self.window)):
+            self._snapshot = tracemalloc.take_snapshot()  # start of the leak window (renewed every window)
+            self._snapshot_at = s.batches
+        if s.flagged or len(s.points) < self.min_batches:
+            return []
+        issue = self._leak_verdict(pid, s, traced, tree_rss_bytes)
+        if issue is None:
+            return []
+        s.flagged = True
+        self.issues.append(issue)
+        logger.warning("batchmem: %s", issue.message)
+        return [issue]
+
+    def _leak_verdict(self, pid: int, s: _Series, traced: bool, tree_rss_bytes: int | None) -> Issue | None:
+        xs = [p[0] for p in s.points]
+        ys = [p[1] for p in s.points]
+        fit = theil_sen(xs, ys)
+        if fit.slope <= 0 or fit.confidence < self.min_confidence:
+            return None
+        batch_items = statistics.median(p[2] for p in s.points)
+        per_batch = fit.slope * batch_items
+        span_items = xs[-1] - xs[0]
+        window_growth = fit.slope * span_items
+        if per_batch < self.min_growth_per_batch_bytes or window_growth < self.min_window_growth_bytes:
+            return None
+        half = len(xs) // 2
+        recent = theil_sen(xs[half:], ys[half:])
+        if recent.slope < 0.5 * fit.slope:
+            return None
+        if tree_rss_bytes is None:
+            tree_rss_bytes = self.monitor.rss_bytes()
+        headroom = self.monitor.limit.bytes - tree_rss_bytes
+        items_to_limit = max(0, int(headroom / fit.slope)) if fit.slope > 0 else None
+        own = pid == os.getpid()
+        culprits: list[LineGrowth] = []
+        if traced and self._snapshot is not None:
+            culprits = top_growth_lines(self._snapshot, tracemalloc.take_snapshot(), self.top_lines)
+        where = "this process" if own else f"worker process {pid}"
+        metric = s.metric
+        message = (
+            f"memory leak suspected in {where}: {metric} grow {_fmt_bytes(per_batch)} per batch "
+            f"({fit.slope:.0f} bytes/item, Theil-Sen over {fit.n} batches, confidence {fit.confidence:.0%}); "
+            f"the limit ({_fmt_bytes(self.monitor.limit.bytes)}) is reached after ~{items_to_limit} more items"
+        )
+        if culprits:
+            message += "; top lines by growth: " + "; ".join(str(c) for c in culprits[:3])
+        if culprits:
+            rec = "Fix the allocations kept at " + ", ".join(c.line for c in culprits[:3]) + " (objects kept in a global, cache or closure)"
+        elif own:
+            rec = ("Rerun with trace_allocations=True to name the source lines that grow; "
+                   "if the leak is in third-party code, run on n_jobs>1 with the loky backend so leaking workers are replaced")
+        else:
+            rec = ("Leaking workers are replaced automatically (recycle_leaking_workers=True) or every "
+                   "max_tasks_per_worker batches; to name the lines, rerun a sample with n_jobs=1 and trace_allocations=True")
+        return Issue(
+            kind="leak",
+            severity="critical" if items_to_limit is not None and items_to_limit < 10 * batch_items else "warning",
+            message=message,
+            evidence={
+                "pid": pid,
+                "bytes_per_item": fit.slope,
+                "bytes_per_batch": per_batch,
+                "confidence": fit.confidence,
+                "window_batches": fit.n,
+                "window_items": span_items,
+                "window_growth_bytes": window_growth,
+                "items_until_limit": items_to_limit,
+                "detected_after_batches": s.batches,
+                "detected_after_items": s.items_done,
+                "traced": int(traced),
+            },
+            culprits=[c.to_dict() for c in culprits],
+            recommendation=rec,
+        )
+
+    def forget(self, pid: int) -> None:
+        """Drop the series of ``pid`` (its process was replaced); its issues stay."""
+        self._series.pop(pid, None)
+
+    def record_cycle_check(self, unreachable: int, items: int) -> None:
+        """Record an explicit ``gc.collect()`` after a batch: ``unreachable`` objects found over ``items`` items since the last check."""
+        self._cycle_checks += 1
+        self._cycle_unreachable += int(unreachable)
+        self._cycle_items += int(items)
+
+    # -- verdicts
+    def _gc_issues(self) -> list[Issue]:
+        out: list[Issue] = []
+        w = self.gc_watch
+        elapsed = self._stopped_s if self._stopped_s is not None else time.perf_counter() - self._t0
+        garbage = w.collected + self._cycle_unreachable
+        items = max(self._items, 1)
+        per_item = garbage / items
+        if garbage >= 1000 and per_item >= 1.0:
+            out.append(Issue(
+                kind="gc_cycles",
+                severity="info" if w.pause_s < 0.05 * max(elapsed, 1e-9) else "warning",
+                message=(f"reference cycles: the cyclic GC freed {garbage} unreachable objects "
+                         f"(~{per_item:.1f} per item) in {sum(w.collections)} collections taking {w.pause_s:.3f} s"),
+                evidence={"unreachable_objects": garbage, "objects_per_item": per_item,
+                          "gc_pause_s": w.pause_s, "explicit_checks": self._cycle_checks},
+                recommendation=("The function builds reference cycles that only the cyclic GC frees; break them "
+                                "(weakref, clearing back-references, closing objects) or collect explicitly between "
+                                "batches (gc.collect()) so they do not pile up until a full collection"),
+            ))
+        if elapsed > 0 and w.pause_s >= 0.5 and w.pause_s / elapsed >= 0.10:
+            out.append(Issue(
+                kind="gc_pauses",
+                severity="warning",
+                message=(f"GC pauses took {w.pause_s:.2f} s ({w.pause_s / elapsed:.0%} of {elapsed:.1f} s), "
+                         f"longest {w.max_pause_s * 1000:.0f} ms, collections per generation {w.collections}"),
+                evidence={"gc_pause_s": w.pause_s, "gc_pause_fraction": w.pause_s / elapsed,
+                          "gc_max_pause_s": w.max_pause_s, "gen0": w.collections[0],
+                          "gen1": w.collections[1], "gen2": w.collections[2]},
+                recommendation=("Call gc.freeze() after loading long-lived data, or raise the generation-0 "
+                                "threshold (gc.set_threshold) for allocation-heavy functions"),
+            ))
+        if gc.garbage or w.uncollectable:
+            out.append(Issue(
+                kind="uncollectable",
+                severity="warning",
+                message=f"{len(gc.garbage)} uncollectable objects in gc.garbage ({w.uncollectable} found during the run)",
+                evidence={"gc_garbage": len(gc.garbage), "uncollectable": w.uncollectable},
+                recommendation="Inspect gc.garbage: objects whose finalizers keep them alive never get freed",
+            ))
+        return out
+
+    def analyze_heap(self) -> dict[str, list[Any]]:
+        """Issues so far plus GC verdicts: ``{"issues": [Issue.to_dict()...], "recommendations": [str...]}``."""
+        issues = self.issues + self._gc_issues()
+        recs: list[str] = []
+        for i in issues:
+            if i.recommendation and i.recommendation not in recs:
+                recs.append(i.recommendation)
+        sample = self.monitor.sample()
+        if sample.pressure.value >= 1:
+            recs.append(f"Memory pressure is {sample.pressure.label} ({sample.utilization:.0%} of the limit): "
+                        "lower max_batch_size or memory_target_fraction, or free caches with on_pressure callbacks")
+        return {"issues": [i.to_dict() for i in issues], "recommendations": recs}
+
+    def get_memory_stats(self) -> dict[str, Any]:
+        """Current figures: RSS (bytes), limit, utilization, pressure, GC counts and pauses, tracemalloc."""
+        sample = self.monitor.sample()
+        traced, traced_peak = tracemalloc.get_traced_memory() if tracemalloc.is_tracing() else (0, 0)
+        return {
+            "rss_bytes": current_rss_bytes(),
+            "tree_rss_bytes": sample.rss_bytes,
+            "available_bytes": sample.available_bytes,
+            "limit_bytes": sample.limit_bytes,
+            "limit_source": sample.limit_source,
+            "utilization": sample.utilization,
+            "pressure": sample.pressure.label,
+            "gc": {
+                **self.gc_watch.to_dict(),
+                "counts": list(gc.get_count()),
+                "thresholds": list(gc.get_threshold()),
+                "frozen": gc.get_freeze_count(),
+            },
+            "tracemalloc": {
+                "tracing": tracemalloc.is_tracing(),
+                "traced_bytes": traced,
+                "traced_peak_bytes": traced_peak,
+                "overhead_bytes": tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0,
+            },
+            "processes_watched": len(self._series),
+            "items_observed": self._items,
+        }
