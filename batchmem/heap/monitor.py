@@ -1,0 +1,734 @@
+"""Memory readings, limits and pressure levels for batchmem.
+
+What this module measures, and where each number comes from:
+
+* **Usage** -- resident set size (RSS, bytes). :func:`current_rss_bytes` reads
+  this process only (``/proc/self/statm`` on Linux, psutil elsewhere);
+  :meth:`MemoryMonitor.rss_bytes` adds every descendant process (joblib/loky
+  workers) found by ``psutil.Process().children(recursive=True)``.
+* **Limit** -- :func:`detect_memory_limit` takes the smallest of the cgroup v2
+  ``memory.max``, the cgroup v1 ``memory.limit_in_bytes``, the soft
+  ``RLIMIT_AS`` and ``RLIMIT_DATA`` and physical RAM, and says which one won.
+  The cgroup files are described in the Linux kernel's admin-guide,
+  ``Documentation/admin-guide/cgroup-v2.rst`` ("memory.max") and
+  ``Documentation/admin-guide/cgroup-v1/memory.rst`` ("memory.limit_in_bytes").
+  A user setting (:func:`resolve_memory_limit`) overrides detection.
+* **Pressure** -- utilization (usage / limit) mapped to a :class:`PressureLevel`
+  by :class:`PressureThresholds`.
+* **Peak per batch** -- :class:`PeakMemoryTracker`, the kernel's RSS high-water
+  mark (``VmHWM``) on Linux, a sampling thread elsewhere.
+
+Costs (best of 7 rounds on a loaded 2-vCPU Linux 6.18 VM, CPython 3.11, ~90
+processes), measured by ``benchmarks/bench_monitor.py``: current_rss_bytes
+~4-8 us; MemoryMonitor.rss_bytes / sample ~1.6-2.6 ms (psutil scans every
+process on the machine; the number of children barely matters);
+PeakMemoryTracker enter+exit ~25-45 us (vmhwm) or ~0.25-0.5 ms (sampling);
+detect_memory_limit ~0.4-0.6 ms (once per MemoryMonitor).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import numbers
+import os
+import re
+import resource
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+from pydantic import ByteSize, TypeAdapter, ValidationError
+
+from batchmem.errors import ConfigError
+
+__all__ = [
+    "PressureLevel",
+    "PressureThresholds",
+    "MemoryLimit",
+    "MemorySample",
+    "MemoryMonitor",
+    "PeakMemoryTracker",
+    "detect_memory_limit",
+    "parse_size",
+    "resolve_memory_limit",
+    "current_rss_bytes",
+]
+
+logger = logging.getLogger("batchmem")
+
+# --- constants (immutable) ---------------------------------------------------
+
+#: Page size in bytes, for converting ``/proc/self/statm`` pages to bytes.
+_PAGE_SIZE: int = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+#: True when the Linux procfs files this module reads exist.
+_HAVE_PROCFS: bool = sys.platform.startswith("linux") and os.path.exists("/proc/self/statm")
+
+#: cgroup v1 reports "no limit" as PAGE_COUNTER_MAX rounded to pages
+#: (9223372036854771712 on x86-64 with 4 KiB pages); anything at or above
+#: 2**60 bytes (1 EiB) is treated as unlimited.
+_CGROUP_V1_UNLIMITED: int = 2**60
+
+_SIZE_EXAMPLE = '"512MB", "2GiB" or "1.5GB"'
+
+_BYTE_SIZE = TypeAdapter(ByteSize)
+
+# "0.5" / ".25" / "1.0": a fraction written as a string (CLI flags, env vars).
+_FRACTION_RE = re.compile(r"^\s*(?:0?\.\d+|1\.0*)\s*$")
+
+# Order used to break ties between equal limits: the most specific source wins.
+_SOURCE_ORDER = ("cgroup_v2", "cgroup_v1", "rlimit_as", "rlimit_data", "physical")
+
+
+# --- pressure -----------------------------------------------------------------
+
+
+class PressureLevel(enum.IntEnum):
+    """How close memory use is to the limit; ordered, so ``level >= WARNING`` works.
+
+    The escalation attached to each level comes from the seed documents
+    (see DESIGN.md): shrink batches and collect garbage at ``WARNING``, pause
+    dispatch at ``CRITICAL``, run cleanup callbacks and stop cleanly at
+    ``EMERGENCY``. ``str(level)`` is the lower-case label ("warning").
+    """
+
+    NORMAL = 0
+    WARNING = 1
+    CRITICAL = 2
+    EMERGENCY = 3
+
+    @property
+    def label(self) -> str:
+        """Lower-case name: "normal", "warning", "critical" or "emergency"."""
+        return self.name.lower()
+
+    def __str__(self) -> str:
+        return self.label
+
+    def __format__(self, spec: str) -> str:
+        return format(self.label, spec)
+
+
+def _check_fraction(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise ConfigError(
+            f"PressureThresholds.{field}={value!r} is not a number; "
+            f"give a utilization fraction such as {field}=0.9"
+        )
+    return float(value)
+
+
+@dataclass(frozen=True)
+class PressureThresholds:
+    """Utilization fractions (usage / limit, dimensionless) at which pressure escalates.
+
+    Defaults 0.80 / 0.90 / 0.95 are the seeds' escalation levels (the Node
+    module's ``MemoryPressureHandler`` steps at 0.8 / 0.9 / 0.95; its
+    ``alertThresholds`` use 0.90 and 0.95 for critical and emergency) as fixed
+    in DESIGN.md.
+
+    Raises:
+        ConfigError: naming the field unless ``0 < warning < critical < emergency <= 1``.
+    """
+
+    warning: float = 0.80
+    critical: float = 0.90
+    emergency: float = 0.95
+
+    def __post_init__(self) -> None:
+        w = _check_fraction("warning", self.warning)
+        c = _check_fraction("critical", self.critical)
+        e = _check_fraction("emergency", self.emergency)
+        hint = "e.g. PressureThresholds(warning=0.80, critical=0.90, emergency=0.95)"
+        if not 0 < w:
+            raise ConfigError(f"PressureThresholds.warning={w} must be greater than 0; {hint}")
+        if not w < c:
+            raise ConfigError(
+                f"PressureThresholds.critical={c} must be greater than warning={w}; {hint}"
+            )
+        if not c < e:
+            raise ConfigError(
+                f"PressureThresholds.emergency={e} must be greater than critical={c}; {hint}"
+            )
+        if not e <= 1:
+            raise ConfigError(f"PressureThresholds.emergency={e} must be at most 1; {hint}")
+
+    def level(self, utilization: float) -> PressureLevel:
+        """Map ``utilization`` (usage / limit; may exceed 1) to a :class:`PressureLevel`.
+
+        A level is reached when utilization is greater than or equal to its
+        threshold. NaN maps to ``NORMAL``.
+        """
+        if utilization >= self.emergency:
+            return PressureLevel.EMERGENCY
+        if utilization >= self.critical:
+            return PressureLevel.CRITICAL
+        if utilization >= self.warning:
+            return PressureLevel.WARNING
+        return PressureLevel.NORMAL
+
+
+# --- sizes and limits -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """An effective memory limit in bytes and where it came from.
+
+    ``source`` is one of "user", "cgroup_v2", "cgroup_v1", "rlimit_as",
+    "rlimit_data", "physical".
+    """
+
+    bytes: int
+    source: str
+
+
+def parse_size(value: str | int) -> int:
+    """Parse a size into bytes (``int``) with :class:`pydantic.ByteSize`.
+
+    Accepts an integer number of bytes or a size string: decimal units
+    ("512MB" = 512 * 10**6, "1.5GB") and binary units ("2GiB" = 2 * 2**30),
+    case-insensitive; a bare number string is bytes.
+
+    Raises:
+        ConfigError: one line naming the value and showing a valid example,
+            for unparsable strings, booleans, floats, other types, and sizes
+            that are zero or negative.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
+        raise ConfigError(
+            f"memory size {value!r} is not an int or a size string; use bytes or e.g. {_SIZE_EXAMPLE}"
+        )
+    if isinstance(value, numbers.Integral):
+        n = int(value)
+    else:
+        try:
+            n = int(_BYTE_SIZE.validate_python(value.strip()))
+        except ValidationError as exc:
+            reason = exc.errors()[0].get("msg", "invalid size")
+            raise ConfigError(
+                f"memory size {value!r} cannot be parsed ({reason}); use e.g. {_SIZE_EXAMPLE}"
+            ) from None
+    if n <= 0:
+        raise ConfigError(f"memory size {value!r} must be positive; use e.g. {_SIZE_EXAMPLE}")
+    return n
+
+
+def _read_text(path: str | Path) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _cgroup_mounts(mountinfo: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
+    """Find (root-in-hierarchy, mount point) of the cgroup2 and cgroup v1 memory mounts.
+
+    ``mountinfo`` is the text of ``/proc/self/mountinfo`` (proc(5)): fields
+    4 and 5 are the root and the mount point; after the " - " separator come
+    the filesystem type and the super-block options.
+    """
+    v2 = v1 = None
+    for line in mountinfo.splitlines():
+        pre, sep, post = line.partition(" - ")
+        if not sep:
+            continue
+        fields, tail = pre.split(), post.split()
+        if len(fields) < 5 or not tail:
+            continue
+        root, mount_point = fields[3], fields[4].replace("\\040", " ")
+        fstype = tail[0]
+        if fstype == "cgroup2" and v2 is None:
+            v2 = (root, mount_point)
+        elif fstype == "cgroup" and v1 is None and len(tail) >= 3:
+            if "memory" in tail[2].split(","):
+                v1 = (root, mount_point)
+    return v2, v1
+
+
+def _cgroup_dir(mount: tuple[str, str], cgroup_path: str, prefix: str) -> tuple[Path, Path]:
+    """Return (directory of this process's cgroup, mount point) on the filesystem."""
+    root, mount_point = mount
+    rel = cgroup_path
+    if root != "/" and (rel == root or rel.startswith(root.rstrip("/") + "/")):
+        rel = rel[len(root.rstrip("/")) :]
+    top = Path(prefix + mount_point)
+    return top / rel.lstrip("/"), top
+
+
+def _min_over_ancestors(
+    start: Path, top: Path, filename: str, parse: Callable[[str], int | None]
+) -> int | None:
+    """Smallest limit in ``filename`` from ``start`` up to ``top`` (ancestors' limits apply too)."""
+    best: int | None = None
+    d = start
+    while True:
+        text = _read_text(d / filename)
+        if text is not None:
+            n = parse(text.strip())
+            if n is not None and (best is None or n < best):
+                best = n
+        if d == top or top not in d.parents:
+            break
+        d = d.parent
+    return best
+
+
+def _parse_v2_max(text: str) -> int | None:
+    if text == "max" or not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _parse_v1_limit(text: str) -> int | None:
+    try:
+        n = int(text)
+    except ValueError:
+        return None
+    return None if n >= _CGROUP_V1_UNLIMITED or n <= 0 else n
+
+
+def _cgroup_limits(prefix: str = "") -> dict[str, int]:
+    """cgroup v2 and v1 memory limits (bytes) of this process; unlimited ones are absent.
+
+    ``/proc/self/cgroup`` gives the cgroup path per hierarchy ("0::/path" for
+    v2, "N:memory:/path" for v1); ``/proc/self/mountinfo`` says where each
+    hierarchy is mounted. ``prefix`` is prepended to every absolute path read
+    (an empty string on a real system; a temporary directory in tests).
+    """
+    cgroup_text = _read_text(prefix + "/proc/self/cgroup")
+    mountinfo = _read_text(prefix + "/proc/self/mountinfo")
+    if not cgroup_text or not mountinfo:
+        return {}
+    v2_path = v1_path = None
+    for line in cgroup_text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hid, controllers, path = parts
+        if hid == "0" and controllers == "":
+            v2_path = path
+        elif "memory" in controllers.split(","):
+            v1_path = path
+    v2_mount, v1_mount = _cgroup_mounts(mountinfo)
+    out: dict[str, int] = {}
+    if v2_path is not None and v2_mount is not None:
+        start, top = _cgroup_dir(v2_mount, v2_path, prefix)
+        n = _min_over_ancestors(start, top, "memory.max", _parse_v2_max)
+        if n is not None:
+            out["cgroup_v2"] = n
+    if v1_path is not None and v1_mount is not None:
+        start, top = _cgroup_dir(v1_mount, v1_path, prefix)
+        n = _min_over_ancestors(start, top, "memory.limit_in_bytes", _parse_v1_limit)
+        if n is not None:
+            out["cgroup_v1"] = n
+    return out
+
+
+def _rlimit(which: int) -> int | None:
+    try:
+        soft, _hard = resource.getrlimit(which)
+    except (OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY or soft <= 0 else int(soft)
+
+
+def _physical_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return int(psutil.virtual_memory().total)
+
+
+def detect_memory_limit() -> MemoryLimit:
+    """Detect the memory limit (bytes) this process runs under, and its source.
+
+    Candidates (absent when unlimited or unreadable): cgroup v2
+    ``memory.max`` ("max" = no limit), cgroup v1 ``memory.limit_in_bytes``
+    (values >= 2**60 = no limit), each the smallest over the process's
+    cgroup and its ancestors up to the mount point; the soft ``RLIMIT_AS``
+    and ``RLIMIT_DATA`` (``RLIM_INFINITY`` = no limit); physical RAM (always
+    present). The smallest wins; ties go to the first in that order.
+
+    Note that ``RLIMIT_AS`` bounds virtual, not resident, memory: a process
+    reaches it before its RSS does. It still wins when smallest, because
+    allocations fail at that point.
+
+    Reads a few small files; called once per :class:`MemoryMonitor`.
+    Never raises for missing files: physical RAM is the floor.
+    """
+    candidates: dict[str, int] = {}
+    if _HAVE_PROCFS:
+        candidates.update(_cgroup_limits())
+    for name, which in (("rlimit_as", "RLIMIT_AS"), ("rlimit_data", "RLIMIT_DATA")):
+        if hasattr(resource, which):
+            n = _rlimit(getattr(resource, which))
+            if n is not None:
+                candidates[name] = n
+    candidates["physical"] = _physical_bytes()
+    source = min(_SOURCE_ORDER, key=lambda s: (candidates.get(s, math.inf), _SOURCE_ORDER.index(s)))
+    limit = MemoryLimit(bytes=int(candidates[source]), source=source)
+    logger.debug("memory limit %d bytes from %s (candidates: %s)", limit.bytes, source, candidates)
+    return limit
+
+
+def resolve_memory_limit(
+    value: int | str | float | None, detected: MemoryLimit | None = None
+) -> MemoryLimit:
+    """Turn a user's ``memory_limit`` setting into a :class:`MemoryLimit`.
+
+    * ``None`` -> ``detected`` (or :func:`detect_memory_limit` when not given).
+    * ``int`` or size string ("2GB") -> that many bytes, source "user"
+      (it overrides detection, even when larger than the detected limit).
+    * ``float`` in (0, 1], or a string such as "0.5" -> that fraction of the
+      detected limit (at least 1 byte), source "user". Note ``1`` (int) is one
+      byte while ``1.0`` (float) is the whole detected limit.
+
+    Raises:
+        ConfigError: bad size strings, zero or negative values, floats outside
+            (0, 1], other types.
+    """
+    if value is None:
+        return detected if detected is not None else detect_memory_limit()
+    if isinstance(value, str) and _FRACTION_RE.match(value):
+        value = float(value)
+    if isinstance(value, float):
+        if not (0.0 < value <= 1.0):
+            raise ConfigError(
+                f"memory_limit={value!r}: a float is a fraction of the detected limit and must be "
+                f'in (0, 1]; for bytes use an int or a size string such as "2GB"'
+            )
+        base = detected if detected is not None else detect_memory_limit()
+        return MemoryLimit(bytes=max(1, int(base.bytes * value)), source="user")
+    try:
+        return MemoryLimit(bytes=parse_size(value), source="user")
+    except ConfigError as exc:
+        raise ConfigError(f"memory_limit: {exc}") from None
+
+
+# --- readings -------------------------------------------------------------------
+
+
+def _read_proc(path: bytes, size: int = 8192) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process only, in bytes.
+
+    Linux: second field of ``/proc/self/statm`` (pages) times the page size,
+    read with one ``os.open``/``os.read``; elsewhere ``psutil``. Cheap
+    enough for every batch: measured by benchmarks/bench_monitor.py: ~4-8 us
+    on Linux.
+    """
+    if _HAVE_PROCFS:
+        return int(_read_proc(b"/proc/self/statm", 256).split(None, 2)[1]) * _PAGE_SIZE
+    return int(psutil.Process().memory_info().rss)
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """One memory reading.
+
+    Attributes:
+        timestamp: ``time.time()`` when taken (seconds since the epoch).
+        rss_bytes: RSS of the process tree (bytes).
+        available_bytes: ``psutil.virtual_memory().available`` (bytes, system-wide).
+        limit_bytes: effective limit (bytes); ``limit_source`` says where it came from.
+        utilization: ``rss_bytes / limit_bytes`` (may exceed 1).
+        pressure: :class:`PressureLevel` of ``utilization``.
+    """
+
+    timestamp: float
+    rss_bytes: int
+    available_bytes: int
+    limit_bytes: int
+    limit_source: str
+    utilization: float
+    pressure: PressureLevel
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; ``pressure`` becomes its label ("warning")."""
+        d = asdict(self)
+        d["pressure"] = self.pressure.label
+        return d
+
+
+class MemoryMonitor:
+    """Reads the memory use of this process tree against an effective limit.
+
+    Args:
+        memory_limit: ``None`` (detect), bytes (int), a size string ("2GB")
+            or a fraction of the detected limit (float in (0, 1]); see
+            :func:`resolve_memory_limit`. Resolved once, here.
+        thresholds: utilization fractions for the pressure levels.
+        include_children: count descendant processes (loky workers) in
+            :meth:`rss_bytes`.
+
+    Raises:
+        ConfigError: for a bad ``memory_limit``.
+
+    RSS of several processes is summed, so pages shared between them (e.g.
+    copy-on-write after fork) are counted once per process: an upper bound.
+    """
+
+    def __init__(
+        self,
+        memory_limit: int | str | float | None = None,
+        thresholds: PressureThresholds = PressureThresholds(),
+        include_children: bool = True,
+    ) -> None:
+        if not isinstance(thresholds, PressureThresholds):
+            raise ConfigError(
+                f"thresholds={thresholds!r} must be a PressureThresholds, "
+                "e.g. PressureThresholds(warning=0.8, critical=0.9, emergency=0.95)"
+            )
+        self.limit: MemoryLimit = resolve_memory_limit(memory_limit)
+        self.thresholds: PressureThresholds = thresholds
+        self.include_children: bool = bool(include_children)
+        self._proc: psutil.Process | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryMonitor(limit={self.limit.bytes} bytes from {self.limit.source}, "
+            f"thresholds={self.thresholds}, include_children={self.include_children})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_proc"] = None  # psutil handles belong to one process
+        return state
+
+    def _self_process(self) -> psutil.Process:
+        proc = self._proc
+        if proc is None or proc.pid != os.getpid():
+            proc = self._proc = psutil.Process()
+        return proc
+
+    def rss_bytes(self) -> int:
+        """RSS of this process plus, if ``include_children``, all its descendants (bytes).
+
+        Children come from ``psutil.Process().children(recursive=True)``,
+        which reads ``/proc/<pid>/stat`` of every process on the machine, so
+        the cost grows with the machine's process count, not with the number
+        of children: measured by benchmarks/bench_monitor.py: ~1.9-2.5 ms with
+        0 or 2 children among ~90 processes (loaded 2-vCPU VM). Once per
+        batch that is well under 1% of a 0.2 s batch; do not call it in a
+        tight loop. ``include_children=False`` costs what
+        :func:`current_rss_bytes` costs. Children that exit while being read
+        are skipped.
+        """
+        total = current_rss_bytes()
+        if not self.include_children:
+            return total
+        try:
+            children = self._self_process().children(recursive=True)
+        except psutil.Error:
+            return total
+        for child in children:
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:  # exited, zombie, or not ours to read
+                continue
+        return total
+
+    def sample(self) -> MemorySample:
+        """Take a :class:`MemorySample` (tree RSS, available memory, limit, pressure).
+
+        Cost: :meth:`rss_bytes` plus one ``psutil.virtual_memory()`` (reads
+        ``/proc/meminfo``); measured by benchmarks/bench_monitor.py: ~1.6-2.6 ms
+        with 0 or 2 children (loaded 2-vCPU VM, ~90 processes).
+        """
+        rss = self.rss_bytes()
+        available = int(psutil.virtual_memory().available)
+        utilization = rss / self.limit.bytes
+        return MemorySample(
+            timestamp=time.time(),
+            rss_bytes=rss,
+            available_bytes=available,
+            limit_bytes=self.limit.bytes,
+            limit_source=self.limit.source,
+            utilization=utilization,
+            pressure=self.thresholds.level(utilization),
+        )
+
+
+# --- peak per block ---------------------------------------------------------------
+
+
+def _status_kb(status: bytes, key: bytes) -> int | None:
+    i = status.find(key)
+    if i < 0:
+        return None
+    j = status.find(b"\n", i)
+    parts = status[i + len(key) : j if j >= 0 else None].split()
+    return int(parts[0]) * 1024 if parts else None
+
+
+class PeakMemoryTracker:
+    """Peak resident bytes of THIS process during a ``with`` block.
+
+    Usage::
+
+        with PeakMemoryTracker() as t:
+            run_batch()
+        t.start_rss_bytes, t.peak_rss_bytes, t.end_rss_bytes, t.peak_delta_bytes
+
+    Methods (``.method``):
+
+    * ``"vmhwm"`` (Linux): writing "5" to ``/proc/self/clear_refs`` resets
+      the kernel's RSS high-water mark to the current RSS (kernel docs,
+      ``Documentation/filesystems/proc.rst``, "clear_refs", Linux >= 4.0);
+      at exit ``VmHWM`` and ``VmRSS`` are read from ``/proc/self/status``.
+      No thread, and no peak is missed; "5" only resets a counter (no
+      page-table walk). Enter+exit measured by benchmarks/bench_monitor.py:
+      ~25-45 us. The high-water mark belongs to the whole process: two
+      trackers active at once in one process (nested, or in two threads)
+      disturb each other -- the inner reset hides the outer's earlier peak.
+      Use ``force_sampling=True`` for concurrent use.
+    * ``"sampling"`` (no clear_refs, not permitted, non-Linux, or
+      ``force_sampling=True``): a daemon thread reads
+      :func:`current_rss_bytes` every ``interval_s`` seconds. A lower bound:
+      peaks shorter than ``interval_s`` (or while C code holds the GIL) can
+      be missed. Enter+exit (thread start/join) measured by
+      benchmarks/bench_monitor.py: ~0.25-0.5 ms.
+
+    Args:
+        interval_s: sampling period in seconds (sampling method only; > 0).
+        force_sampling: use the sampling thread even where VmHWM works.
+
+    All results are bytes; reading them before the block has ended raises
+    ``RuntimeError``. The tracker can be reused for consecutive blocks.
+    """
+
+    def __init__(self, interval_s: float = 0.005, *, force_sampling: bool = False) -> None:
+        if (
+            isinstance(interval_s, bool)
+            or not isinstance(interval_s, numbers.Real)
+            or not interval_s > 0
+        ):
+            raise ConfigError(
+                f"interval_s={interval_s!r} must be a positive number of seconds, e.g. 0.005"
+            )
+        self.interval_s = float(interval_s)
+        self.force_sampling = bool(force_sampling)
+        self.method: str | None = None
+        self._start: int | None = None
+        self._peak: int | None = None
+        self._end: int | None = None
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._sampled_peak = 0
+        self._active = False
+
+    # -- results
+    def _done(self, value: int | None) -> int:
+        if value is None:
+            raise RuntimeError("PeakMemoryTracker results are available after the with-block ends")
+        return value
+
+    @property
+    def start_rss_bytes(self) -> int:
+        """RSS of this process when the block was entered (bytes)."""
+        if self._start is None:
+            raise RuntimeError("PeakMemoryTracker has not been entered")
+        return self._start
+
+    @property
+    def peak_rss_bytes(self) -> int:
+        """Highest RSS of this process during the block (bytes; >= start and end)."""
+        return self._done(self._peak)
+
+    @property
+    def end_rss_bytes(self) -> int:
+        """RSS of this process when the block ended (bytes)."""
+        return self._done(self._end)
+
+    @property
+    def peak_delta_bytes(self) -> int:
+        """``max(0, peak_rss_bytes - start_rss_bytes)``: what the block added at its peak (bytes)."""
+        return max(0, self._done(self._peak) - self.start_rss_bytes)
+
+    # -- context manager
+    def __enter__(self) -> PeakMemoryTracker:
+        if self._active:
+            raise RuntimeError("PeakMemoryTracker is already active; use one tracker per block")
+        self._active = True
+        self._peak = self._end = None
+        if not self.force_sampling and _HAVE_PROCFS and self._reset_hwm():
+            self.method = "vmhwm"
+            self._start = current_rss_bytes()
+            return self
+        self.method = "sampling"
+        self._start = current_rss_bytes()
+        self._sampled_peak = self._start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._sample_loop, name="batchmem-peak-sampler", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        self._active = False
+        if self.method == "vmhwm":
+            status = None
+            try:
+                status = _read_proc(b"/proc/self/status")
+            except OSError:
+                pass
+            hwm = _status_kb(status, b"VmHWM:") if status else None
+            end = _status_kb(status, b"VmRSS:") if status else None
+            if end is None:
+                end = current_rss_bytes()
+            self._end = end
+            self._peak = max(hwm or 0, end, self._start or 0)
+        else:
+            assert self._stop is not None and self._thread is not None
+            self._stop.set()
+            self._thread.join()
+            self._thread = self._stop = None
+            end = current_rss_bytes()
+            self._end = end
+            self._peak = max(self._sampled_peak, end, self._start or 0)
+        return False
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        """Write "5" to /proc/self/clear_refs; False when absent or not permitted."""
+        try:
+            fd = os.open(b"/proc/self/clear_refs", os.O_WRONLY)
+        except OSError:
+            return False
+        try:
+            os.write(fd, b"5")
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def _sample_loop(self) -> None:
+        stop, interval = self._stop, self.interval_s
+        assert stop is not None
+        peak = self._sampled_peak
+        while True:
+            rss = current_rss_bytes()
+            if rss > peak:
+                peak = self._sampled_peak = rss
+            if stop.wait(interval):
+                return
