@@ -45,6 +45,9 @@ class RunOptions:
     encode: bool = True  # True: JSONL bytes come back; False: the raw results (Parquet sink)
     json_default: Callable[[Any], Any] | None = None
     setup: WorkerSetup | None = None  # per-worker setup; its result is passed to fn as state=
+    # Batches that share a process (threading backend) cannot each reset the
+    # process's VmHWM high-water mark; they measure their peak by sampling.
+    peak_by_sampling: bool = False
 
 
 @dataclass
@@ -219,7 +222,7 @@ def run_batch(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, kwargs:
     out.heap_bytes = heap_in_use_bytes() or 0  # the previous batch's settled heap: what HeapAnalyzer trends
     gc_before = _gc_collections()
     t0 = time.perf_counter()
-    with PeakMemoryTracker() as peak:
+    with PeakMemoryTracker(force_sampling=opts.peak_by_sampling) as peak:
         try:
             runner = _run_batched if opts.batched else _run_items
             results = runner(fn, task, opts, out, kwargs)

@@ -340,7 +340,7 @@ class BatchProcessor:
             started_at=time.time(),
         )
         opts = RunOptions(self.batched, self.on_error, self.max_retries, encode=(fmt == "jsonl"), json_default=self.json_default,
-                          setup=self.worker_setup)
+                          setup=self.worker_setup, peak_by_sampling=self.n_jobs != 1 and self.backend == "threading")
         sink = open_sink(path, fmt, mode=mode, fsync=self.fsync)
         records = BatchRecordWriter(stats.batches_path, mode=mode)
         run = _Run(self, source, stats, ckpt, ckpt_path, sink, records, errors_path, opts, fn)
