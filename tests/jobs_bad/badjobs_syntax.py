@@ -1,0 +1,5 @@
+"""A module with a syntax error (on purpose)."""
+
+
+def f(:
+    pass
