@@ -37,11 +37,11 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import pandas as pd
 
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     import pyarrow
 
 __all__ = ["CsvSource", "JsonlSource", "ParquetSource", "read_csv", "read_jsonl", "read_parquet"]
@@ -168,6 +168,8 @@ class _FrameSource:
 
     # -- BatchSource ----------------------------------------------------------
     def take(self, n: int) -> pd.DataFrame | None:
+        import pandas as pd  # lazy: importing batchmem (and its CLI) must not pay for pandas
+
         """Return the next at most ``n`` rows as a DataFrame, or ``None`` when exhausted.
 
         Exactly ``n`` rows unless the file ends first. Memory: the returned chunk plus
@@ -248,6 +250,8 @@ class CsvSource(_FrameSource):
     kind = "CSV"
 
     def __init__(self, path: str | os.PathLike[str], **pandas_kwargs: Any) -> None:
+        import pandas as pd  # lazy: importing batchmem (and its CLI) must not pay for pandas
+
         p = _check_path(path)
         _check_kwargs(pandas_kwargs, pd.read_csv, "pandas.read_csv", ("chunksize", "iterator"))
         if pandas_kwargs.get("engine") == "pyarrow":
@@ -281,6 +285,8 @@ class JsonlSource(_FrameSource):
     kind = "JSONL"
 
     def __init__(self, path: str | os.PathLike[str], **pandas_kwargs: Any) -> None:
+        import pandas as pd  # lazy: importing batchmem (and its CLI) must not pay for pandas
+
         p = _check_path(path)
         _check_kwargs(pandas_kwargs, pd.read_json, "pandas.read_json", ("chunksize", "lines"))
         if pandas_kwargs.get("engine") == "pyarrow":
@@ -384,6 +390,8 @@ class ParquetSource:
             drop -= batch.num_rows
 
     def take(self, n: int) -> pd.DataFrame | None:
+        import pandas as pd  # lazy: importing batchmem (and its CLI) must not pay for pandas
+
         """Return the next at most ``n`` rows as a DataFrame, or ``None`` when exhausted.
 
         Exactly ``n`` rows unless the file ends first. Memory: the chunk plus at most one
