@@ -1,4 +1,4 @@
-"""The ``batchmem`` command line: run and validate job files.
+"""The ``batchmem`` command line: run and validate job files; run reports, per-operation stats, memory.
 
 Exit codes (also in ``batchmem --help``):
 
@@ -118,6 +118,9 @@ def cli() -> None:
       batchmem run job.yaml
       batchmem run job.yaml --set batching.memory_limit=1GB --set execution.n_jobs=4
       batchmem run job.yaml --resume
+      batchmem report out.jsonl.stats.json --html report.html
+      batchmem stats
+      batchmem memory -v
     """
 
 
@@ -205,6 +208,15 @@ def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: b
     for line in _summary_lines(job, result, stats):
         click.echo(line)
     failed = int(getattr(stats, "failed", 0) or 0)
+    if job.report is not None and getattr(stats, "stats_path", None):
+        from .report import load_report, write_report
+
+        try:
+            write_report(load_report(stats.stats_path), job.report, "html")
+        except BatchmemError as exc:  # e.g. matplotlib missing: the run's output stands, the report does not
+            _error(f"report: {exc}")
+            return EXIT_FAILED if failed else EXIT_USAGE
+        click.echo(f"report: {job.report}")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -236,6 +248,118 @@ def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
     if failed and errors_path:
         lines.append(f"errors: {errors_path}")
     return lines
+
+
+# --------------------------------------------------------------------------- stats, report, memory
+
+
+@cli.command()
+@click.argument("operation", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (for machines).")
+@click.option("--clear", is_flag=True, help="Forget OPERATION's history (its learned batch size and figures).")
+@verbosity_options
+def stats(operation: str | None, as_json: bool, clear: bool) -> int:
+    """Per-operation figures from the history: runs, items, items/s, bytes per item,
+    learned batch size, peak RSS, leaks flagged, last run.
+
+    Without OPERATION: a table with a row per operation. With OPERATION: its
+    figures and recommendations. History lives in $BATCHMEM_HOME/history
+    (default: the user cache folder).
+
+    \b
+    Examples:
+      batchmem stats
+      batchmem stats flights_etl --json
+      batchmem stats --clear flights_etl
+    """
+    from .optimizer import HistoryStore
+    from .report import operation_statistics, render_operation_detail, render_operations_table
+
+    store = HistoryStore()
+    if clear:
+        if not operation:
+            raise click.UsageError("--clear needs the OPERATION to forget, e.g. batchmem stats --clear flights_etl")
+        record = store.load(operation)
+        if store.clear(operation):
+            runs = int((record or {}).get("runs") or 0)
+            click.echo(f"cleared the history of {operation!r} ({runs} run{'s' if runs != 1 else ''}); "
+                       "its next run starts from the initial batch size")
+        else:
+            click.echo(f"no history for {operation!r}: nothing to clear")
+        return EXIT_OK
+    data = operation_statistics(operation, history=store)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+    elif operation:
+        click.echo(render_operation_detail(operation, data["operations"][operation]), nl=False)
+    else:
+        click.echo(render_operations_table(data), nl=False)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("stats_json", metavar="STATS_JSON", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a self-contained HTML report (plots embedded) here.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a Markdown report here (plots as a PNG beside it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text.")
+@verbosity_options
+def report(stats_json: Path, html_path: Path | None, markdown_path: Path | None, as_json: bool) -> int:
+    """Report one run from its <output>.stats.json (and the .batches.jsonl beside it).
+
+    Prints a text report (or JSON with --json); --html and --markdown write
+    files instead. The HTML page shows RSS against the memory limit with the
+    pressure bands, batch size and throughput over time, the run's figures,
+    the heap analyzer's issues and the recommendations. Plots need
+    pip install "batchmem[report]".
+
+    \b
+    Examples:
+      batchmem report out.jsonl.stats.json
+      batchmem report out.jsonl.stats.json --html report.html
+    """
+    from .report import load_report, render_json, render_text, write_report
+
+    rep = load_report(stats_json)
+    for path, fmt in ((html_path, "html"), (markdown_path, "markdown")):
+        if path is not None:
+            write_report(rep, path, fmt)
+            click.echo(f"report: wrote {path}", err=True)
+    if as_json:
+        click.echo(render_json(rep))
+    elif html_path is None and markdown_path is None:
+        click.echo(render_text(rep), nl=False)
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the readings as JSON.")
+@verbosity_options
+def memory(as_json: bool) -> int:
+    """Memory now: RSS, available memory, the limit and where it came from, pressure level.
+
+    With -v also the garbage collector (counts, thresholds, per-generation
+    stats) and heap details (tracemalloc, uss/pss/swap where available).
+
+    \b
+    Examples:
+      batchmem memory
+      batchmem memory -v
+    """
+    from .report import memory_status, render_memory
+
+    verbose = click.get_current_context().ensure_object(dict).get("verbose", 0) > 0
+    status = memory_status(verbose)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(status, option=orjson.OPT_INDENT_2, default=str).decode())
+    else:
+        click.echo(render_memory(status), nl=False)
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- entry point

@@ -432,7 +432,7 @@ class Job(_Section):
     max_retries: int = Field(3, ge=0, description="Attempts after the first one with on_error: retry.")
     progress: bool = Field(True, description="Show a progress bar on the terminal (`--no-progress` turns it off).")
     detect_memory_issues: bool = Field(True, description="Run the heap analyzer (leaks, GC trouble, pressure) during the run.")
-    report: Optional[Path] = Field(None, strict=False, description="HTML report to write after the run (reserved; accepted, not written yet). Default: none.")
+    report: Optional[Path] = Field(None, strict=False, description="HTML report (plots embedded) that `batchmem run` writes after the run; see `batchmem report`. Default: none.")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -946,8 +946,6 @@ def run_job(job: Job, resume: bool = False, *, progress: bool | None = None) -> 
         overwrite=job.output.overwrite,
         resume=resume,
     )
-    if job.report is not None:
-        logger.debug("job %s: report %s is accepted but not written by run_job yet", job.name, job.report)
     return processor.process(source, fn, **kwargs)
 
 
