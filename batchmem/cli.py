@@ -247,6 +247,12 @@ def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
     errors_path = getattr(result, "errors_path", None)
     if failed and errors_path:
         lines.append(f"errors: {errors_path}")
+    if get("stop_reason"):
+        lines.append(f"stopped: {get('stop_reason')}")
+    for issue in get("issues", []) or []:  # HeapAnalyzer verdicts (batchmem.heap.analyzer.Issue.to_dict())
+        lines.append(f"issue [{issue.get('severity')}] {issue.get('kind')}: {issue.get('message')}")
+        if issue.get("recommendation") and issue.get("severity") != "info":
+            lines.append(f"    -> {issue['recommendation']}")
     return lines
 
 

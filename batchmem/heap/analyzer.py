@@ -420,6 +420,7 @@ class HeapAnalyzer:
         culprits: list[LineGrowth] = []
         if traced and self._snapshot is not None:
             culprits = top_growth_lines(self._snapshot, tracemalloc.take_snapshot(), self.top_lines)
+            culprits = [c for c in culprits if c.size_bytes >= 0.1 * culprits[0].size_bytes]  # not one-off imports
         where = "this process" if own else f"worker process {pid}"
         metric = s.metric
         message = (
