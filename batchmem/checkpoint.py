@@ -4,13 +4,19 @@ A run commits a batch by appending its lines to the output (and error) file,
 flushing, and then replacing ``<output>.ckpt.json``. On resume the output is
 truncated back to the checkpoint's byte offset (cutting any torn tail written
 after the last commit) and the committed items are skipped in the source.
+
+With ``fsync`` (the default of :class:`~batchmem.BatchProcessor`) the output is
+forced to disk before the checkpoint is replaced, and the checkpoint itself is
+written, fsynced and renamed, so the checkpoint never claims bytes the output
+does not hold, after a ``kill -9`` or a power cut alike.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -37,9 +43,23 @@ class Checkpoint:
     failed: int = 0
     fingerprint: str = ""  # what produced the output (function, source, batching); resume refuses a mismatch
     complete: bool = False
+    #: Input items consumed by the committed batches (resume calls ``source.skip(source_position)``).
+    source_position: int = 0
+    #: The result-affecting settings the fingerprint hashes (field -> value), to name what changed.
+    fingerprint_fields: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        write_json_atomic(path, asdict(self))
+    def save(self, path: str | os.PathLike[str], fsync: bool = False) -> None:
+        """Replace the checkpoint atomically (temporary file, then rename); ``fsync``: force it to disk first."""
+        if not fsync:
+            write_json_atomic(path, asdict(self))
+            return
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint | None:

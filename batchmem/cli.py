@@ -3,10 +3,11 @@
 Exit codes (also in ``batchmem --help``):
 
 * 0 -- success;
-* 1 -- the job ran but some items failed, or it stopped on an error raised by the user function;
+* 1 -- the job ran but some items failed, or it stopped on an error raised by the user function,
+  or writing the output failed (disk full: ``OutputWriteError``; ``--resume`` continues once fixed);
 * 2 -- a usage or job-file error (any :class:`~batchmem.errors.BatchmemError`), printed as one
   line ``error: <message>`` on stderr, never a traceback;
-* 130 -- interrupted (Ctrl-C).
+* 130 -- interrupted (Ctrl-C, SIGINT or SIGTERM; the checkpoint is written, ``--resume`` continues).
 
 Subcommands are registered on the click group :data:`cli`; :func:`main` is the
 console-script entry point and owns the mapping from exceptions to exit codes.
@@ -104,8 +105,8 @@ _set_option = click.option(
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Exit codes: 0 success; 1 some items failed or the function stopped the run; "
-    "2 usage or job-file error; 130 interrupted.",
+    epilog="Exit codes: 0 success; 1 some items failed, the function stopped the run or a write failed; "
+    "2 usage or job-file error; 130 interrupted (SIGINT/SIGTERM; --resume continues).",
 )
 @click.version_option(_version(), "--version", prog_name="batchmem", message="%(prog)s %(version)s")
 @verbosity_options
@@ -172,8 +173,10 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
 @_set_option
 @click.option("--no-progress", "no_progress", is_flag=True, help="No progress bar (default: the job file's progress key).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: keep the committed output and skip those items.")
+@click.option("--force-resume", "force_resume", is_flag=True,
+              help="Resume even though the job changed (function, source or batched) since the output was written.")
 @verbosity_options
-def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: bool) -> int:
+def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: bool, force_resume: bool) -> int:
     """Run a job file: read the source in batches, apply the function, stream results to the output.
 
     Prints a summary when done (items, failures, batch sizes, throughput,
@@ -181,19 +184,29 @@ def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: b
     when every item succeeded, 1 when some failed (see output.errors) or the
     function stopped the run, 2 on a job-file error, 130 when interrupted.
 
+    Crash safety: each batch is appended, fsynced (output.fsync) and then
+    the checkpoint <output>.ckpt.json is replaced atomically. After a crash,
+    kill -9, SIGINT/SIGTERM (exit 130) or a failed write (disk full: exit 1),
+    --resume cuts any torn tail and continues after the committed items; it
+    refuses a job whose function, source or batched setting changed unless
+    --force-resume.
+
     \b
     Examples:
       batchmem run job.yaml
       batchmem run job.yaml --no-progress -q
       batchmem run job.yaml --set batching.memory_limit=512MB --set output.overwrite=true
       batchmem run job.yaml --resume
+      batchmem run job.yaml --resume --force-resume
     """
+    from .errors import OutputWriteError
     from .job import load_job, run_job
 
-    job = load_job(job_file, overrides, resume=resume)
+    resume_mode: bool | str = "force" if force_resume else resume
+    job = load_job(job_file, overrides, resume=bool(resume_mode))
     try:
-        result = run_job(job, resume=resume, progress=False if no_progress else None)
-    except (ItemFailedError, BatchFunctionError) as exc:
+        result = run_job(job, resume=resume_mode, progress=False if no_progress else None)
+    except (ItemFailedError, BatchFunctionError, OutputWriteError) as exc:  # the run stopped part-way: exit 1
         _error(str(exc))
         return EXIT_FAILED
     except BatchmemError:
@@ -380,11 +393,12 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run :data:`cli` and turn its outcome into the exit code."""
     try:
         rv = cli.main(args=argv, prog_name="batchmem", standalone_mode=False)
-    except click.exceptions.Abort:  # click turns KeyboardInterrupt/EOF into Abort
-        click.echo("interrupted", err=True)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt/EOF into Abort
+        cause = exc.__cause__ or exc.__context__
+        click.echo(str(cause) if type(cause).__name__ == "RunInterrupted" else "interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        click.echo(str(exc) if type(exc).__name__ == "RunInterrupted" else "interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:  # usage errors: click's own message, exit 2
         exc.show()

@@ -33,3 +33,29 @@ class ItemFailedError(BatchmemError):
     def __init__(self, message: str, index: int):
         super().__init__(message)
         self.index = index
+
+
+class ResumeMismatchError(ConfigError):
+    """``resume`` was asked for an output written by a different job (function, source or batching);
+    names what changed. Force it with ``resume="force"`` (``--force-resume``)."""
+
+
+class OutputWriteError(BatchmemError, OSError):
+    """Writing the output, error or checkpoint file failed (disk full, I/O error, ...).
+
+    What was committed before stays on disk with a matching checkpoint, so the run
+    can be resumed once the cause is fixed. The CLI prints it and exits 1 (the run
+    stopped part-way), not 2 (a usage error). ``errno`` is the OS error number.
+    """
+
+    def __init__(self, message: str, errno_: int | None = None):
+        super().__init__(message)
+        self.errno = errno_
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class WorkerDiedError(BatchmemError):
+    """A worker process died (``os._exit``, a signal such as the OOM killer's SIGKILL, a segfault)
+    while running one item on its own; the item is recorded as failed with this error."""

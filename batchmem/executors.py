@@ -18,9 +18,11 @@ import inspect
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +44,7 @@ class RunOptions:
     batched: bool = False
     on_error: str = "raise"  # "raise" | "skip" | "retry"
     max_retries: int = 3
+    retry_exhausted: str = "skip"  # on_error="retry": "skip" or "raise" once max_retries retries failed
     encode: bool = True  # True: JSONL bytes come back; False: the raw results (Parquet sink)
     json_default: Callable[[Any], Any] | None = None
     setup: WorkerSetup | None = None  # per-worker setup; its result is passed to fn as state=
@@ -75,9 +78,10 @@ class BatchOutcome:
     """What comes back from a batch: results plus the measurement taken where it ran.
 
     ``split`` is set when the batch must be halved and retried by the caller
-    (a ``MemoryError``, or a batched function that raised); then ``payload``
+    (a ``MemoryError``, a batched function that raised, or ``"worker_died"``:
+    the worker process running it died, see ``worker_exit``); then ``payload``
     and ``results`` are empty. ``error`` is ``(item index, exception)`` under
-    ``on_error="raise"``.
+    ``on_error="raise"`` (and ``"retry"`` with ``retry_exhausted="raise"``).
     """
 
     index: int
@@ -88,7 +92,8 @@ class BatchOutcome:
     failed: int = 0
     error_records: list[dict[str, Any]] = field(default_factory=list)
     error: tuple[int, BaseException] | None = None
-    split: str | None = None  # None | "memory" | "error"
+    split: str | None = None  # None | "memory" | "error" | "worker_died"
+    worker_exit: str = ""  # split == "worker_died": how the worker ended, e.g. "exit code 3", "signal SIGKILL"
     duration_s: float = 0.0
     start_rss_bytes: int = 0
     peak_bytes: int = 0  # peak RSS above start_rss_bytes during the batch
@@ -123,8 +128,9 @@ def _call_with_retries(call: Callable[[], Any], opts: RunOptions) -> tuple[Any, 
 
 
 def _item_failure(out: BatchOutcome, index: int, item: Any, exc: BaseException, attempts: int, opts: RunOptions) -> bool:
-    """Record a failed item; returns True if the batch must stop (``on_error="raise"``)."""
-    if opts.on_error == "raise":
+    """Record a failed item; returns True if the batch must stop (``on_error="raise"``, or
+    ``"retry"`` with ``retry_exhausted="raise"`` once the retries are used up)."""
+    if opts.on_error == "raise" or (opts.on_error == "retry" and opts.retry_exhausted == "raise"):
         out.error = (index, exc)
         return True
     out.failed += 1
@@ -467,6 +473,7 @@ class JoblibExecutor(_ExecutorBase):
         self._is_loky = active == "LokyBackend"
         self.max_tasks_per_worker: int | None = None
         self.recycles = 0
+        self.worker_deaths = 0  # worker processes found dead (loky TerminatedWorkerError)
         self.recycle_reasons: list[str] = []
         self._recycle = threading.Event()
         self._reason = ""
@@ -485,12 +492,35 @@ class JoblibExecutor(_ExecutorBase):
         from joblib import delayed
 
         call = delayed(run_batch)
+        deaths = _worker_death_types()
         it = iter(tasks)
         carry = None
         while True:
             budget = self.max_tasks_per_worker * self.in_flight if self.recycles_workers and self.max_tasks_per_worker else None
             seg = _Segment(it, budget, self._recycle if self.recycles_workers else None, carry)
-            yield from self._parallel(pre_dispatch=self.pre_dispatch)(call(self.fn, t, self.opts) for t in seg)
+            feed = _InFlight(seg, lambda t: call(self.fn, t, self.opts))
+            try:
+                for outcome in self._parallel(pre_dispatch=self.pre_dispatch)(feed):
+                    feed.done()
+                    yield outcome
+            except deaths as exc:
+                # The Parallel call is broken: every task it had taken is stranded. Stop it
+                # from taking more, hand the stranded tasks back (in order) and start a new
+                # Parallel call (fresh workers) on the rest of the tasks.
+                stranded = feed.abandon()
+                how = worker_exit(exc)
+                self.worker_deaths += 1
+                logger.warning("a worker process died (%s) with %d batch(es) in flight (items %s..); "
+                               "retrying them in halves in fresh workers", how, len(stranded),
+                               stranded[0].start if stranded else "?")
+                for task in stranded:
+                    # A 1-item task may be innocent: run it alone to tell; bigger ones come back
+                    # to the caller as "worker_died" and are retried in halves (see run_isolated).
+                    yield self.run_isolated(task) if len(task) == 1 else _died(task, how, alone=False)
+                carry = seg.carry
+                if seg.exhausted and carry is None:
+                    return
+                continue
             carry = seg.carry
             if seg.exhausted or carry is None or not self.recycles_workers:
                 return
@@ -522,12 +552,106 @@ class JoblibExecutor(_ExecutorBase):
         logger.warning("batchmem: replaced the worker processes (%s)", reason)
 
     def run_now(self, tasks: list[BatchTask]) -> list[BatchOutcome]:
+        """Run a few tasks (the halves of a split batch) at once; outcomes in order.
+
+        If a worker dies, each task is run again on its own (:meth:`run_isolated`),
+        so a ``"worker_died"`` outcome always names a task that killed its worker alone.
+        """
         from joblib import delayed
 
-        return list(self._parallel()(delayed(run_batch)(self.fn, t, self.opts) for t in tasks))
+        try:
+            return list(self._parallel()(delayed(run_batch)(self.fn, t, self.opts) for t in tasks))
+        except _worker_death_types() as exc:
+            self.worker_deaths += 1
+            logger.warning("a worker process died (%s) running %d split batch(es); running each alone", worker_exit(exc), len(tasks))
+            return [self.run_isolated(t) for t in tasks]
+
+    def run_isolated(self, task: BatchTask) -> BatchOutcome:
+        """Run ``task`` alone in a worker (fresh ones if the last died). If that worker dies too, an
+        outcome with ``split="worker_died"`` and ``worker_exit`` comes back instead of raising."""
+        from joblib import delayed
+
+        try:
+            return list(self._parallel()([delayed(run_batch)(self.fn, task, self.opts)]))[0]
+        except _worker_death_types() as exc:
+            self.worker_deaths += 1
+            return _died(task, worker_exit(exc), alone=True)
 
     def close(self) -> None:
         self._release_setup()  # threading: the state lives here; loky workers keep theirs
+
+
+def _worker_death_types() -> tuple[type[BaseException], ...]:
+    """The exceptions joblib raises when a worker process dies: loky's ``TerminatedWorkerError``
+    (a ``BrokenProcessPool``) and the standard library's ``BrokenProcessPool``."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        from joblib.externals.loky.process_executor import BrokenProcessPool as LokyBroken
+        from joblib.externals.loky.process_executor import TerminatedWorkerError
+    except ImportError:  # pragma: no cover - joblib vendors loky
+        return (BrokenProcessPool,)
+    return (TerminatedWorkerError, LokyBroken, BrokenProcessPool)
+
+_EXIT_CODES = re.compile(r"exit codes of the workers are \{([^}]*)\}")
+_EXIT_ENTRY = re.compile(r"([A-Z]+)\((-?\d+)\)")
+
+
+def worker_exit(exc: BaseException) -> str:
+    """How the worker ended, from loky's message: ``"exit code 3"``, ``"signal SIGKILL"``
+    (several joined with ``", "``), or ``"unknown exit"`` when the message does not say."""
+    found = _EXIT_CODES.search(str(exc))
+    if not found:
+        return "unknown exit"
+    parts = []
+    for name, code in _EXIT_ENTRY.findall(found.group(1)):
+        parts.append(f"exit code {code}" if name == "EXIT" else f"signal {name}")
+    return ", ".join(dict.fromkeys(parts)) or "unknown exit"
+
+
+def _died(task: BatchTask, how: str, *, alone: bool) -> BatchOutcome:
+    """The outcome of a task whose worker died: to be retried in halves (``alone`` says it died on its own)."""
+    out = BatchOutcome(task.index, task.start, len(task), split="worker_died")
+    out.worker_exit = how + (" (alone)" if alone else "")
+    return out
+
+
+class _InFlight:
+    """The task feed of one ``Parallel`` call: remembers the tasks joblib has taken and not yet
+    returned, in order, so they can be handed back when a worker death breaks the call.
+
+    joblib pulls from it in its callback thread too; a lock makes "take a task" and
+    "abandon the feed" exclusive, so no task is taken after :meth:`abandon` and lost.
+    """
+
+    def __init__(self, tasks: Iterable[BatchTask], make_call: Callable[[BatchTask], Any]):
+        self._it, self._make_call = iter(tasks), make_call
+        self._taken: deque[BatchTask] = deque()
+        self._lock = threading.Lock()
+        self._abandoned = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        with self._lock:
+            if self._abandoned:
+                raise StopIteration
+            task = next(self._it)
+            self._taken.append(task)
+        return self._make_call(task)
+
+    def done(self) -> None:
+        """The oldest task's outcome came back."""
+        self._taken.popleft()
+
+    def abandon(self) -> list[BatchTask]:
+        """Stop handing out tasks; the tasks taken and not returned, in order."""
+        with self._lock:
+            self._abandoned = True
+            stranded = list(self._taken)
+            self._taken.clear()
+        return stranded
 
 
 class _Segment:

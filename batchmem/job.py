@@ -385,6 +385,20 @@ class OutputConfig(_Section):
         None, strict=False, description="JSONL file for failed items (on_error: skip/retry). Default: the processor's default."
     )
     overwrite: bool = Field(False, description="Replace an existing output file. Without it an existing output is an error (unless --resume).")
+    fsync: bool = Field(
+        True,
+        description=(
+            "Force each batch to disk (fsync) before the checkpoint is replaced: committed batches survive a power cut, "
+            "not only a kill -9. false saves about one disk sync per batch."
+        ),
+    )
+    json_default: Optional[Literal["str"]] = Field(
+        None,
+        description=(
+            "Fallback for results orjson cannot encode: `str` writes `str(value)`. Default: none (such a result "
+            "stops the run with an error naming its type and item index)."
+        ),
+    )
 
     @field_validator("path", "errors", mode="after")
     @classmethod
@@ -429,7 +443,10 @@ class Job(_Section):
     on_error: Literal["raise", "skip", "retry"] = Field(
         "raise", description="raise: stop at the first failing item; skip: record it in the errors file and go on; retry: retry, then skip."
     )
-    max_retries: int = Field(3, ge=0, description="Attempts after the first one with on_error: retry.")
+    max_retries: int = Field(3, ge=0, description="Attempts after the first one with on_error: retry (exponential backoff from 0.05 s, at most 2 s apart).")
+    retry_exhausted: Literal["skip", "raise"] = Field(
+        "skip", description="With on_error: retry, an item still failing after max_retries retries is skipped (error record, null line) or stops the run (raise)."
+    )
     progress: bool = Field(True, description="Show a progress bar on the terminal (`--no-progress` turns it off).")
     detect_memory_issues: bool = Field(True, description="Run the heap analyzer (leaks, GC trouble, pressure) during the run.")
     report: Optional[Path] = Field(None, strict=False, description="HTML report (plots embedded) that `batchmem run` writes after the run; see `batchmem report`. Default: none.")
@@ -515,6 +532,9 @@ class Job(_Section):
             batched=self.batched,
             on_error=self.on_error,
             max_retries=self.max_retries,
+            retry_exhausted=self.retry_exhausted,
+            fsync=self.output.fsync,
+            json_default=str if self.output.json_default == "str" else None,
             progress=self.progress if progress is None else progress,
             min_batch_size=b.min_batch_size,
             max_batch_size=b.max_batch_size,
@@ -539,6 +559,28 @@ class Job(_Section):
             raise
         except ConfigError as exc:  # the processor names its own option; say it is about this job
             raise JobFileError(_one_line(exc)) from exc
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The settings that decide what the output lines hold, for the resume check.
+
+        ``batchmem run --resume`` refuses (unless ``--force-resume``) to continue an
+        output whose checkpoint was written with different values: the function and
+        setup references, ``batched``, the source (type, path, reader options and the
+        file's size in bytes) and the output encoding (format, json_default). Batch
+        sizes, memory limits, execution and ``on_error`` may change between runs.
+        """
+        src = self.source
+        fields: dict[str, Any] = {"function": self.function, "setup": self.setup, "batched": self.batched}
+        for key, value in src.model_dump(mode="json").items():
+            fields[f"source.{key}"] = value
+        if src.type != "python":
+            try:
+                fields["source.size_bytes"] = Path(src.path).stat().st_size
+            except OSError:
+                fields["source.size_bytes"] = None
+        fields["output.format"] = self.output.format
+        fields["output.json_default"] = self.output.json_default
+        return fields
 
     # ----------------------------------------------------------------- checks
 
@@ -924,18 +966,19 @@ def load_job(
 # --------------------------------------------------------------------------- running
 
 
-def run_job(job: Job, resume: bool = False, *, progress: bool | None = None) -> Any:
+def run_job(job: Job, resume: bool | str = False, *, progress: bool | None = None) -> Any:
     """Run ``job`` and return the processor's BatchResult.
 
     Checks the files again (the output may have appeared since loading),
     imports the function, builds the source and the processor, and calls
     ``processor.process(source, fn, output=..., output_format=...,
-    errors_output=..., overwrite=..., resume=...)``. Errors the user can
-    cause raise :class:`~batchmem.errors.BatchmemError` subclasses; an item
-    failing under ``on_error: raise`` raises
-    :class:`~batchmem.errors.ItemFailedError`.
+    errors_output=..., overwrite=..., resume=..., fingerprint=...)``; the
+    fingerprint is :meth:`Job.fingerprint_fields`, so resuming a changed job is
+    refused unless ``resume="force"``. Errors the user can cause raise
+    :class:`~batchmem.errors.BatchmemError` subclasses; an item failing under
+    ``on_error: raise`` raises :class:`~batchmem.errors.ItemFailedError`.
     """
-    job.check_files(resume=resume)
+    job.check_files(resume=bool(resume))
     fn = job.load_function()
     processor = job.build_processor(progress=progress)
     source = job.build_source()
@@ -945,6 +988,7 @@ def run_job(job: Job, resume: bool = False, *, progress: bool | None = None) -> 
         errors_output=job.output.errors,
         overwrite=job.output.overwrite,
         resume=resume,
+        fingerprint=job.fingerprint_fields(),
     )
     return processor.process(source, fn, **kwargs)
 

@@ -11,6 +11,8 @@ atomically, so a crash leaves a valid prefix that ``resume=True`` continues.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import gc
 import hashlib
@@ -19,18 +21,21 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import orjson
+
 from .checkpoint import Checkpoint, checkpoint_path
-from .errors import ConfigError, ItemFailedError, OutputExistsError
+from .errors import ConfigError, ItemFailedError, OutputExistsError, OutputWriteError, ResumeMismatchError, WorkerDiedError
 from .executors import BatchOutcome, BatchTask, RunOptions, make_executor, make_worker_setup
 from .heap.monitor import MemoryMonitor, PressureLevel, PressureThresholds, current_rss_bytes, resolve_memory_limit
 from .heap.pressure import PressureCallbacks, RunGuard
 from .optimizer import BatchOptimizer
 from .optimizer.control import BatchMeasurement, ControlConfig
+from .signals import RunInterrupted, StopOnSignals, signal_name
 from .sinks import NULL_LINE, JsonlSink, encode_results, error_record, iter_jsonl, open_sink
 from .sources import as_source
 from .stats import BatchRecordWriter, RunStats, bytes_per_item, items_per_second, write_json_atomic
@@ -51,6 +56,7 @@ NODE_ALIASES = MappingProxyType(
     }
 )
 _ON_ERROR = ("raise", "skip", "retry")
+_RETRY_EXHAUSTED = ("skip", "raise")
 
 
 def _accept_node_aliases(init: Callable[..., None]) -> Callable[..., None]:
@@ -124,14 +130,18 @@ class BatchProcessor:
         same length (or DataFrame -> DataFrame for chunked pandas sources).
     on_error: ``"raise"`` stops at the first failing item (naming its index),
         ``"skip"`` writes an error record and a ``null`` line and goes on,
-        ``"retry"`` retries ``max_retries`` times with exponential backoff then skips.
+        ``"retry"`` retries ``max_retries`` times with exponential backoff (tenacity:
+        0.05 s doubling, at most 2 s between attempts), then skips or raises as
+        ``retry_exhausted`` (``"skip"``, the default, or ``"raise"``) says.
     progress: show a tqdm bar (batch size, RSS and pressure in its postfix).
     min_batch_size, max_batch_size, target_batch_seconds, memory_target_fraction:
         the optimizer's bounds and targets (see :mod:`batchmem.optimizer.control`).
     force_gc_on_completion: run ``gc.collect()`` once the run ends.
     use_history: warm-start from and record into the per-operation history.
     json_default: fallback for results orjson cannot encode (e.g. ``str``).
-    fsync: ``os.fsync`` the output after every batch (crash safety, one sync per batch).
+    fsync: ``os.fsync`` the output (and error file) after every batch, before the checkpoint
+        is replaced (itself fsynced): committed batches survive a power cut, not only a
+        ``kill -9``. Default True; costs about one or two disk syncs per batch.
     setup, teardown: per-worker setup, a callable or ``"module:callable"``. ``setup()`` runs
         once per worker process (loky, dask; once in this process for serial and threading
         runs) before that worker's first batch, outside the batch measurement, and its result
@@ -177,6 +187,7 @@ class BatchProcessor:
         batched: bool = False,
         on_error: str = "raise",
         max_retries: int = 3,
+        retry_exhausted: str = "skip",
         progress: bool = True,
         min_batch_size: int = 1,
         max_batch_size: int = 1_000_000,
@@ -185,7 +196,7 @@ class BatchProcessor:
         force_gc_on_completion: bool = False,
         use_history: bool = True,
         json_default: Callable[[Any], Any] | None = None,
-        fsync: bool = False,
+        fsync: bool = True,
         setup: Callable[[], Any] | str | None = None,
         teardown: Callable[[Any], Any] | str | None = None,
         client: Any = None,
@@ -204,6 +215,8 @@ class BatchProcessor:
             raise ConfigError("n_jobs: 0 workers cannot run anything; use 1 (serial), N workers or -1 (all cores)")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"max_retries: {max_retries!r} must be an integer >= 0")
+        if retry_exhausted not in _RETRY_EXHAUSTED:
+            raise ConfigError(f"retry_exhausted: {retry_exhausted!r} is not one of skip, raise; pick one of them")
         self.control_config = ControlConfig(
             initial_batch_size=min(max(batch_size, min_batch_size), max_batch_size) if isinstance(batch_size, int) else batch_size,
             min_batch_size=min_batch_size,
@@ -219,6 +232,7 @@ class BatchProcessor:
         self.process_name = process_name
         self.n_jobs, self.backend = n_jobs, backend
         self.batched, self.on_error, self.max_retries = batched, on_error, max_retries
+        self.retry_exhausted = retry_exhausted
         self.progress = progress
         self.force_gc_on_completion = force_gc_on_completion
         self.use_history = use_history
@@ -264,10 +278,24 @@ class BatchProcessor:
         """
         self.pressure_callbacks.register(level, callback, cooldown_s)
 
-    def _fingerprint(self, fn: Callable[..., Any]) -> str:
-        name = f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', repr(fn))}"
-        key = f"{name}|batched={self.batched}|{self.process_name}"
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+    def _fingerprint(self, fn: Callable[..., Any], given: str | Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """The fingerprint of what produces the results, and the fields it hashes (to name a change).
+
+        ``given``: a string (used as is) or a mapping of result-affecting settings
+        (hashed; :meth:`batchmem.job.Job.fingerprint_fields` passes the job's). By
+        default: the function's module:qualname, ``batched`` and ``process_name``.
+        """
+        if isinstance(given, str):
+            return given, {}
+        if given is None:
+            given = {
+                "function": f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', repr(fn))}",
+                "batched": self.batched,
+                "process_name": self.process_name,
+            }
+        fields = {str(k): v for k, v in given.items()}
+        key = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS, default=str)
+        return hashlib.sha256(key).hexdigest()[:16], orjson.loads(key)
 
     def _open_output(self, output: str | os.PathLike[str] | None, overwrite: bool, resume: bool) -> tuple[Path, bool]:
         """The output path and whether it is a temporary spool file."""
@@ -292,7 +320,8 @@ class BatchProcessor:
         output_format: str | None = None,
         errors_output: str | os.PathLike[str] | None = None,
         overwrite: bool = False,
-        resume: bool = False,
+        resume: bool | str = False,
+        fingerprint: str | Mapping[str, Any] | None = None,
     ) -> BatchResult:
         """Run ``fn`` over ``items`` in adaptive batches and stream the results to ``output``.
 
@@ -303,13 +332,31 @@ class BatchProcessor:
         ``<output>.batches.jsonl``, error records to ``errors_output``
         (default ``<output>.errors.jsonl``, created only when an item fails).
 
+        ``resume=True`` continues an output written before (a crash, ``kill -9``,
+        a signal, an error): every file is cut back to the checkpoint (``<output>.ckpt.json``),
+        the committed items are skipped in ``items`` without being run again, and
+        new results are appended, so the finished output holds one line per item.
+        ``fingerprint`` (a string, or a mapping of the settings that affect the
+        results, such as a job's function, source and ``batched``) is stored in
+        the checkpoint; resuming with a different one raises
+        :class:`~batchmem.errors.ResumeMismatchError` naming what changed, unless
+        ``resume="force"``.
+
+        On the main thread SIGINT/SIGTERM stop the run cleanly (see
+        :mod:`batchmem.signals`): batches in flight are committed, stats say
+        ``"interrupted"``, and :class:`~batchmem.signals.RunInterrupted` (a
+        KeyboardInterrupt) is raised.
+
         Raises :class:`~batchmem.errors.OutputExistsError` if ``output`` exists
         and neither ``overwrite`` nor ``resume`` is set,
         :class:`~batchmem.errors.ItemFailedError` under ``on_error="raise"``,
         :class:`~batchmem.errors.SerializationError` for a result that cannot be
-        encoded. Whatever was committed before an error stays on disk with a
+        encoded, :class:`~batchmem.errors.OutputWriteError` when a write fails
+        (disk full). Whatever was committed before an error stays on disk with a
         matching checkpoint.
         """
+        if resume not in (False, True, "force"):
+            raise ConfigError(f"resume: {resume!r} must be False, True or 'force'")
         self._stop.clear()
         path, spooled = self._open_output(output, overwrite, resume)
         fmt = output_format or ("parquet" if path.suffix == ".parquet" else "jsonl")
@@ -317,16 +364,20 @@ class BatchProcessor:
             raise ConfigError(f"output.format: {fmt!r} is not supported; use jsonl or parquet")
         errors_path = Path(errors_output) if errors_output else _sidecar(path, ".errors.jsonl")
         ckpt_path = checkpoint_path(path)
-        fingerprint = self._fingerprint(fn)
+        fingerprint, fingerprint_fields = self._fingerprint(fn, fingerprint)
         source = as_source(items)
 
-        ckpt = Checkpoint(fingerprint=fingerprint)
+        ckpt = Checkpoint(fingerprint=fingerprint, fingerprint_fields=fingerprint_fields)
         mode = "wb"
         if resume and path.exists():
-            ckpt = self._prepare_resume(path, errors_path, ckpt_path, fingerprint, fmt)
+            ckpt = self._prepare_resume(path, errors_path, ckpt_path, ckpt, fmt, force=resume == "force")
             mode = "ab"
-            if ckpt.items:
-                source.skip(ckpt.items)
+            if ckpt.source_position:
+                source.skip(ckpt.source_position)
+        else:
+            # A fresh output: replace any old checkpoint before the output is truncated,
+            # so a crash right after cannot leave an old checkpoint describing a new file.
+            _save_checkpoint(ckpt, ckpt_path, self.fsync)
         stats = RunStats(
             process_name=self.process_name,
             memory_limit_bytes=self.monitor.limit.bytes,
@@ -339,37 +390,65 @@ class BatchProcessor:
             batches_path=str(_sidecar(path, ".batches.jsonl")),
             started_at=time.time(),
         )
-        opts = RunOptions(self.batched, self.on_error, self.max_retries, encode=(fmt == "jsonl"), json_default=self.json_default,
+        opts = RunOptions(self.batched, self.on_error, self.max_retries, retry_exhausted=self.retry_exhausted,
+                          encode=(fmt == "jsonl"), json_default=self.json_default,
                           setup=self.worker_setup, peak_by_sampling=self.n_jobs != 1 and self.backend == "threading")
         sink = open_sink(path, fmt, mode=mode, fsync=self.fsync)
         records = BatchRecordWriter(stats.batches_path, mode=mode)
         run = _Run(self, source, stats, ckpt, ckpt_path, sink, records, errors_path, opts, fn)
-        try:
-            run.loop()
-            stats.status = "stopped" if run.stopped else "completed"
-        except KeyboardInterrupt:
-            stats.status = "interrupted"
-            raise
-        except BaseException:
-            stats.status = "failed"
-            raise
-        finally:
-            run.finish()
+        with StopOnSignals(self.stop) as signals:
+            try:
+                run.loop()
+                if signals.signum is not None:
+                    stats.status, stats.stop_reason = "interrupted", f"{signal_name(signals.signum)} received; resume=True continues"
+                else:
+                    stats.status = "stopped" if run.stopped else "completed"
+            except KeyboardInterrupt:
+                stats.status = "interrupted"
+                raise
+            except BaseException:
+                stats.status = "failed"
+                raise
+            finally:
+                signals.finishing()
+                run.finish()
+        if signals.signum is not None:
+            raise RunInterrupted(signals.signum, ckpt.items, str(path))
         return BatchResult(path, stats, errors_path if stats.failed or ckpt.failed else None, fmt)
 
-    def _prepare_resume(self, path: Path, errors_path: Path, ckpt_path: Path, fingerprint: str, fmt: str) -> Checkpoint:
-        """Load the checkpoint and cut every file back to it (torn tails are dropped)."""
-        ckpt = Checkpoint.load(ckpt_path) or Checkpoint(fingerprint=fingerprint)
-        if ckpt.fingerprint and ckpt.fingerprint != fingerprint:
-            raise ConfigError(
-                f"resume: {str(path)!r} was written by a different function or batching; "
-                "rerun with overwrite instead of resume"
-            )
+    def _prepare_resume(self, path: Path, errors_path: Path, ckpt_path: Path, new: Checkpoint, fmt: str, *, force: bool = False) -> Checkpoint:
+        """Load the checkpoint and cut every file back to it (torn tails are dropped).
+
+        ``new`` carries this run's fingerprint. A different stored fingerprint raises
+        :class:`ResumeMismatchError` naming the changed fields, unless ``force``. An output
+        shorter than the checkpoint says (bytes lost without fsync) cannot be resumed.
+        """
         if fmt == "parquet":
             raise ConfigError("resume: Parquet output cannot be resumed; use output.format jsonl or overwrite")
-        for p, size in ((path, ckpt.output_bytes), (errors_path, ckpt.errors_bytes), (_sidecar(path, ".batches.jsonl"), ckpt.batches_bytes)):
-            if p.exists() and p.stat().st_size > size:
-                os.truncate(p, size)
+        ckpt = Checkpoint.load(ckpt_path) or Checkpoint(fingerprint=new.fingerprint, fingerprint_fields=new.fingerprint_fields)
+        if ckpt.fingerprint and ckpt.fingerprint != new.fingerprint:
+            old_f, new_f = ckpt.fingerprint_fields, new.fingerprint_fields
+            changed = [k for k in sorted(old_f.keys() | new_f.keys()) if old_f.get(k) != new_f.get(k)]
+            what = ", ".join(f"{k} ({old_f.get(k)!r} then, {new_f.get(k)!r} now)" for k in changed[:3]) or "function, source or batching"
+            if not force:
+                raise ResumeMismatchError(
+                    f"resume: {str(path)!r} was written by a different job: changed {what}; resuming would mix "
+                    "results; undo the change, set overwrite to start again, or force it (--force-resume, resume='force')"
+                )
+            logger.warning("resume forced although the job changed: %s", what)
+        ckpt.fingerprint, ckpt.fingerprint_fields = new.fingerprint, new.fingerprint_fields
+        if not ckpt.source_position and ckpt.items:  # a checkpoint written before source_position existed
+            ckpt.source_position = ckpt.items
+        size = _file_size(path)
+        if size < ckpt.output_bytes:
+            raise ConfigError(
+                f"resume: {str(path)!r} holds {size} bytes but its checkpoint says {ckpt.output_bytes} were committed "
+                "(written without fsync before a crash?); it cannot be resumed: set overwrite to start again"
+            )
+        for p, keep in ((path, ckpt.output_bytes), (errors_path, ckpt.errors_bytes), (_sidecar(path, ".batches.jsonl"), ckpt.batches_bytes)):
+            if p.exists() and p.stat().st_size > keep:
+                logger.info("resume: cutting %d bytes of torn or uncommitted tail from %s", p.stat().st_size - keep, p)
+                os.truncate(p, keep)
         logger.info("resuming %s after %d committed items", path, ckpt.items)
         return ckpt
 
@@ -458,8 +537,22 @@ class _Run:
             with self.lock:
                 self.optimizer.on_memory_error(len(task))
             logger.warning("MemoryError in a batch of %d items (items %d..); retrying it in halves", len(task), task.start)
-        if len(task) == 1:  # a single item that raises MemoryError on its own: it fails
-            err = MemoryError(f"item {task.start} raised MemoryError on its own")
+        elif outcome.split == "worker_died":
+            if "SIGKILL" in outcome.worker_exit:  # most likely the kernel's OOM killer: plan smaller batches
+                with self.lock:
+                    self.optimizer.on_memory_error(len(task))
+            if len(task) > 1:
+                logger.warning("worker died (%s) running a batch of %d items (items %d..); retrying it in halves in fresh workers",
+                               outcome.worker_exit, len(task), task.start)
+        if len(task) == 1:  # a single item that raises MemoryError (or kills its worker) on its own: it fails
+            if outcome.split == "worker_died":
+                err: BaseException = WorkerDiedError(
+                    f"worker died ({outcome.worker_exit.replace(' (alone)', '')}) while running item {task.start} on its own "
+                    "(os._exit, a signal such as the OOM killer's SIGKILL, or a crash in a C extension)"
+                )
+                logger.warning("item %d killed its worker on its own (%s); recorded as failed", task.start, outcome.worker_exit)
+            else:
+                err = MemoryError(f"item {task.start} raised MemoryError on its own")
             out = BatchOutcome(task.index, task.start, 1, duration_s=outcome.duration_s)
             if self.opts.on_error == "raise":
                 out.error = (task.start, err)
@@ -470,28 +563,36 @@ class _Run:
             yield out
             return
         halves = task.halves()
-        for half, sub in zip(halves, self.executor.run_now(list(halves))):
+        isolated = getattr(self.executor, "run_isolated", None)
+        if outcome.split == "worker_died" and isolated is not None:  # each half alone in a worker: a death names its half
+            subs = [isolated(h) for h in halves]
+        else:
+            subs = self.executor.run_now(list(halves))
+        for half, sub in zip(halves, subs):
             yield from self._resolve(half, sub)
 
     def _commit(self, o: BatchOutcome) -> None:
         """Write one finished batch, then the checkpoint; feed the measurement back."""
         if o.error is not None:
             index, exc = o.error
-            raise ItemFailedError(
-                f"item {index} failed: {type(exc).__name__}: {exc}; on_error='raise' stops the run "
-                "(use on_error='skip' to record failures and go on)",
-                index,
-            ) from exc
-        if self.opts.encode:
-            self.sink.write(o.payload)
-        else:
-            self.sink.write_batch(o.results, o.start)
-        self.sink.flush()
+            if self.opts.on_error == "retry":
+                policy = (f" after {1 + self.opts.max_retries} attempts; on_error='retry' with retry_exhausted='raise' stops the run "
+                          "(use retry_exhausted='skip' to record failures and go on)")
+            else:
+                policy = "; on_error='raise' stops the run (use on_error='skip' to record failures and go on)"
+            raise ItemFailedError(f"item {index} failed: {type(exc).__name__}: {exc}{policy}", index) from exc
+        with _writing("output", self.sink.path):
+            if self.opts.encode:
+                self.sink.write(o.payload)
+            else:
+                self.sink.write_batch(o.results, o.start)
+            self.sink.flush()
         if o.error_records:
-            if self.error_sink is None:
-                self.error_sink = JsonlSink(self.errors_path, mode="ab" if self.ckpt.errors_bytes else "wb")
-            self.error_sink.write(encode_results(o.error_records, o.start, str))
-            self.error_sink.flush()
+            with _writing("errors", self.errors_path):
+                if self.error_sink is None:
+                    self.error_sink = JsonlSink(self.errors_path, mode="ab" if self.ckpt.errors_bytes else "wb", fsync=self.proc.fsync)
+                self.error_sink.write(encode_results(o.error_records, o.start, str))
+                self.error_sink.flush()
         sample = self.proc.monitor.sample() if self.proc.memory_monitoring else None
         rss_now = sample.rss_bytes if sample else current_rss_bytes()
         pressure = sample.pressure if sample else PressureLevel.NORMAL
@@ -502,15 +603,17 @@ class _Run:
             "rss_after_bytes": rss_now, "pressure": pressure.label, "failed": o.failed,
             "gc_collections": o.gc_collections, "pid": o.pid,
         })
-        self.records.flush()
+        with _writing("batch records", self.records.path):
+            self.records.flush()
         ck = self.ckpt
         ck.items += o.size
+        ck.source_position = o.start + o.size
         ck.batches += 1
         ck.failed += o.failed
         ck.output_bytes = _file_size(self.sink.path) if self.opts.encode else 0
         ck.errors_bytes = _file_size(self.errors_path) if self.error_sink else ck.errors_bytes
         ck.batches_bytes = _file_size(self.records.path)
-        ck.save(self.ckpt_path)
+        _save_checkpoint(ck, self.ckpt_path, self.proc.fsync)
 
         st.items += o.size
         st.failed += o.failed
@@ -544,9 +647,13 @@ class _Run:
         st = self.stats
         self.bar.close()
         self.executor.close()
+        st.worker_deaths = getattr(self.executor, "worker_deaths", 0)
         for f in (self.sink, self.records, self.error_sink):
             if f is not None:
-                f.close()
+                try:
+                    f.close()
+                except OSError as exc:  # after a failed write: the checkpoint already stands; do not hide the first error
+                    logger.debug("closing %s failed: %s (the checkpoint still matches what was committed)", getattr(f, "path", f), exc)
         st.duration_s = time.perf_counter() - self.t0
         st.finished_at = time.time()
         st.items_per_s = items_per_second(st.items, st.duration_s)
@@ -557,11 +664,14 @@ class _Run:
             st.errors_path = str(self.errors_path)
         if st.status == "completed":
             self.ckpt.complete = True
-            self.ckpt.save(self.ckpt_path)
+            _save_checkpoint(self.ckpt, self.ckpt_path, self.proc.fsync)
         if self.proc.force_gc_on_completion:
             gc.collect()
         self.guard.finish()  # issues + GC figures into the stats; GC hooks and tracing removed
-        write_json_atomic(st.stats_path, st.to_dict())
+        try:
+            write_json_atomic(st.stats_path, st.to_dict())
+        except OSError as exc:  # e.g. the disk is full: the run's own error (if any) is the one to report
+            logger.warning("writing the stats %s failed: %s", st.stats_path, exc)
         if self.proc.use_history and st.items:  # fixed-size runs are recorded too: their costs are measured
             self.optimizer.finish_run({
                 "learned_batch_size": st.learned_batch_size,
@@ -570,6 +680,29 @@ class _Run:
                 "batches": st.batches, "failed": st.failed, "leaks": sum(1 for i in st.issues if i.get("kind") == "leak"),
                 "finished_at": st.finished_at,
             })
+
+
+@contextlib.contextmanager
+def _writing(what: str, path: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``what`` (output, errors, ...) into a one-line :class:`OutputWriteError`."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, "") if exc.errno else ""
+        reason = f"{exc.strerror or exc}" + (f" ({code})" if code else "")
+        raise OutputWriteError(
+            f"{what}: writing {path} failed: {reason}; the checkpoint still matches the committed output: "
+            "free space (or fix the device) and run again with resume (batchmem run --resume)",
+            exc.errno,
+        ) from exc
+
+
+def _save_checkpoint(ckpt: Checkpoint, path: Path, fsync: bool) -> None:
+    """Replace the checkpoint atomically; a failure is an :class:`OutputWriteError` (the old checkpoint stays)."""
+    with _writing("checkpoint", path):
+        ckpt.save(path, fsync=fsync)
 
 
 def _file_size(path: Path) -> int:

@@ -82,6 +82,7 @@ class RunStats:
     stop_reason: str | None = None
     resumed_from: int = 0  # items already committed by an earlier run (resume)
     memory_errors: int = 0
+    worker_deaths: int = 0  # worker processes that died during the run (their batches were retried in halves)
     learned_batch_size: int | None = None  # items
     gc_collections: int = 0
     gc_collected_between_batches: int = 0  # objects found unreachable by batchmem's own collections between batches

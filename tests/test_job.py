@@ -395,6 +395,7 @@ def test_build_processor_maps_the_job(tmp_path):
         n_jobs=2, backend="threading", batched=False, on_error="skip", max_retries=1, progress=False,
         min_batch_size=5, max_batch_size=80, target_batch_seconds=(1.0, 2.0), memory_target_fraction=0.4,
         setup=None, teardown=None, scheduler_address=None,
+        retry_exhausted="skip", fsync=True, json_default=None,
     )
     assert job.processor_kwargs()["progress"] is True
     proc = job.build_processor(progress=False)
@@ -419,7 +420,8 @@ def test_job_reference_lists_every_key():
                 "batching.batch_size", "batching.min_batch_size", "batching.max_batch_size", "batching.memory_limit",
                 "batching.target_batch_seconds", "batching.memory_target_fraction", "execution.n_jobs",
                 "execution.backend", "execution.scheduler_address", "output.path", "output.format", "output.errors",
-                "output.overwrite", "on_error", "max_retries", "progress", "detect_memory_issues", "report"]:
+                "output.overwrite", "output.fsync", "output.json_default", "on_error", "max_retries", "retry_exhausted",
+                "progress", "detect_memory_issues", "report"]:
         assert f"| `{key}` |" in table, key
     for line in table.splitlines():
         assert len(re.split(r"(?<!\\)\|", line)) == 6, line  # four columns; pipes inside cells are escaped

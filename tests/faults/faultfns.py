@@ -1,0 +1,65 @@
+"""Functions and sources for the fault-injection suite (imported by job files and by loky workers).
+
+``expected(i)`` is what every function below writes for item ``i`` when it succeeds,
+so a test can check ``output line i == expected(i)`` for every ``i``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+#: Items that fail (``fail_some``); tests set and clear it in-process (serial runs only).
+FAIL_AT: set[int] = set()
+#: Attempts seen per item (``flaky``), to check retries.
+ATTEMPTS: dict[int, int] = {}
+
+
+def expected(i: int) -> dict:
+    return {"i": i, "v": 3 * i + 1}
+
+
+def numbers(n: int = 1000):
+    """The source: 0 .. n-1, lazily."""
+    return iter(range(n))
+
+
+def slow(x: int) -> dict:
+    """About 0.5 ms per item, so a batch of 100 takes about 50 ms."""
+    time.sleep(0.0005)
+    return expected(x)
+
+
+def fail_some(x: int) -> dict:
+    if x in FAIL_AT:
+        raise ValueError(f"item {x} is bad")
+    return expected(x)
+
+
+def flaky(x: int) -> dict:
+    """Fails the first attempt of every item divisible by 10, every attempt of items in FAIL_AT."""
+    ATTEMPTS[x] = ATTEMPTS.get(x, 0) + 1
+    if x in FAIL_AT or (x % 10 == 0 and ATTEMPTS[x] == 1):
+        raise ConnectionError(f"flaky service refused item {x} (attempt {ATTEMPTS[x]})")
+    return expected(x)
+
+
+def unserialisable(x: int) -> dict:
+    if x == 5:
+        return {"i": x, "v": {1, 2}}  # a set: orjson cannot encode it
+    return expected(x)
+
+
+def poison(x: int) -> dict:
+    """Item 37 kills the worker running it (``os._exit(3)``), like a crash in a C extension."""
+    if x == 37:
+        os._exit(3)
+    return expected(x)
+
+
+def oom_when_big(batch: list) -> list:
+    """Batched: a batch of more than 4 items kills its own worker with SIGKILL (as the OOM killer would)."""
+    if len(batch) > 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [expected(x) for x in batch]
