@@ -209,6 +209,18 @@ def _run_batched(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out:
     return results
 
 
+def _ignore_sigint_in_loky_worker() -> None:
+    """In a loky worker, ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
+    parent (see :mod:`batchmem.signals`) decides to finish the batches in flight, not the workers."""
+    import multiprocessing
+    import signal
+
+    if (multiprocessing.current_process().name.startswith("LokyProcess")
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_batch(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, kwargs: dict[str, Any] | None = None) -> BatchOutcome:
     """Run one batch and measure it; safe to call in a worker process.
 
@@ -222,6 +234,7 @@ def run_batch(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, kwargs:
     encode.
     """
     kwargs = kwargs or {}
+    _ignore_sigint_in_loky_worker()
     if opts.setup is not None:  # before the measurement: the setup's time and memory are not this batch's
         kwargs = {**kwargs, "state": opts.setup.state()}
     out = BatchOutcome(task.index, task.start, len(task), pid=os.getpid())

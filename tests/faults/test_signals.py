@@ -4,6 +4,7 @@ stats (status "interrupted") written, exit 130; ``--resume`` then completes the 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,9 +17,11 @@ from conftest import assert_complete, assert_committed_prefix, batchmem, checkpo
 N_ITEMS = 3000
 
 
-@pytest.mark.parametrize(("sig", "n_jobs"), [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGTERM, 2)],
-                         ids=["SIGINT-serial", "SIGTERM-serial", "SIGTERM-loky"])
-def test_signal_stops_cleanly_with_130_and_resume_completes(job_dir, sig, n_jobs):
+@pytest.mark.parametrize(("sig", "n_jobs", "group"),
+                         [(signal.SIGINT, 1, False), (signal.SIGTERM, 1, False), (signal.SIGTERM, 2, False), (signal.SIGINT, 2, True)],
+                         ids=["SIGINT-serial", "SIGTERM-serial", "SIGTERM-loky", "SIGINT-loky-process-group"])
+def test_signal_stops_cleanly_with_130_and_resume_completes(job_dir, sig, n_jobs, group):
+    """``group``: the signal goes to the whole process group, workers included, as a terminal's Ctrl-C does."""
     job = write_job(job_dir, "sig", n=N_ITEMS,
                     extra=f"batching: {{batch_size: 100, auto_optimize: false}}\nexecution: {{n_jobs: {n_jobs}}}\n")
     out = job_dir / "sig.jsonl"
@@ -26,12 +29,16 @@ def test_signal_stops_cleanly_with_130_and_resume_completes(job_dir, sig, n_jobs
         [sys.executable, "-m", "batchmem.cli", "run", str(job)], cwd=job_dir, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell may start jobs with SIGINT ignored
+        start_new_session=group,
     )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not ((checkpoint(out) or {}).get("items", 0) > 0):
             time.sleep(0.02)
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
