@@ -26,7 +26,7 @@ def run_once(opt: BatchOptimizer, operation: str, *, per_item: int = 100_000, ba
     sizes = [opt.start_run(operation)]
     for _ in range(batches):
         size = sizes[-1]
-        sizes.append(opt.observe(BatchMeasurement(size, 1e-4 * size, per_item * size), baseline_bytes=100 * MB))
+        sizes.append(opt.observe(BatchMeasurement(size, 2e-5 * size, per_item * size), baseline_bytes=100 * MB))
     opt.finish_run({"items": sum(sizes[:-1]), "duration_s": 3.0, "peak_rss_bytes": 700 * MB})
     return sizes
 

@@ -18,7 +18,7 @@ def simulate(
     ctrl: BatchSizeController,
     *,
     per_item_bytes: float,
-    per_item_s: float = 1e-4,
+    per_item_s: float = 2e-5,
     baseline: int = 100 * MB,
     batches: int = 15,
     noise: float = 0.05,
@@ -117,9 +117,9 @@ def test_no_shrink_at_normal_pressure_and_int_levels_accepted():
 def test_converges_to_memory_target_within_15_batches(seed, limit, per_item):
     baseline = 150 * MB
     expected = expected_memory_size(limit, baseline, per_item)
-    # duration = 1e-4 s * size: the time band's middle (0.632 s) is ~6300 items, above every
+    # duration = 2e-5 s * size: the time aim (0.25 s) is ~12500 items, above every
     # expected memory size here, so memory is what binds.
-    assert expected < 6000
+    assert expected < 12000
     ctrl = BatchSizeController(ControlConfig(), limit)
     sizes = simulate(ctrl, per_item_bytes=per_item, baseline=baseline, seed=seed, batches=15)
     assert abs(sizes[-1] - expected) <= 0.2 * expected, (sizes, expected)
@@ -130,7 +130,7 @@ def test_converges_to_memory_target_within_15_batches(seed, limit, per_item):
 
 def test_time_binds_when_memory_is_ample():
     ctrl = BatchSizeController(ControlConfig(), 2 * GB)
-    sizes = simulate(ctrl, per_item_bytes=20_000, baseline=150 * MB, batches=15)  # memory would allow 52500
+    sizes = simulate(ctrl, per_item_bytes=20_000, baseline=150 * MB, batches=15, per_item_s=1e-4)  # memory would allow 52500
     assert 0.2 <= sizes[-1] * 1e-4 <= 2.0
     assert sizes[-1] < 10_000
 
@@ -155,19 +155,19 @@ def test_in_flight_divides_the_memory_size():
     assert abs(one.next_size() / four.next_size() - 4) < 0.1
 
 
-def test_no_memory_limit_sizes_by_time_to_band_middle():
+def test_no_memory_limit_sizes_by_time_to_the_aim():
     ctrl = BatchSizeController(ControlConfig(initial_batch_size=1), None)
     sizes = simulate(ctrl, per_item_bytes=10**9, per_item_s=1e-3, batches=15, noise=0)
     assert ctrl.memory_target_size(0) is None
     final_s = sizes[-1] * 1e-3
     assert 0.2 <= final_s <= 2.0
-    assert abs(final_s - (0.2 * 2.0) ** 0.5) < 0.1
+    assert abs(final_s - ControlConfig().aim_s) < 0.05
 
 
-def test_long_batches_shrink_to_band_middle_and_inside_band_holds():
+def test_long_batches_shrink_to_the_aim_and_inside_band_holds():
     ctrl = BatchSizeController(ControlConfig(initial_batch_size=10_000), None)
     nxt = ctrl.observe(BatchMeasurement(10_000, 10.0, 0), baseline_bytes=0)  # 1 ms per item, 10 s batch
-    assert nxt == pytest.approx(632, abs=2)
+    assert nxt == pytest.approx(250, abs=2)  # 0.25 s at 1 ms per item
     assert ctrl.last_decision.reason == "time"
     # A 1.5 s batch is inside the band: the time term does not shrink it.
     hold = BatchSizeController(ControlConfig(initial_batch_size=1500), None)
@@ -186,7 +186,7 @@ def test_one_outlier_does_not_halve_or_double_the_size(factor):
     ctrl = _steady()
     before = ctrl.next_size()
     after = ctrl.observe(
-        BatchMeasurement(before, 1e-4 * before * factor, int(100_000 * before * factor)), baseline_bytes=100 * MB
+        BatchMeasurement(before, 2e-5 * before * factor, int(100_000 * before * factor)), baseline_bytes=100 * MB
     )
     assert before / 2 < after < before * 2, (before, after)
     # and the next normal batch brings it back near the target
@@ -288,7 +288,7 @@ def test_optimizer_facade_run_without_history():
     assert first == 100
     size = first
     for _ in range(12):
-        size = opt.observe(BatchMeasurement(size, 1e-4 * size, 100_000 * size), baseline_bytes=100 * MB, in_flight=1)
+        size = opt.observe(BatchMeasurement(size, 2e-5 * size, 100_000 * size), baseline_bytes=100 * MB, in_flight=1)
     stats = opt.get_batch_statistics()
     live = stats["current_run"]
     assert live["operation"] == "synthetic" and live["batches"] == 12

@@ -38,8 +38,12 @@ Set-points
   ``MAX_IDEAL_BATCH_DURATION = 2`` in ``joblib/_parallel_backends.py``; older
   joblib kept them in ``joblib/parallel.py``): long enough to amortise the
   per-batch overhead, short enough that progress, checkpoints and load
-  balancing stay frequent. ``time_size = sqrt(low * high) / seconds_per_item``
-  aims at the geometric middle of the band (0.63 s by default). While the
+  balancing stay frequent. ``time_size = 1.25 * low / seconds_per_item``
+  aims just inside the band's low edge (0.25 s by default): the per-batch
+  overhead of batchmem (a memory sample, an fsync of the output and of the
+  checkpoint: ~5 ms, benchmarks/bench_core.py) is already ~2 % there, and a
+  longer batch only holds more results in memory (a batch of 1 KB results
+  at 0.63 s held ~700 MB in the streaming benchmark). While the
   predicted duration of the current size is inside the band the time term
   never asks for a *smaller* batch (``time_size = max(size, time_size)``):
   hysteresis, so noise does not make the size chatter.
@@ -195,10 +199,9 @@ class ControlConfig:
             raise ConfigError(f"outlier_ratio={r!r} is not > 1: give e.g. 3.0")
 
     @property
-    def band_middle_s(self) -> float:
-        """Geometric middle of ``target_batch_seconds``, seconds (0.632 s by default)."""
-        low, high = self.target_batch_seconds
-        return math.sqrt(low * high)
+    def aim_s(self) -> float:
+        """Batch wall time the time term aims at: 1.25 x the band's low edge, seconds (0.25 s by default)."""
+        return min(1.25 * self.target_batch_seconds[0], self.target_batch_seconds[1])
 
 
 @dataclass(frozen=True)
@@ -332,14 +335,14 @@ class BatchSizeController:
         """Size (items) the time band asks for, or None without a usable estimate.
 
         Outside the band: the size whose predicted duration is the band's
-        geometric middle. Inside: the same, but never below the current size.
+        aim (``aim_s``). Inside: the same, but never below the current size.
         """
         spi = self._seconds.value
         if spi is None or spi <= 0:
             return None
         cfg = self.config
         low, high = cfg.target_batch_seconds
-        aim = cfg.band_middle_s / spi
+        aim = cfg.aim_s / spi
         aim_items = int(min(float(cfg.max_batch_size), max(1.0, aim)))
         predicted_s = self._size * spi
         if low <= predicted_s <= high:
