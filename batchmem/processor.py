@@ -367,35 +367,43 @@ class BatchProcessor:
         fingerprint, fingerprint_fields = self._fingerprint(fn, fingerprint)
         source = as_source(items)
 
-        ckpt = Checkpoint(fingerprint=fingerprint, fingerprint_fields=fingerprint_fields)
-        mode = "wb"
-        if resume and path.exists():
-            ckpt = self._prepare_resume(path, errors_path, ckpt_path, ckpt, fmt, force=resume == "force")
-            mode = "ab"
-            if ckpt.source_position:
-                source.skip(ckpt.source_position)
-        else:
-            # A fresh output: replace any old checkpoint before the output is truncated,
-            # so a crash right after cannot leave an old checkpoint describing a new file.
-            _save_checkpoint(ckpt, ckpt_path, self.fsync)
-        stats = RunStats(
-            process_name=self.process_name,
-            memory_limit_bytes=self.monitor.limit.bytes,
-            limit_source=self.monitor.limit.source,
-            n_jobs=self.n_jobs,
-            backend=self.backend or ("serial" if self.n_jobs == 1 else "loky"),
-            resumed_from=ckpt.items,
-            output_path=str(path),
-            stats_path=str(_sidecar(path, ".stats.json")),
-            batches_path=str(_sidecar(path, ".batches.jsonl")),
-            started_at=time.time(),
-        )
         opts = RunOptions(self.batched, self.on_error, self.max_retries, retry_exhausted=self.retry_exhausted,
                           encode=(fmt == "jsonl"), json_default=self.json_default,
                           setup=self.worker_setup, peak_by_sampling=self.n_jobs != 1 and self.backend == "threading")
-        sink = open_sink(path, fmt, mode=mode, fsync=self.fsync)
-        records = BatchRecordWriter(stats.batches_path, mode=mode)
-        run = _Run(self, source, stats, ckpt, ckpt_path, sink, records, errors_path, opts, fn)
+        # The executor first: a cluster that cannot be reached must fail before any file is touched.
+        dask_options = {"client": self.client, "scheduler_address": self.scheduler_address} if self.backend == "dask" else {}
+        executor = make_executor(fn, opts, self.n_jobs, self.backend, **dask_options)
+
+        try:
+            ckpt = Checkpoint(fingerprint=fingerprint, fingerprint_fields=fingerprint_fields)
+            mode = "wb"
+            if resume and path.exists():
+                ckpt = self._prepare_resume(path, errors_path, ckpt_path, ckpt, fmt, force=resume == "force")
+                mode = "ab"
+                if ckpt.source_position:
+                    source.skip(ckpt.source_position)
+            else:
+                # A fresh output: replace any old checkpoint before the output is truncated,
+                # so a crash right after cannot leave an old checkpoint describing a new file.
+                _save_checkpoint(ckpt, ckpt_path, self.fsync)
+            stats = RunStats(
+                process_name=self.process_name,
+                memory_limit_bytes=self.monitor.limit.bytes,
+                limit_source=self.monitor.limit.source,
+                n_jobs=self.n_jobs,
+                backend=self.backend or ("serial" if self.n_jobs == 1 else "loky"),
+                resumed_from=ckpt.items,
+                output_path=str(path),
+                stats_path=str(_sidecar(path, ".stats.json")),
+                batches_path=str(_sidecar(path, ".batches.jsonl")),
+                started_at=time.time(),
+            )
+            sink = open_sink(path, fmt, mode=mode, fsync=self.fsync)
+            records = BatchRecordWriter(stats.batches_path, mode=mode)
+            run = _Run(self, source, stats, ckpt, ckpt_path, sink, records, errors_path, opts, fn, executor)
+        except BaseException:
+            executor.close()  # e.g. a dask client made from scheduler_address
+            raise
         with StopOnSignals(self.stop) as signals:
             try:
                 run.loop()
@@ -457,20 +465,20 @@ class _Run:
     """State of one :meth:`BatchProcessor.process` call (kept off the processor so it can be reused)."""
 
     def __init__(self, proc: BatchProcessor, source: Any, stats: RunStats, ckpt: Checkpoint, ckpt_path: Path,
-                 sink: Any, records: BatchRecordWriter, errors_path: Path, opts: RunOptions, fn: Callable[..., Any]):
+                 sink: Any, records: BatchRecordWriter, errors_path: Path, opts: RunOptions, fn: Callable[..., Any],
+                 executor: Any):
         self.proc, self.source, self.stats, self.ckpt, self.ckpt_path = proc, source, stats, ckpt, ckpt_path
         self.sink, self.records, self.errors_path, self.opts, self.fn = sink, records, errors_path, opts, fn
         self.error_sink: JsonlSink | None = None
         self.lock = threading.Lock()
         self.stopped = False
-        dask_options = {"client": proc.client, "scheduler_address": proc.scheduler_address} if proc.backend == "dask" else {}
-        self.executor = make_executor(fn, opts, proc.n_jobs, proc.backend, **dask_options)
+        self.executor = executor
         self.optimizer = proc.optimizer
         if self.executor.memory_limit is not None:  # dask: plan against the workers' limit, not this machine's
             limit = resolve_memory_limit(proc.memory_limit, detected=self.executor.memory_limit)
             self.optimizer.memory_limit_bytes = limit.bytes
             stats.memory_limit_bytes, stats.limit_source = limit.bytes, limit.source
-        if dask_options:
+        if proc.backend == "dask":
             stats.n_jobs = self.executor.in_flight  # worker threads of the cluster
         self.last_sample = proc.monitor.sample()
         self.executor.max_tasks_per_worker = proc.max_tasks_per_worker  # worker recycling (process backends)
@@ -503,11 +511,11 @@ class _Run:
         With ``W`` batches in flight and ``R`` items left, no batch takes more than
         ``ceil(R / (2 W))`` items, so the last batches shrink geometrically instead of
         one worker running a full-size last batch while the others idle (measured in
-        benchmarks/bench_core.py parallel: speedup 1.71 -> see README). Serial runs and
-        sources of unknown length are not capped.
+        benchmarks/bench_core.py parallel: speedup 1.71 -> 1.81). Serial runs, fixed
+        batch sizes (``auto_optimize=False``) and sources of unknown length are not capped.
         """
         total, width = self.source.total, self.executor.in_flight
-        if total is None or width <= 1:
+        if total is None or width <= 1 or self.fixed_size is not None:
             return size
         left = total - start
         return max(1, min(size, -(-left // (2 * width))))
@@ -602,6 +610,9 @@ class _Run:
             else:
                 self.sink.write_batch(o.results, o.start)
             self.sink.flush()
+        # Drop the written results now: the loop variable keeps this outcome alive while the
+        # next batch runs, which held two batches of results at once (streaming benchmark).
+        o.payload, o.results = b"", None
         if o.error_records:
             with _writing("errors", self.errors_path):
                 if self.error_sink is None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 
 from batchmem import BatchProcessor
-from batchmem.heap import PeakMemoryTracker, current_rss_bytes
+from batchmem.heap import current_rss_bytes
 
 MB = 1 << 20
 TMP = Path(tempfile.mkdtemp(prefix="batchmem-bench-"))
@@ -38,6 +38,33 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     for row in rows:
         print("| " + " | ".join(f"{c:,.3f}" if isinstance(c, float) else f"{c:,}" if isinstance(c, int) else str(c) for c in row) + " |")
     sys.stdout.flush()
+
+
+class ExternalPeak:
+    """Peak RSS of this process seen from another process polling ``/proc/<pid>/statm`` every ms.
+
+    batchmem resets this process's ``VmHWM`` (and so ``ru_maxrss``) before every
+    batch, so an in-process high-water mark would only see the last batch.
+    """
+
+    def __enter__(self):
+        import subprocess
+
+        code = (
+            "import os, sys, select\n"
+            "path, page, peak = f'/proc/{sys.argv[1]}/statm', os.sysconf('SC_PAGE_SIZE'), 0\n"
+            "while not select.select([sys.stdin], [], [], 0.001)[0]:\n"
+            "    peak = max(peak, int(open(path).read().split()[1]) * page)\n"
+            "print(peak)\n"
+        )
+        self._p = subprocess.Popen([sys.executable, "-c", code, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        time.sleep(0.2)  # let the watcher start polling
+        return self
+
+    def __exit__(self, *exc):
+        out, _ = self._p.communicate("q\n")
+        self.peak_rss_bytes = int(out)
+        return False
 
 
 def timed(fn):
@@ -127,7 +154,7 @@ def adaptivity(n: int = 20_000, fixed=(16, 32, 64, 128, 192, 256, 320)) -> None:
     rows = []
 
     def one(name, **kw):
-        with PeakMemoryTracker() as peak:
+        with ExternalPeak() as peak:
             w, _, _, _, res = timed(lambda: BatchProcessor(batched=True, memory_limit=limit, progress=False, use_history=False, **kw).process(range(n), hold_4mb))
         sizes = res.stats.batch_sizes
         rows.append([name, w, n / w, peak.peak_rss_bytes // MB, "yes" if peak.peak_rss_bytes < limit else "NO", f"{min(sizes)}..{max(sizes)}"])
@@ -152,12 +179,12 @@ def streaming(n: int = 2_000_000) -> None:
 
     rows = []
     base = current_rss_bytes()
-    with PeakMemoryTracker() as p:
+    with ExternalPeak() as p:
         w = timed(lambda: BatchProcessor(progress=False, use_history=False).process(range(n), kb, TMP / "stream.jsonl", overwrite=True))[0]
     rows.append(["batchmem to JSONL", w, (p.peak_rss_bytes - base) // MB])
     (TMP / "stream.jsonl").unlink()
     base = current_rss_bytes()
-    with PeakMemoryTracker() as p:
+    with ExternalPeak() as p:
         w = timed(lambda: [orjson.loads(orjson.dumps(kb(x))) for x in range(n)])[0]  # results materialised, as a list collector holds them
     rows.append(["collect into a list", w, (p.peak_rss_bytes - base) // MB])
     table(f"streaming: {n:,} results of ~1 KB", ["run", "wall s", "peak RSS growth MB"], rows)

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import cachetools
 import psutil
 from pydantic import ByteSize, TypeAdapter, ValidationError
 
@@ -491,6 +492,7 @@ class MemoryMonitor:
         memory_limit: int | str | float | None = None,
         thresholds: PressureThresholds = PressureThresholds(),
         include_children: bool = True,
+        children_ttl_s: float = 1.0,
     ) -> None:
         if not isinstance(thresholds, PressureThresholds):
             raise ConfigError(
@@ -501,6 +503,11 @@ class MemoryMonitor:
         self.thresholds: PressureThresholds = thresholds
         self.include_children: bool = bool(include_children)
         self._proc: psutil.Process | None = None
+        # The list of descendants is the expensive part of a tree reading (psutil scans every
+        # process on the machine); it changes rarely (loky workers live for minutes), so it is
+        # re-listed at most every ``children_ttl_s`` seconds. A worker started within that
+        # window is counted from the next listing; one that exited is skipped at once.
+        self._children: cachetools.TTLCache = cachetools.TTLCache(maxsize=1, ttl=children_ttl_s)
 
     def __repr__(self) -> str:
         return (
@@ -511,6 +518,7 @@ class MemoryMonitor:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_proc"] = None  # psutil handles belong to one process
+        state["_children"] = cachetools.TTLCache(maxsize=1, ttl=self._children.ttl)
         return state
 
     def _self_process(self) -> psutil.Process:
@@ -526,19 +534,22 @@ class MemoryMonitor:
         which reads ``/proc/<pid>/stat`` of every process on the machine, so
         the cost grows with the machine's process count, not with the number
         of children: measured by benchmarks/bench_monitor.py: ~1.9-2.5 ms with
-        0 or 2 children among ~90 processes (loaded 2-vCPU VM). Once per
-        batch that is well under 1% of a 0.2 s batch; do not call it in a
-        tight loop. ``include_children=False`` costs what
+        0 or 2 children among ~90 processes (loaded 2-vCPU VM). The list is
+        therefore kept for ``children_ttl_s`` (1 s); in between a reading costs
+        one ``/proc/<pid>/statm`` read per process. ``include_children=False`` costs what
         :func:`current_rss_bytes` costs. Children that exit while being read
         are skipped.
         """
         total = current_rss_bytes()
         if not self.include_children:
             return total
-        try:
-            children = self._self_process().children(recursive=True)
-        except psutil.Error:
-            return total
+        me = self._self_process()
+        children = self._children.get(me.pid)
+        if children is None:
+            try:
+                children = self._children[me.pid] = me.children(recursive=True)
+            except psutil.Error:
+                return total
         for child in children:
             try:
                 total += child.memory_info().rss
