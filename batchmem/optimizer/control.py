@@ -38,10 +38,10 @@ Set-points
   ``MAX_IDEAL_BATCH_DURATION = 2`` in ``joblib/_parallel_backends.py``; older
   joblib kept them in ``joblib/parallel.py``): long enough to amortise the
   per-batch overhead, short enough that progress, checkpoints and load
-  balancing stay frequent. ``time_size = 1.25 * low / seconds_per_item``
-  aims just inside the band's low edge (0.25 s by default): the per-batch
+  balancing stay frequent. ``time_size = low / seconds_per_item`` aims at
+  the band's low edge (0.2 s by default): the per-batch
   overhead of batchmem (a memory sample, an fsync of the output and of the
-  checkpoint: ~5 ms, benchmarks/bench_core.py) is already ~2 % there, and a
+  checkpoint: ~3 ms, benchmarks/bench_core.py) is already ~1.5 % there, and a
   longer batch only holds more results in memory (a batch of 1 KB results
   at 0.63 s held ~700 MB in the streaming benchmark). While the
   predicted duration of the current size is inside the band the time term
@@ -200,8 +200,8 @@ class ControlConfig:
 
     @property
     def aim_s(self) -> float:
-        """Batch wall time the time term aims at: 1.25 x the band's low edge, seconds (0.25 s by default)."""
-        return min(1.25 * self.target_batch_seconds[0], self.target_batch_seconds[1])
+        """Batch wall time the time term aims at: the band's low edge, seconds (0.2 s by default)."""
+        return self.target_batch_seconds[0]
 
 
 @dataclass(frozen=True)
