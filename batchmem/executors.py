@@ -15,7 +15,6 @@ import functools
 import gc
 import importlib
 import inspect
-import itertools
 import logging
 import os
 import re

@@ -778,7 +778,7 @@ def render_memory(status: dict[str, Any]) -> str:
     if g:
         lines += ["", f"gc:        {'enabled' if g['enabled'] else 'DISABLED'}; "
                   f"{g['tracked_objects']:,} tracked objects",
-                  f"  count / threshold per generation: "
+                  "  count / threshold per generation: "
                   + ", ".join(f"gen{i} {c}/{th}" for i, (c, th) in enumerate(zip(g["count"], g["threshold"])))]
         for i, st in enumerate(g["stats"]):
             lines.append(f"  gen{i}: {st.get('collections', 0):,} collections, {st.get('collected', 0):,} collected, "

@@ -74,6 +74,7 @@ def test_output_identical_to_serial_in_input_order(client, tmp_path, batched):
     items = [{"i": i} for i in range(2000)]
     fn = record_batch if batched else record
     serial = processor(batch_size=50, batched=batched).process(iter(items), fn, tmp_path / "serial.jsonl")
+    assert serial.stats.items == 2000
     # Small, varying batches: many tasks in flight at once, finishing out of order on 2 workers.
     dask = processor(batch_size=37, auto_optimize=False, batched=batched, backend="dask", client=client).process(
         iter(items), fn, tmp_path / "dask.jsonl"
