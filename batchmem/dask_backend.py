@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .executors import BatchOutcome, JoblibExecutor, RunOptions, WorkerSetup
+from .executors import BatchOutcome, JoblibExecutor, RunOptions
+from .worker_setup import WorkerSetup
 from .heap.monitor import MemoryLimit, PressureLevel, PressureThresholds
 
 __all__ = ["ClusterMemory", "DaskExecutor", "cluster_memory", "import_distributed", "resolve_client"]

@@ -30,7 +30,8 @@ import orjson
 
 from .checkpoint import Checkpoint, checkpoint_path
 from .errors import ConfigError, ItemFailedError, OutputExistsError, OutputWriteError, ResumeMismatchError, WorkerDiedError
-from .executors import BatchOutcome, BatchTask, RunOptions, make_executor, make_worker_setup
+from .executors import BatchOutcome, BatchTask, RunOptions, make_executor
+from .worker_setup import make_worker_setup
 from .heap.monitor import MemoryMonitor, PressureLevel, PressureThresholds, current_rss_bytes, resolve_memory_limit
 from .heap.pressure import PressureCallbacks, RunGuard
 from .optimizer import BatchOptimizer
