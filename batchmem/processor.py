@@ -298,18 +298,18 @@ class BatchProcessor:
         key = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS, default=str)
         return hashlib.sha256(key).hexdigest()[:16], orjson.loads(key)
 
-    def _open_output(self, output: str | os.PathLike[str] | None, overwrite: bool, resume: bool) -> tuple[Path, bool]:
-        """The output path and whether it is a temporary spool file."""
+    def _open_output(self, output: str | os.PathLike[str] | None, overwrite: bool, resume: bool) -> Path:
+        """The output path (a temporary spool file when ``output`` is None), checked before anything is written."""
         if output is None:
             fd, name = tempfile.mkstemp(prefix=f"batchmem-{self.process_name}-", suffix=".jsonl")
             os.close(fd)
-            return Path(name), True
+            return Path(name)
         path = Path(output)
         if not path.parent.is_dir():
             raise ConfigError(f"output: folder {str(path.parent)!r} does not exist; create it or choose another path")
         if path.exists() and not (overwrite or resume):
             raise OutputExistsError(f"output: {str(path)!r} exists; pass overwrite=True (overwrite: true) or resume")
-        return path, False
+        return path
 
     # ------------------------------------------------------------------ main loop
     def process(
@@ -359,7 +359,7 @@ class BatchProcessor:
         if resume not in (False, True, "force"):
             raise ConfigError(f"resume: {resume!r} must be False, True or 'force'")
         self._stop.clear()
-        path, spooled = self._open_output(output, overwrite, resume)
+        path = self._open_output(output, overwrite, resume)
         fmt = output_format or ("parquet" if path.suffix == ".parquet" else "jsonl")
         if fmt not in ("jsonl", "parquet"):
             raise ConfigError(f"output.format: {fmt!r} is not supported; use jsonl or parquet")
@@ -637,8 +637,8 @@ class _Run:
         ck.source_position = o.start + o.size
         ck.batches += 1
         ck.failed += o.failed
-        ck.output_bytes = _file_size(self.sink.path) if self.opts.encode else 0
-        ck.errors_bytes = _file_size(self.errors_path) if self.error_sink else ck.errors_bytes
+        ck.output_bytes = self.sink.size_bytes if self.opts.encode else 0
+        ck.errors_bytes = self.error_sink.size_bytes if self.error_sink else ck.errors_bytes
         ck.batches_bytes = _file_size(self.records.path)
         _save_checkpoint(ck, self.ckpt_path, self.proc.fsync)
 

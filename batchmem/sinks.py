@@ -134,12 +134,12 @@ class JsonlSink:
         self.path = Path(path)
         self._f = open(self.path, mode)
         self._fsync = fsync
-        self.bytes_written = 0
+        self.size_bytes = self._f.tell()  # bytes in the file, counted as they are written (no stat per batch)
 
     def write(self, payload: bytes) -> int:
         """Append already-encoded JSONL bytes; returns the number of bytes written."""
         self._f.write(payload)
-        self.bytes_written += len(payload)
+        self.size_bytes += len(payload)
         return len(payload)
 
     def write_batch(self, results: Any, start_index: int) -> int:
