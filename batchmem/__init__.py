@@ -23,7 +23,7 @@ from .errors import (
 from .heap import HeapAnalyzer, MemoryMonitor, MemorySample, PeakMemoryTracker, PressureLevel
 from .optimizer import BatchOptimizer
 from .processor import BatchProcessor, BatchResult
-from .sources import read_csv, read_jsonl, read_parquet
+from .io.sources import read_csv, read_jsonl, read_parquet
 from .stats import RunStats
 
 try:

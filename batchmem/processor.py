@@ -28,17 +28,17 @@ from typing import Any
 
 import orjson
 
-from .checkpoint import Checkpoint, checkpoint_path
+from .io.checkpoint import Checkpoint, checkpoint_path
 from .errors import ConfigError, ItemFailedError, OutputExistsError, OutputWriteError, ResumeMismatchError, WorkerDiedError
-from .executors import BatchOutcome, BatchTask, RunOptions, make_executor
-from .worker_setup import make_worker_setup
+from .backends import BatchOutcome, BatchTask, RunOptions, make_executor
+from .backends.worker_setup import make_worker_setup
 from .heap.monitor import MemoryMonitor, PressureLevel, PressureThresholds, current_rss_bytes, resolve_memory_limit
 from .heap.pressure import PressureCallbacks, RunGuard
 from .optimizer import BatchOptimizer
 from .optimizer.control import BatchMeasurement, ControlConfig
 from .signals import RunInterrupted, StopOnSignals, signal_name
-from .sinks import NULL_LINE, JsonlSink, encode_results, error_record, iter_jsonl, open_sink
-from .sources import as_source
+from .io.sinks import NULL_LINE, JsonlSink, encode_results, error_record, iter_jsonl, open_sink
+from .io.sources import as_source
 from .stats import BatchRecordWriter, RunStats, bytes_per_item, items_per_second, write_json_atomic
 
 __all__ = ["BatchProcessor", "BatchResult", "NODE_ALIASES"]
@@ -244,7 +244,7 @@ class BatchProcessor:
                 raise ConfigError(f"backend: {backend!r} cannot use a dask client or scheduler_address; use backend='dask'")
             self.backend = backend = "dask"
         if backend == "dask":
-            from .dask_backend import import_distributed
+            from .backends.dask_backend import import_distributed
 
             import_distributed()  # fail now, naming the extra to install, if dask.distributed is missing
         self.client, self.scheduler_address = client, scheduler_address
@@ -326,7 +326,7 @@ class BatchProcessor:
     ) -> BatchResult:
         """Run ``fn`` over ``items`` in adaptive batches and stream the results to ``output``.
 
-        ``items`` is any iterable (consumed lazily) or a :class:`~batchmem.sources.BatchSource`
+        ``items`` is any iterable (consumed lazily) or a :class:`~batchmem.io.sources.BatchSource`
         such as :func:`batchmem.read_csv`. ``output`` is a path (``.jsonl``, or
         ``.parquet`` / ``output_format="parquet"``) or None for a temporary
         spool file. Stats go to ``<output>.stats.json``, per-batch records to

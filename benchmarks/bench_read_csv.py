@@ -34,7 +34,7 @@ CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {example_dir!r})
 import pandas as pd
-import batchmem.readers
+import batchmem.io.readers
 import flights_etl
 
 mode, chunk, do_transform = {mode!r}, {chunk!r}, {do_transform!r}
@@ -44,7 +44,7 @@ base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 t0 = time.perf_counter()
 rows = 0
 if mode == "chunked":
-    with batchmem.readers.read_csv(path, **flights_etl.READ_OPTIONS) as src:
+    with batchmem.io.readers.read_csv(path, **flights_etl.READ_OPTIONS) as src:
         while (df := src.take(chunk)) is not None:
             rows += len(df)
             if do_transform:

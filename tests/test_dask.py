@@ -128,7 +128,7 @@ def test_setup_runs_once_per_worker_not_per_batch(client, tmp_path):
 
 
 def test_unreachable_scheduler_is_a_one_line_config_error(monkeypatch):
-    import batchmem.dask_backend as db
+    import batchmem.backends.dask_backend as db
 
     monkeypatch.setattr(db, "CONNECT_TIMEOUT_S", 0.5)
     proc = processor(scheduler_address="tcp://127.0.0.1:9")

@@ -18,7 +18,7 @@ EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "flights"
 sys.path.insert(0, str(EXAMPLE_DIR))
 import flights_etl  # noqa: E402
 
-from batchmem.readers import CsvSource, read_csv  # noqa: E402
+from batchmem.io.readers import CsvSource, read_csv  # noqa: E402
 
 CHUNK_SIZES = [10_000, 37_000, 80_000, 1, 123_457, 5_003]
 

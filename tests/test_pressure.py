@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from batchmem import BatchProcessor, MemoryMonitor
-from batchmem.checkpoint import Checkpoint, checkpoint_path
+from batchmem.io.checkpoint import Checkpoint, checkpoint_path
 from batchmem.errors import ConfigError
 from batchmem.heap.monitor import PressureLevel
 from batchmem.heap.pressure import PressureCallbacks, adaptive_thresholds

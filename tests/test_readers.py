@@ -1,4 +1,4 @@
-"""Chunked pandas sources (batchmem.readers) and the Parquet sink, on real files in tmp_path."""
+"""Chunked pandas sources (batchmem.io.readers) and the Parquet sink, on real files in tmp_path."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from batchmem.errors import ConfigError, SerializationError
-from batchmem.readers import read_csv, read_jsonl, read_parquet
+from batchmem.io.readers import read_csv, read_jsonl, read_parquet
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from batchmem.parquet_sink import ParquetSink  # noqa: E402
+from batchmem.io.parquet_sink import ParquetSink  # noqa: E402
 
 N_ROWS = 1_003
 SIZES = [1, 7, 100, 3, 250, 64, 500, 1_000]  # varying take(n), as the optimizer asks

@@ -15,7 +15,7 @@ import pytest
 
 from batchmem import BatchProcessor
 from batchmem.errors import BatchFunctionError, ConfigError
-from batchmem.worker_setup import WorkerSetup, make_worker_setup
+from batchmem.backends.worker_setup import WorkerSetup, make_worker_setup
 
 
 def record(log: str, event: str) -> None:

@@ -14,7 +14,7 @@
 
 Only the process that installs a :class:`GcWatch` is observed: collections in
 loky worker processes are counted per batch by
-:func:`batchmem.executors.run_batch` (``BatchOutcome.gc_collections``).
+:func:`batchmem.backends.worker.run_batch` (``BatchOutcome.gc_collections``).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def airlines_csv_path() -> Path:
     return _data_dir() / "airlines.csv"
 
 
-def flights_source(**options: Any) -> batchmem.readers.CsvSource:
+def flights_source(**options: Any) -> batchmem.io.readers.CsvSource:
     """The job's source: a lazy chunked reader of flights.csv.zip (``options`` override READ_OPTIONS)."""
     return batchmem.read_csv(flights_csv_path(), **{**READ_OPTIONS, **options})
 

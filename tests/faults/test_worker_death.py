@@ -11,7 +11,7 @@ from joblib.externals.loky.process_executor import TerminatedWorkerError
 
 import faultfns
 from batchmem import BatchProcessor
-from batchmem.executors import worker_exit
+from batchmem.backends.joblib_backend import worker_exit
 from conftest import expected_line
 
 

@@ -12,7 +12,7 @@ from conftest import assert_complete, assert_committed_prefix, batchmem, checkpo
 # Run the CLI with JsonlSink.write failing with ENOSPC on the output's 5th batch.
 FAIL_ON_BATCH_5 = """
 import errno, os, sys
-import batchmem.sinks as sinks
+import batchmem.io.sinks as sinks
 real_write, calls = sinks.JsonlSink.write, {"n": 0}
 def write(self, payload):
     if self.path.name == "full.jsonl":

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from .stats import write_json_atomic
+from ..stats import write_json_atomic
 
 __all__ = ["Checkpoint", "checkpoint_path"]
 

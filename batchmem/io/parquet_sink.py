@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .errors import ConfigError, SerializationError
+from ..errors import ConfigError, SerializationError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa

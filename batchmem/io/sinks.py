@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .errors import SerializationError
+from ..errors import SerializationError
 
 __all__ = ["JsonlSink", "encode_results", "error_record", "iter_jsonl", "open_sink"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BatchFunctionError, ConfigError
+from ..errors import BatchFunctionError, ConfigError
 
 logger = logging.getLogger("batchmem")
 

@@ -1,6 +1,6 @@
 """Chunked pandas sources: CSV, JSON Lines and Parquet read lazily in DataFrame chunks.
 
-Each reader is a ``BatchSource`` (see ``batchmem.sources``): the processor asks the
+Each reader is a ``BatchSource`` (see ``batchmem.io.sources``): the processor asks the
 optimizer for a row count ``n`` just before each chunk and calls ``take(n)``, so the
 chunk size can change from one batch to the next. Nothing is materialised beyond the
 chunk being handed out plus, for Parquet, at most one Arrow record batch
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

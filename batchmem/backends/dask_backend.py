@@ -16,7 +16,7 @@ client=...)``) submits it to the cluster's scheduler. What this module adds:
   and its teardown when the run ends;
 * :class:`DaskExecutor`, the executor the run loop uses for ``backend="dask"``.
 
-Peak bytes are measured by :func:`batchmem.executors.run_batch` inside the
+Peak bytes are measured by :func:`batchmem.backends.worker.run_batch` inside the
 worker process that runs the batch, exactly as for loky workers.
 
 Requires the ``dask`` extra (``pip install "batchmem[dask]"``); without it
@@ -31,10 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
-from .executors import BatchOutcome, JoblibExecutor, RunOptions
+from ..errors import ConfigError
+from .joblib_backend import BatchOutcome, JoblibExecutor, RunOptions
 from .worker_setup import WorkerSetup
-from .heap.monitor import MemoryLimit, PressureLevel, PressureThresholds
+from ..heap.monitor import MemoryLimit, PressureLevel, PressureThresholds
 
 __all__ = ["ClusterMemory", "DaskExecutor", "cluster_memory", "import_distributed", "resolve_client"]
 
@@ -146,7 +146,7 @@ def _setup_plugin(setup: WorkerSetup) -> Any:
     """A :class:`distributed.WorkerPlugin` running ``setup`` on each worker, ``teardown`` when removed.
 
     The state lands in the worker process's setup cache (the same one
-    :func:`~batchmem.executors.run_batch` reads), so batches find it ready.
+    :func:`~batchmem.backends.worker.run_batch` reads), so batches find it ready.
     Setup and teardown run in a thread, not on the worker's event loop, so
     a slow setup (loading a model) does not stall heartbeats.
     """

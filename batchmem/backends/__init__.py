@@ -1,0 +1,96 @@
+"""Execution backends: the executor contract and a registry of backends by name.
+
+Like joblib's ``BACKENDS`` dict and ``register_parallel_backend``
+(``joblib/parallel.py``), a backend is a name mapped to a factory
+``factory(fn, opts, n_jobs, **backend_options) -> Executor``; a user can
+register one more with :func:`register_backend`.
+
+Built in: ``"serial"`` (in this process), ``"loky"``, ``"threading"`` and
+``"multiprocessing"`` (joblib), ``"dask"`` (a dask.distributed cluster).
+``backend=None`` means in-process for ``n_jobs=1`` and otherwise joblib's
+current :func:`joblib.parallel_config` backend (loky unless configured); any
+other name is handed to joblib as is, so backends registered with joblib
+work too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigError
+from .base import Executor, ExecutorBase
+from .joblib_backend import JoblibExecutor
+from .serial import SerialExecutor
+from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
+from .worker_setup import check_accepts_state
+
+__all__ = [
+    "BACKENDS",
+    "BatchOutcome",
+    "BatchTask",
+    "Executor",
+    "ExecutorBase",
+    "RunOptions",
+    "make_executor",
+    "register_backend",
+    "run_batch",
+]
+
+BackendFactory = Callable[..., Executor]
+
+
+def _serial(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, **_: Any) -> Executor:
+    return SerialExecutor(fn, opts)
+
+
+def _joblib(name: str) -> BackendFactory:
+    def factory(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, **_: Any) -> Executor:
+        return JoblibExecutor(fn, opts, n_jobs, name)
+
+    return factory
+
+
+def _dask(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, **options: Any) -> Executor:
+    from .dask_backend import DaskExecutor
+
+    return DaskExecutor(fn, opts, **options)
+
+
+#: Backend name -> factory ``(fn, opts, n_jobs, **backend_options) -> Executor``.
+BACKENDS: dict[str, BackendFactory] = {
+    "serial": _serial,
+    "sequential": _serial,
+    "loky": _joblib("loky"),
+    "threading": _joblib("threading"),
+    "multiprocessing": _joblib("multiprocessing"),
+    "dask": _dask,
+}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make ``backend=name`` build its executor with ``factory(fn, opts, n_jobs, **backend_options)``.
+
+    The factory returns an object satisfying :class:`Executor` (subclass
+    :class:`ExecutorBase` for the defaults). Registering a name again replaces it.
+    Raises :class:`~batchmem.errors.ConfigError` when ``factory`` is not callable.
+    """
+    if not callable(factory):
+        raise ConfigError(f"register_backend: factory for {name!r} is not callable; pass a function returning an Executor")
+    BACKENDS[name] = factory
+
+
+def make_executor(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend: str | None,
+                  **backend_options: Any) -> Executor:
+    """The executor for ``backend`` (see the module docstring for how a name is chosen).
+
+    ``backend_options`` go to the factory (dask: ``client``, ``scheduler_address``).
+    With ``opts.setup``, ``fn`` must accept ``state=`` (ConfigError otherwise).
+    """
+    if opts.setup is not None:
+        check_accepts_state(fn)
+    name = backend if backend is not None else ("serial" if n_jobs == 1 else None)
+    factory = BACKENDS.get(name) if name is not None else None
+    if factory is None:
+        return JoblibExecutor(fn, opts, n_jobs, backend)
+    return factory(fn, opts, n_jobs, **backend_options)

@@ -1,0 +1,116 @@
+"""The executor contract: what the run loop asks of every execution backend.
+
+Modelled on joblib's ``ParallelBackendBase`` (``joblib/_parallel_backends.py``):
+one small interface, documented method by method, that the in-process,
+joblib (loky, threading) and dask backends each satisfy and that a user can
+implement to plug in another (see :func:`batchmem.backends.register_backend`).
+
+Batch sizing is not an executor's business (as joblib keeps it in
+``AutoBatchingMixin``): an executor runs the :class:`BatchTask` it is given,
+measures it where it runs (:func:`batchmem.backends.worker.run_batch`) and
+hands back a :class:`BatchOutcome`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol, runtime_checkable
+
+from ..heap.monitor import MemoryLimit, PressureLevel, PressureThresholds
+from .worker import BatchOutcome, BatchTask, RunOptions
+
+__all__ = ["Executor", "ExecutorBase"]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """The interface of an execution backend.
+
+    Attributes:
+        in_flight: batches that run at once (workers x threads), items of parallelism
+            the optimizer divides its memory budget by.
+        memory_limit: the limit batches are planned against when it is not this
+            machine's (dask: the workers' limit); None for the local limit.
+        worker_deaths: worker processes found dead during the run (count).
+        recycles: times the worker processes were replaced (count), with
+            ``recycle_reasons`` saying why.
+        max_tasks_per_worker: replace the workers after this many batches each (None: never).
+    """
+
+    opts: RunOptions
+    in_flight: int
+    memory_limit: MemoryLimit | None
+    worker_deaths: int
+    recycles: int
+    recycle_reasons: list[str]
+    max_tasks_per_worker: int | None
+
+    def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
+        """Run ``tasks`` (pulled lazily) and yield their outcomes in task order.
+
+        A task whose worker died comes back with ``split="worker_died"``; it never raises for that.
+        """
+        ...
+
+    def run_now(self, tasks: list[BatchTask]) -> list[BatchOutcome]:
+        """Run a few tasks at once (the halves of a split batch); outcomes in order."""
+        ...
+
+    def run_isolated(self, task: BatchTask) -> BatchOutcome:
+        """Run ``task`` alone, so that a worker death names it (``split="worker_died"``)."""
+        ...
+
+    def memory_plan(
+        self, outcome: BatchOutcome | None, rss_bytes: int, pressure: PressureLevel, thresholds: PressureThresholds
+    ) -> tuple[int, PressureLevel, int]:
+        """Baseline (bytes), pressure and batches sharing one memory budget, for the optimizer."""
+        ...
+
+    def request_recycle(self, reason: str) -> bool:
+        """Replace the worker processes once the batches dispatched finish; False if this backend cannot."""
+        ...
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live worker processes (empty for in-process backends)."""
+        ...
+
+    def close(self) -> None:
+        """Release workers, clients and per-worker state; safe to call twice."""
+        ...
+
+
+class ExecutorBase:
+    """Defaults for the parts of :class:`Executor` a simple backend does not need."""
+
+    opts: RunOptions
+    in_flight: int = 1
+    memory_limit: MemoryLimit | None = None
+    max_tasks_per_worker: int | None = None
+
+    def __init__(self) -> None:
+        self.worker_deaths = 0
+        self.recycles = 0
+        self.recycle_reasons: list[str] = []
+
+    def run_now(self, tasks: list[BatchTask]) -> list[BatchOutcome]:
+        return [self.run_isolated(t) for t in tasks]
+
+    def memory_plan(
+        self, outcome: BatchOutcome | None, rss_bytes: int, pressure: PressureLevel, thresholds: PressureThresholds
+    ) -> tuple[int, PressureLevel, int]:
+        """The local process tree's resident bytes and pressure as sampled, and ``in_flight``."""
+        return rss_bytes, pressure, self.in_flight
+
+    def request_recycle(self, reason: str) -> bool:
+        return False
+
+    def worker_pids(self) -> list[int]:
+        return []
+
+    def _release_setup(self) -> None:
+        """Tear down the setup state held in this process (serial and threading runs)."""
+        if self.opts.setup is not None:
+            self.opts.setup.release()
+
+    def close(self) -> None:
+        self._release_setup()

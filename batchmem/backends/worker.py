@@ -1,0 +1,258 @@
+"""Run one batch where it belongs (in-process or as a joblib task) and measure it there.
+
+A batch is measured in the process that runs it, so that for process
+backends (loky, dask workers) the peak resident bytes are the worker's own:
+wall seconds, items, peak RSS above the pre-batch level (Linux ``VmHWM``
+high-water mark, see :class:`batchmem.heap.PeakMemoryTracker`), GC
+collections and failures travel back with the encoded results.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..errors import BatchFunctionError
+from ..heap.analyzer import heap_in_use_bytes
+from ..heap.monitor import PeakMemoryTracker
+from ..io.sinks import NULL_LINE, encode_results, error_record, encoder_args, serialization_error
+from .worker_setup import WorkerSetup
+
+__all__ = ["BatchTask", "BatchOutcome", "RunOptions", "run_batch"]
+
+logger = logging.getLogger("batchmem")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a worker runs a batch: calling convention, error policy, result encoding."""
+
+    batched: bool = False
+    on_error: str = "raise"  # "raise" | "skip" | "retry"
+    max_retries: int = 3
+    retry_exhausted: str = "skip"  # on_error="retry": "skip" or "raise" once max_retries retries failed
+    encode: bool = True  # True: JSONL bytes come back; False: the raw results (Parquet sink)
+    json_default: Callable[[Any], Any] | None = None
+    setup: WorkerSetup | None = None  # per-worker setup; its result is passed to fn as state=
+    # Batches that share a process (threading backend) cannot each reset the
+    # process's VmHWM high-water mark; they measure their peak by sampling.
+    peak_by_sampling: bool = False
+
+
+@dataclass
+class BatchTask:
+    """One batch: its position in the run and its items (a list or a DataFrame of rows)."""
+
+    index: int  # batch number, 0-based
+    start: int  # input index of the first item
+    items: Any
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def halves(self) -> tuple[BatchTask, BatchTask]:
+        """Split in two (used after a MemoryError or a failing batched call)."""
+        mid = len(self.items) // 2
+        items = self.items
+        first = items.iloc[:mid] if hasattr(items, "iloc") else items[:mid]
+        second = items.iloc[mid:] if hasattr(items, "iloc") else items[mid:]
+        return BatchTask(self.index, self.start, first), BatchTask(self.index, self.start + mid, second)
+
+
+@dataclass
+class BatchOutcome:
+    """What comes back from a batch: results plus the measurement taken where it ran.
+
+    ``split`` is set when the batch must be halved and retried by the caller
+    (a ``MemoryError``, a batched function that raised, or ``"worker_died"``:
+    the worker process running it died, see ``worker_exit``); then ``payload``
+    and ``results`` are empty. ``error`` is ``(item index, exception)`` under
+    ``on_error="raise"`` (and ``"retry"`` with ``retry_exhausted="raise"``).
+    """
+
+    index: int
+    start: int
+    size: int  # items
+    payload: bytes | bytearray = b""  # encoded JSONL, one line per item (``null`` for failed items)
+    results: Any = None  # raw results when RunOptions.encode is False
+    failed: int = 0
+    error_records: list[dict[str, Any]] = field(default_factory=list)
+    error: tuple[int, BaseException] | None = None
+    split: str | None = None  # None | "memory" | "error" | "worker_died"
+    worker_exit: str = ""  # split == "worker_died": how the worker ended, e.g. "exit code 3", "signal SIGKILL"
+    duration_s: float = 0.0
+    start_rss_bytes: int = 0
+    peak_bytes: int = 0  # peak RSS above start_rss_bytes during the batch
+    gc_collections: int = 0
+    pid: int = 0
+    heap_bytes: int = 0  # malloc in-use bytes of this process when the batch started (glibc; 0 elsewhere)
+
+
+def _gc_collections() -> int:
+    return sum(s["collections"] for s in gc.get_stats())
+
+
+def _call_with_retries(call: Callable[[], Any], opts: RunOptions) -> tuple[Any, int]:
+    """Call ``call()``; under ``on_error="retry"`` retry with exponential backoff (tenacity).
+
+    Returns ``(value, attempts)``. The backoff (50 ms doubling, at most 2 s) keeps
+    a flaky resource from being hammered. ``MemoryError`` is never retried here:
+    the caller splits the batch instead.
+    """
+    if opts.on_error != "retry" or opts.max_retries <= 0:
+        return call(), 1
+    import tenacity
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(opts.max_retries + 1),
+        wait=tenacity.wait_exponential(multiplier=0.05, max=2.0),
+        retry=tenacity.retry_if_not_exception_type(MemoryError),
+        reraise=True,
+    )
+    value = retrying(call)
+    return value, retrying.statistics.get("attempt_number", 1)
+
+
+def _item_failure(out: BatchOutcome, index: int, item: Any, exc: BaseException, attempts: int, opts: RunOptions) -> bool:
+    """Record a failed item; returns True if the batch must stop (``on_error="raise"``, or
+    ``"retry"`` with ``retry_exhausted="raise"`` once the retries are used up)."""
+    if opts.on_error == "raise" or (opts.on_error == "retry" and opts.retry_exhausted == "raise"):
+        out.error = (index, exc)
+        return True
+    out.failed += 1
+    out.error_records.append(error_record(index, item, exc, attempts))
+    return False
+
+
+def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]) -> list[Any] | bytearray | None:
+    """Per-item calling convention, one pass: call, then encode at once (``opts.encode``).
+
+    Encoding each result as soon as it exists lets the result object die
+    before the next item runs, so a batch holds only its encoded lines; this
+    keeps the batch's memory (and page faults) small. Returns the encoded
+    lines (or raw results), with ``null``/``None`` for failed items, or None
+    to stop the run (``on_error="raise"``). Try blocks cost nothing until
+    they catch (CPython >= 3.11).
+    """
+    items = task.items.to_dict("records") if hasattr(task.items, "to_dict") else task.items
+    call = functools.partial(fn, **kwargs) if kwargs else fn
+    attempts = 1
+    if opts.on_error == "retry" and opts.max_retries > 0:
+        plain = call
+        call = lambda x: _call_with_retries(lambda: plain(x), opts)[0]  # noqa: E731
+        attempts += opts.max_retries
+    encode = opts.encode
+    dumps, (default, option) = orjson.dumps, encoder_args(opts.json_default)
+    # Encoded lines go straight into one buffer: a list of orjson outputs would
+    # keep ~4 KB per line alive (orjson does not shrink its output buffer),
+    # measured in benchmarks/bench_core.py (overhead) as 1.1 GB per 300k items.
+    buf = bytearray()
+    results: list[Any] = []
+    append = results.append
+    for offset, x in enumerate(items):
+        try:
+            r = call(x)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            if _item_failure(out, task.start + offset, x, exc, attempts, opts):
+                return None
+            if encode:
+                buf += NULL_LINE
+            else:
+                append(None)
+            continue
+        if not encode:
+            append(r)
+            continue
+        try:
+            buf += dumps(r, default=default, option=option)
+        except TypeError as exc:
+            raise serialization_error(r, task.start + offset, exc) from None
+    return buf if encode else results
+
+
+def _run_batched(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]) -> Any:
+    """Batched calling convention: ``fn(batch) -> same-length list or DataFrame``."""
+    try:
+        results, _ = _call_with_retries(lambda: fn(task.items, **kwargs), opts)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        if len(task) > 1:
+            out.split = "error"  # bisect down to the failing item(s)
+            return None
+        item = task.items.iloc[0].to_dict() if hasattr(task.items, "iloc") else task.items[0]
+        attempts = 1 + (opts.max_retries if opts.on_error == "retry" else 0)
+        if _item_failure(out, task.start, item, exc, attempts, opts):
+            return None
+        return [None]
+    if results is None or not hasattr(results, "__len__") or len(results) != len(task):
+        got = "no sequence" if results is None or not hasattr(results, "__len__") else f"{len(results)} results"
+        raise BatchFunctionError(
+            f"batch {task.index} (items {task.start}..{task.start + len(task) - 1}): batched function returned "
+            f"{got} for {len(task)} items; return one result per item, in order"
+        )
+    return results
+
+
+def _ignore_sigint_in_loky_worker() -> None:
+    """In a loky worker, ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
+    parent (see :mod:`batchmem.signals`) decides to finish the batches in flight, not the workers."""
+    import multiprocessing
+    import signal
+
+    if (multiprocessing.current_process().name.startswith("LokyProcess")
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_batch(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, kwargs: dict[str, Any] | None = None) -> BatchOutcome:
+    """Run one batch and measure it; safe to call in a worker process.
+
+    Returns a :class:`BatchOutcome` with wall seconds, the batch's peak RSS
+    above its starting RSS (bytes, in this process), GC collections and either
+    the encoded results or a request to split the batch.
+
+    Raises :class:`~batchmem.errors.BatchFunctionError` when a batched
+    function breaks its length contract and
+    :class:`~batchmem.errors.SerializationError` for a result orjson cannot
+    encode.
+    """
+    kwargs = kwargs or {}
+    _ignore_sigint_in_loky_worker()
+    if opts.setup is not None:  # before the measurement: the setup's time and memory are not this batch's
+        kwargs = {**kwargs, "state": opts.setup.state()}
+    out = BatchOutcome(task.index, task.start, len(task), pid=os.getpid())
+    out.heap_bytes = heap_in_use_bytes() or 0  # the previous batch's settled heap: what HeapAnalyzer trends
+    gc_before = _gc_collections()
+    t0 = time.perf_counter()
+    with PeakMemoryTracker(force_sampling=opts.peak_by_sampling) as peak:
+        try:
+            runner = _run_batched if opts.batched else _run_items
+            results = runner(fn, task, opts, out, kwargs)
+        except MemoryError:
+            results, out.split = None, "memory"
+    out.duration_s = time.perf_counter() - t0
+    out.start_rss_bytes = peak.start_rss_bytes
+    out.peak_bytes = peak.peak_delta_bytes
+    out.gc_collections = _gc_collections() - gc_before
+    if results is None or out.split:
+        return out
+    if not opts.encode:
+        out.results = results
+    elif opts.batched:
+        out.payload = encode_results(results, task.start, opts.json_default)
+    else:
+        out.payload = results  # already encoded, one bytearray of lines
+    return out
