@@ -35,6 +35,9 @@ class Executor(Protocol):
         recycles: times the worker processes were replaced (count), with
             ``recycle_reasons`` saying why.
         max_tasks_per_worker: replace the workers after this many batches each (None: never).
+        local_memory: True when batches run in this machine's process tree, so its resident
+            set size (RSS) is theirs; False for remote workers (dask), whose peaks are measured
+            in the worker and reported per worker.
     """
 
     opts: RunOptions
@@ -44,6 +47,7 @@ class Executor(Protocol):
     recycles: int
     recycle_reasons: list[str]
     max_tasks_per_worker: int | None
+    local_memory: bool
 
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
         """Run ``tasks`` (pulled lazily) and yield their outcomes in task order.
@@ -74,6 +78,11 @@ class Executor(Protocol):
         """Process ids of the live worker processes (empty for in-process backends)."""
         ...
 
+    def cancel(self) -> None:
+        """Abandon the batches in flight now (a stop whose grace period ran out): terminate
+        the worker processes or cancel the futures. ``map`` then ends without their outcomes."""
+        ...
+
     def close(self) -> None:
         """Release workers, clients and per-worker state; safe to call twice."""
         ...
@@ -86,6 +95,7 @@ class ExecutorBase:
     in_flight: int = 1
     memory_limit: MemoryLimit | None = None
     max_tasks_per_worker: int | None = None
+    local_memory: bool = True
 
     def __init__(self) -> None:
         self.worker_deaths = 0
@@ -106,6 +116,9 @@ class ExecutorBase:
 
     def worker_pids(self) -> list[int]:
         return []
+
+    def cancel(self) -> None:
+        return None
 
     def _release_setup(self) -> None:
         """Tear down the setup state held in this process (serial and threading runs)."""
