@@ -508,7 +508,7 @@ class Job(_Section):
                 raise JobFileError(
                     f"source.options: calling {src.path} failed: {_one_line(exc)}; match the options to its parameters"
                 ) from exc
-        from . import readers
+        from .io import readers
 
         reader = {"csv": readers.read_csv, "jsonl": readers.read_jsonl, "parquet": readers.read_parquet}[src.type]  # type: ignore[index]
         try:
