@@ -399,7 +399,8 @@ def test_build_processor_maps_the_job(tmp_path):
     )
     assert job.processor_kwargs()["progress"] is True
     proc = job.build_processor(progress=False)
-    assert (proc.batch_size, proc.process_name, proc.on_error, proc.n_jobs) == (20, "mapped", "skip", 2)
+    c = proc.config
+    assert (c.batching.batch_size, c.process_name, c.errors.on_error, c.execution.n_jobs) == (20, "mapped", "skip", 2)
 
 
 def test_run_job_end_to_end(tmp_path):

@@ -82,7 +82,7 @@ class JoblibExecutor(ExecutorBase):
                 for task in stranded:
                     # A 1-item task may be innocent: run it alone to tell; bigger ones come back
                     # to the caller as "worker_died" and are retried in halves (see run_isolated).
-                    yield self.run_isolated(task) if len(task) == 1 else _died(task, how, alone=False)
+                    yield self.run_isolated(task) if len(task) == 1 else _died(task, how)
                 carry = seg.carry
                 if seg.exhausted and carry is None:
                     return
@@ -154,7 +154,7 @@ class JoblibExecutor(ExecutorBase):
             return list(self._parallel()([delayed(run_batch)(self.fn, task, self.opts)]))[0]
         except _worker_death_types() as exc:
             self.worker_deaths += 1
-            return _died(task, worker_exit(exc), alone=True)
+            return _died(task, worker_exit(exc))
 
 
 
@@ -186,10 +186,10 @@ def worker_exit(exc: BaseException) -> str:
     return ", ".join(dict.fromkeys(parts)) or "unknown exit"
 
 
-def _died(task: BatchTask, how: str, *, alone: bool) -> BatchOutcome:
-    """The outcome of a task whose worker died: to be retried in halves (``alone`` says it died on its own)."""
+def _died(task: BatchTask, how: str) -> BatchOutcome:
+    """The outcome of a task whose worker died (``how``: exit code or signal): to be retried in halves."""
     out = BatchOutcome(task.index, task.start, len(task), split="worker_died")
-    out.worker_exit = how + (" (alone)" if alone else "")
+    out.worker_exit = how
     return out
 
 

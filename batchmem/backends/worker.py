@@ -97,6 +97,37 @@ class BatchOutcome:
     heap_bytes: int = 0  # malloc in-use bytes of this process when the batch started (glibc; 0 elsewhere)
 
 
+#: Batches whose peak grew by at least this many bytes hand their freed heap back to the kernel.
+TRIM_AFTER_BYTES = 16 << 20
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_free_heap() -> None:
+    """Return freed heap pages to the kernel (glibc ``malloc_trim(0)``; nothing elsewhere).
+
+    After a batch frees large arrays, glibc may keep their pages: its dynamic mmap
+    threshold moves blocks of a size once freed onto the heap, whose top a small
+    live object can pin (mallopt(3), "M_MMAP_THRESHOLD"). The next batch then reuses
+    those pages and its peak above the starting RSS reads as ~0 bytes, so the
+    optimizer would learn a cost far below the real one. distributed recommends the
+    same call for memory "not released back to the OS"
+    (https://distributed.dask.org/en/stable/worker-memory.html).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def _gc_collections() -> int:
     return sum(s["collections"] for s in gc.get_stats())
 
@@ -246,6 +277,8 @@ def run_batch(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, kwargs:
     out.duration_s = time.perf_counter() - t0
     out.start_rss_bytes = peak.start_rss_bytes
     out.peak_bytes = peak.peak_delta_bytes
+    if out.peak_bytes >= TRIM_AFTER_BYTES:
+        release_free_heap()
     out.gc_collections = _gc_collections() - gc_before
     if results is None or out.split:
         return out

@@ -1,7 +1,8 @@
 """Pressure escalation for a run: callbacks per level, backpressure, emergency stop.
 
-The seeds' four levels (DESIGN.md, "Memory, measured the way the platform
-allows"), applied after every batch from the monitor's sample:
+Four levels by utilization of the memory limit, applied after every batch
+from a memory sample (the same steps as distributed's worker memory manager,
+``distributed/worker_memory.py``: target, spill, pause, terminate):
 
 * **warning** -- the optimizer shrinks the next batch (its control law);
   here: registered warning callbacks run and garbage is collected, throttled
@@ -18,37 +19,39 @@ allows"), applied after every batch from the monitor's sample:
 Callbacks registered for a level run at that level and every level above it,
 each at most once per its cooldown (seconds). Thresholds are fractions of the
 limit (:class:`PressureThresholds`, 0.80 / 0.90 / 0.95) or adaptive from the
-measured baseline (:func:`adaptive_thresholds`: baseline + 50 / 70 / 90 MB,
-the seeds' "Warning: Baseline + 50MB, Critical: Baseline + 70MB").
+measured baseline (:func:`adaptive_thresholds`: baseline + 50 / 70 / 90 MB).
+
+Not covered here: leak verdicts and worker recycling (:mod:`batchmem.heap.leak_guard`),
+the kill of a worker process above the terminate level (:mod:`batchmem.backends.watchdog`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from batchmem.errors import ConfigError
-from batchmem.heap.analyzer import HeapAnalyzer, Issue, _fmt_bytes
-from batchmem.heap.gc_watch import GcWatch, ThrottledCollector
+from batchmem.heap.analyzer import Issue
+from batchmem.heap.gc_watch import ThrottledCollector
 from batchmem.heap.monitor import MemorySample, PressureLevel, PressureThresholds
+from batchmem.units import format_bytes
 
-__all__ = ["adaptive_thresholds", "parse_level", "PressureCallbacks", "RunGuard"]
+__all__ = ["adaptive_thresholds", "parse_level", "PressureCallbacks", "PressureGuard"]
 
 logger = logging.getLogger("batchmem")
 
-_MB = 1_000_000  # the seeds' "MB" (decimal, like parse_size("50MB"))
+_MB = 1_000_000  # decimal megabytes, as the option names (warning_mb) say
 
 
 def adaptive_thresholds(baseline_bytes: int, limit_bytes: int, *, warning_mb: float = 50,
                         critical_mb: float = 70, emergency_mb: float = 90) -> PressureThresholds:
     """Thresholds at ``baseline + N MB`` (decimal MB), as fractions of ``limit_bytes``.
 
-    Defaults are the seeds' adaptive thresholds (warning +50 MB, critical
-    +70 MB) with emergency at +90 MB. Fractions are capped so that
+    Defaults: warning +50 MB, critical +70 MB, emergency +90 MB above the
+    baseline measured when the run starts. Fractions are capped so that
     ``warning < critical < emergency <= 1`` (a limit closer to the baseline
     squeezes them under it, 0.5 % apart).
 
@@ -125,93 +128,43 @@ class PressureCallbacks:
         return ran
 
 
-class RunGuard:
-    """Heap analysis, GC control, pressure escalation and worker recycling for one run.
 
-    Built by the processor's run loop: :meth:`after_batch` after every
-    committed batch, :meth:`before_dispatch` before each batch is cut,
-    :meth:`finish` once at the end (puts issues and GC figures in the stats).
+
+class PressureGuard:
+    """The escalation of one run: callbacks, garbage collection, backpressure, emergency stop.
+
+    The run loop calls :meth:`after_batch` with each batch's memory sample and
+    :meth:`before_dispatch` before it cuts a batch. Memory is read only
+    through ``sample`` (a callable returning a :class:`MemorySample`, normally
+    :meth:`MemoryMonitor.sample`), so tests drive the escalation with fake
+    samples, as distributed's tests replace ``get_process_memory``.
+
+    ``stop(reason)`` asks the run to stop cleanly; ``stopped()`` says whether it was asked to.
     """
 
     poll_s = 0.05  # seconds between samples while dispatch is paused
 
-    def __init__(self, monitor: Any, stats: Any, executor: Any, first_sample: MemorySample, *,
-                 callbacks: PressureCallbacks | None = None, stop: Callable[[], None] | None = None,
-                 stopped: Callable[[], bool] | None = None, detect_memory_issues: bool = True,
-                 trace_allocations: bool = False, adaptive: dict[str, float] | bool | None = None,
-                 min_batch_size: int = 1, max_wait_s: float = 10.0, gc_max_time_fraction: float = 0.05,
-                 recycle_leaking_workers: bool = True, cycle_check_every: int = 10,
-                 analyzer_options: dict[str, Any] | None = None) -> None:
-        self.monitor, self.stats, self.executor = monitor, stats, executor
+    def __init__(self, thresholds: PressureThresholds, sample: Callable[[], MemorySample], *,
+                 collector: ThrottledCollector, stop: Callable[[str], None], stopped: Callable[[], bool],
+                 callbacks: PressureCallbacks | None = None, min_batch_size: int = 1, max_wait_s: float = 10.0,
+                 first_utilization: float = 0.0) -> None:
+        self.thresholds, self.sample, self.collector = thresholds, sample, collector
+        self._stop, self._stopped = stop, stopped
         self.callbacks = callbacks or PressureCallbacks()
-        self._stop = stop or (lambda: None)
-        self._stopped = stopped or (lambda: False)
         self.min_batch_size, self.max_wait_s = min_batch_size, max_wait_s
-        self.recycle_leaking_workers = recycle_leaking_workers
-        self.cycle_check_every = cycle_check_every
-        self._saved_thresholds = monitor.thresholds
-        if adaptive:
-            opts = adaptive if isinstance(adaptive, dict) else {}
-            monitor.thresholds = adaptive_thresholds(first_sample.rss_bytes, monitor.limit.bytes, **opts)
-            logger.info("adaptive pressure thresholds from a %s baseline: %s", _fmt_bytes(first_sample.rss_bytes), monitor.thresholds)
-        self.gc_watch = GcWatch().install()
-        self.collector = ThrottledCollector(gc_max_time_fraction)
-        self.analyzer: HeapAnalyzer | None = None
-        if detect_memory_issues or trace_allocations:
-            self.analyzer = HeapAnalyzer(monitor, trace_allocations=trace_allocations, gc_watch=self.gc_watch,
-                                         **(analyzer_options or {})).start()
-        self.last_pressure = monitor.thresholds.level(first_sample.utilization)
-        self.max_utilization = first_sample.utilization
+        self.last_pressure = thresholds.level(first_utilization)
+        self.max_utilization = first_utilization
         self.level_batches = [0, 0, 0, 0]
         self.callbacks_run = 0
+        self.collected = 0  # objects found by collections between batches
         self.pauses = 0
         self.pause_timeouts = 0
         self.paused_s = 0.0
         self._gave_up = False
-        self._items_by_pid: dict[int, int] = {}
-        self._items_since_check = 0
-        self._batches = 0
-        self._recycled_pids: set[int] = set()
-        self._finished = False
 
-    @classmethod
-    def from_processor(cls, proc: Any, executor: Any, stats: Any, first_sample: MemorySample) -> RunGuard:
-        """Read the options off a :class:`~batchmem.BatchProcessor` (missing ones take their defaults)."""
-        g = lambda name, default: getattr(proc, name, default)  # noqa: E731
-        return cls(
-            proc.monitor, stats, executor, first_sample,
-            callbacks=g("pressure_callbacks", None), stop=proc.stop, stopped=proc._stop.is_set,
-            detect_memory_issues=g("detect_memory_issues", True), trace_allocations=g("trace_allocations", False),
-            adaptive=g("adaptive_thresholds", None), min_batch_size=proc.control_config.min_batch_size,
-            max_wait_s=g("pressure_max_wait_s", 10.0), gc_max_time_fraction=g("gc_max_time_fraction", 0.05),
-            recycle_leaking_workers=g("recycle_leaking_workers", True), analyzer_options=g("analyzer_options", None),
-        )
-
-    # -- after each batch (main thread)
-    def after_batch(self, outcome: Any, sample: MemorySample | None, rss_now: int) -> None:
-        """Feed the analyzer, run the checks and the escalation for the level of ``sample``."""
-        self._batches += 1
-        pid = outcome.pid or os.getpid()
-        own = pid == os.getpid()
-        done = self._items_by_pid.get(pid, 0)
-        self._items_by_pid[pid] = done + outcome.size
-        if self.analyzer is not None and pid not in self._recycled_pids:
-            heap = getattr(outcome, "heap_bytes", 0)
-            base, metric = (None, "") if own else (heap, "malloc in-use bytes") if heap else (outcome.start_rss_bytes, "resident bytes")
-            for issue in self.analyzer.observe_batch(pid=pid, items=outcome.size, baseline_bytes=base, metric=metric,
-                                                     tree_rss_bytes=rss_now):
-                if issue.kind == "leak" and not own:
-                    self._recycle(pid)
-        if own:
-            self._items_since_check += outcome.size
-            if self.analyzer is not None and self._batches % self.cycle_check_every == 0:
-                found = self.collector.collect()
-                if found is not None:
-                    self.analyzer.record_cycle_check(found, self._items_since_check)
-                    self.stats.gc_collected_between_batches += found
-                    self._items_since_check = 0
-        if sample is None:
-            return
+    def after_batch(self, sample: MemorySample, items_written: int) -> None:
+        """Escalate for the level of ``sample``: warning and up run callbacks and collect garbage;
+        emergency stops the run (``items_written`` goes in the reason)."""
         level = sample.pressure
         self.last_pressure = level
         self.max_utilization = max(self.max_utilization, sample.utilization)
@@ -221,40 +174,30 @@ class RunGuard:
         self.callbacks_run += self.callbacks.fire(level)
         found = self.collector.collect()
         if found is not None:
-            self.stats.gc_collected_between_batches += found
+            self.collected += found
         if level == PressureLevel.EMERGENCY and not self._stopped():
-            self._emergency_stop(sample)
+            self._emergency_stop(sample, items_written)
 
-    def _recycle(self, pid: int) -> None:
-        request = getattr(self.executor, "request_recycle", None)
-        if not self.recycle_leaking_workers or request is None or not getattr(self.executor, "recycles_workers", False):
-            return
-        self._recycled_pids.add(pid)
-        self.analyzer.forget(pid)
-        request(f"leak flagged in worker {pid}")
-
-    def _emergency_stop(self, sample: MemorySample) -> None:
-        st = self.stats
-        thr = self.monitor.thresholds.emergency
+    def _emergency_stop(self, sample: MemorySample, items_written: int) -> None:
+        thr = self.thresholds.emergency
         reason = (
-            f"memory pressure emergency: process tree RSS {_fmt_bytes(sample.rss_bytes)} is {sample.utilization:.0%} "
-            f"of the {_fmt_bytes(sample.limit_bytes)} limit ({sample.limit_source}; emergency at {thr:.0%}); "
-            f"ran {self.callbacks_run} cleanup callbacks and stopped after {st.items} items: every finished batch "
-            f"is written and checkpointed, rerun with resume=True to continue"
+            f"memory pressure emergency: process tree RSS {format_bytes(sample.rss_bytes)} is "
+            f"{sample.utilization:.0%} of the {format_bytes(sample.limit_bytes)} limit ({sample.limit_source}; "
+            f"emergency at {thr:.0%}); ran {self.callbacks_run} cleanup callbacks and stopped after "
+            f"{items_written} items: every finished batch is written and checkpointed, rerun with resume=True to continue"
         )
-        st.stop_reason = reason
         logger.error("batchmem: %s", reason)
-        if self.analyzer is not None:
-            self.analyzer.issues.append(Issue(
-                kind="emergency_stop", severity="critical", message=reason,
-                evidence={"rss_bytes": sample.rss_bytes, "limit_bytes": sample.limit_bytes,
-                          "utilization": sample.utilization, "emergency_threshold": thr, "items_written": st.items},
-                recommendation=("Lower memory_target_fraction or max_batch_size, free caches with "
-                                "on_pressure('warning', ...) callbacks, or raise memory_limit"),
-            ))
-        self._stop()
+        self.emergency = Issue(
+            kind="emergency_stop", severity="critical", message=reason,
+            evidence={"rss_bytes": sample.rss_bytes, "limit_bytes": sample.limit_bytes,
+                      "utilization": sample.utilization, "emergency_threshold": thr, "items_written": items_written},
+            recommendation=("Lower memory_target_fraction or max_batch_size, free caches with "
+                            "on_pressure('warning', ...) callbacks, or raise memory_limit"),
+        )
+        self._stop(reason)
 
-    # -- before each batch is cut (the dispatching thread)
+    emergency: Issue | None = None
+
     def before_dispatch(self, size: int) -> int:
         """Pause while pressure is critical or above (backpressure); returns the size to cut (items)."""
         if self.last_pressure < PressureLevel.CRITICAL:
@@ -264,70 +207,46 @@ class RunGuard:
             return min(size, self.min_batch_size)
         self.pauses += 1
         t0 = time.monotonic()
-        logger.warning("batchmem: memory pressure %s; pausing dispatch until it is back under warning (at most %.1f s)",
-                       self.last_pressure.label, self.max_wait_s)
+        logger.warning("batchmem: memory pressure %s; pausing dispatch until it is back under warning "
+                       "(at most %.1f s)", self.last_pressure.label, self.max_wait_s)
         self.collector.collect()
         while time.monotonic() - t0 < self.max_wait_s and not self._stopped():
-            sample = self.monitor.sample()
+            sample = self.sample()
             if sample.pressure < PressureLevel.WARNING:
                 waited = time.monotonic() - t0
                 self.paused_s += waited
                 self.last_pressure = sample.pressure
-                logger.info("batchmem: memory pressure back to %s after %.2f s; dispatch resumed", sample.pressure.label, waited)
+                logger.info("batchmem: memory pressure back to %s after %.2f s; dispatch resumed",
+                            sample.pressure.label, waited)
                 return size
             time.sleep(self.poll_s)
-        waited = time.monotonic() - t0
-        self.paused_s += waited
+        self.paused_s += time.monotonic() - t0
         if self._stopped():
             return min(size, self.min_batch_size)
         self.pause_timeouts += 1
         self._gave_up = True
         logger.warning("batchmem: memory pressure still %s after %.1f s; going on at min_batch_size=%d",
-                       self.last_pressure.label, waited, self.min_batch_size)
+                       self.last_pressure.label, self.max_wait_s, self.min_batch_size)
         return min(size, self.min_batch_size)
 
-    # -- end of run
-    def finish(self) -> None:
-        """Remove the GC hooks, stop tracing, and put issues and GC figures into the stats (idempotent)."""
-        if self._finished:
-            return
-        self._finished = True
-        st = self.stats
-        self.gc_watch.remove()
-        issues: list[dict[str, Any]] = []
-        if self.analyzer is not None:
-            self.analyzer.stop()
-            issues = self.analyzer.analyze_heap()["issues"]
-        if self.level_batches[1] or self.level_batches[2] or self.level_batches[3]:
-            worst = max(i for i, n in enumerate(self.level_batches) if n)
-            issues.append(Issue(
-                kind="pressure", severity=("info", "warning", "warning", "critical")[worst],
-                message=(f"memory pressure reached {PressureLevel(worst).label} (peak {self.max_utilization:.0%} of the limit): "
-                         f"{self.level_batches[1]} batches at warning, {self.level_batches[2]} at critical, "
-                         f"{self.level_batches[3]} at emergency; dispatch paused {self.pauses} times for {self.paused_s:.2f} s; "
-                         f"{self.callbacks_run} callbacks run; {self.collector.runs} collections between batches"),
-                evidence={"max_utilization": self.max_utilization, "warning_batches": self.level_batches[1],
-                          "critical_batches": self.level_batches[2], "emergency_batches": self.level_batches[3],
-                          "pauses": self.pauses, "paused_s": self.paused_s, "pause_timeouts": self.pause_timeouts,
-                          "callbacks_run": self.callbacks_run, "gc_between_batches": self.collector.runs,
-                          "gc_between_batches_s": self.collector.time_s},
-                recommendation="Register on_pressure callbacks that free caches, or lower memory_target_fraction",
-            ).to_dict())
-        recycles = getattr(self.executor, "recycles", 0)
-        if recycles:
-            issues.append(Issue(
-                kind="worker_recycling", severity="info",
-                message=f"worker processes were replaced {recycles} times ({'; '.join(getattr(self.executor, 'recycle_reasons', [])[:3])})",
-                evidence={"recycles": recycles, "max_tasks_per_worker": getattr(self.executor, "max_tasks_per_worker", None)},
-                recommendation="Fix the leak in the function, or keep max_tasks_per_worker to bound worker memory",
-            ).to_dict())
-        st.issues.extend(issues)
-        for i in issues:
-            log = logger.warning if i["severity"] != "info" else logger.info
-            log("batchmem issue [%s/%s]: %s", i["kind"], i["severity"], i["message"])
-        w = self.gc_watch
-        for name, value in (("gc_collections_by_generation", list(w.collections)), ("gc_pause_s", w.pause_s),
-                            ("gc_max_pause_s", w.max_pause_s)):
-            if hasattr(st, name):
-                setattr(st, name, value)
-        self.monitor.thresholds = self._saved_thresholds
+    def issues(self) -> list[Issue]:
+        """What the escalation did, as analyzer issues (empty when pressure stayed normal)."""
+        found = [self.emergency] if self.emergency is not None else []
+        lb = self.level_batches
+        if not (lb[1] or lb[2] or lb[3]):
+            return found
+        worst = max(i for i, n in enumerate(lb) if n)
+        found.append(Issue(
+            kind="pressure", severity=("info", "warning", "warning", "critical")[worst],
+            message=(f"memory pressure reached {PressureLevel(worst).label} (peak {self.max_utilization:.0%} of "
+                     f"the limit): {lb[1]} batches at warning, {lb[2]} at critical, {lb[3]} at emergency; "
+                     f"dispatch paused {self.pauses} times for {self.paused_s:.2f} s; {self.callbacks_run} "
+                     f"callbacks run; {self.collector.runs} collections between batches"),
+            evidence={"max_utilization": self.max_utilization, "warning_batches": lb[1],
+                      "critical_batches": lb[2], "emergency_batches": lb[3],
+                      "pauses": self.pauses, "paused_s": self.paused_s, "pause_timeouts": self.pause_timeouts,
+                      "callbacks_run": self.callbacks_run, "gc_between_batches": self.collector.runs,
+                      "gc_between_batches_s": self.collector.time_s},
+            recommendation="Register on_pressure callbacks that free caches, or lower memory_target_fraction",
+        ))
+        return found

@@ -106,7 +106,7 @@ def test_job_keys_json_default_retry_exhausted_fsync(job_dir):
 
 
 def test_fsync_per_batch_by_default(tmp_path, monkeypatch):
-    assert BatchProcessor().fsync is True
+    assert BatchProcessor().config.output.fsync is True
     calls = []
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
