@@ -34,11 +34,13 @@ from .heap.monitor import MemoryMonitor, MemorySample, PressureLevel, current_rs
 from .heap.pressure import PressureCallbacks, PressureGuard, adaptive_thresholds
 from .io.output import RunFiles
 from .io.sinks import NULL_LINE, error_record
+from .io.sources import take_weighted
 from .optimizer import BatchOptimizer
 from .optimizer.control import BatchMeasurement
 from .options import RunConfig
 from .stats import RunStats, bytes_per_item, items_per_second, write_json_atomic
 from .units import format_bytes
+from .weights import make_weigher, weight_unit
 
 __all__ = ["Run"]
 
@@ -83,8 +85,17 @@ class Run:
         self._guards(callbacks)
         baseline, _, in_flight = executor.memory_plan(None, self.last_sample.rss_bytes, self.last_sample.pressure,
                                                       monitor.thresholds)
-        optimizer.start_run(config.process_name, baseline_bytes=baseline, in_flight=in_flight)
         b = config.batching
+        self.weigher = make_weigher(b.weight)
+        frames = callable(getattr(source, "bytes_per_row", None))
+        self.weighted = b.auto_optimize and (self.weigher is not None or (frames and b.weight is not None))
+        # weight="auto" over items that all weigh 1 (numbers) is counting: decided on the first batch.
+        self._probe = self.weighted and b.weight == "auto" and not frames
+        self.weighted = self.weighted and not self._probe
+        self._plan = (baseline, in_flight)
+        stats.weight_unit = weight_unit(b.weight, frames) if self.weighted else "items"
+        optimizer.start_run(config.process_name, baseline_bytes=baseline, in_flight=in_flight,
+                            weight_unit=stats.weight_unit)
         self.fixed_size = None if b.auto_optimize else b.batch_size
         self.asked: dict[int, int] = {}  # input index of a batch's first item -> size asked at the cut (items)
         self.peak_bytes_sum = 0
@@ -160,19 +171,65 @@ class Run:
         return max(1, min(size, -(-left // (2 * width))))
 
     def tasks(self) -> Iterator[BatchTask]:
-        """Cut batches lazily, asking the optimizer for each size just before the cut."""
+        """Cut batches lazily, asking the optimizer for each size (or weight budget) just before the cut."""
         index, start = self.files.ckpt.batches, self.files.ckpt.items
         while not self.stop_requested():
-            asked = self.pressure.before_dispatch(self._balanced(self._next_size(), start))  # backpressure
+            budget = self._next_budget()
+            size = self._next_size() if budget is None else self.config.batching.max_batch_size
+            asked = self.pressure.before_dispatch(self._balanced(size, start))  # backpressure, tail balance
             if self.stop_requested():
                 return
-            batch = self.source.take(asked)
-            if batch is None or len(batch) == 0:
+            task = self._cut(index, start, asked, budget)
+            if task is None:
                 return
-            self.asked[start] = asked
-            yield BatchTask(index, start, batch)
+            self.asked[start] = asked if budget is None else len(task)
+            yield task
             index += 1
-            start += len(batch)
+            start += len(task)
+
+    def _next_budget(self) -> float | None:
+        if not self.weighted:
+            return None
+        with self.lock:
+            return self.optimizer.next_batch_budget()
+
+    def _cut(self, index: int, start: int, asked: int, budget: float | None) -> BatchTask | None:
+        """Weighted: items up to ``budget`` weight units, at most ``asked`` items. Otherwise (and for
+        the first weighted batch, whose weight seeds the budget): ``asked`` items."""
+        if budget is not None:
+            b = self.config.batching
+            batch, weight, weights = take_weighted(self.source, budget, self.weigher,
+                                                   min_items=min(b.min_batch_size, asked), max_items=asked)
+        else:
+            batch = self.source.take(asked)
+            weight, weights = float(len(batch)) if batch is not None else 0.0, None
+            if self._probe and batch is not None and len(batch):
+                self._start_weighting(batch)
+            if self.weighted and batch is not None and len(batch):
+                weight, weights = self._weigh(batch)
+        if batch is None or len(batch) == 0:
+            return None
+        return BatchTask(index, start, batch, weight=weight, weights=weights)
+
+    def _start_weighting(self, batch: Any) -> None:
+        """First batch of a ``weight="auto"`` run: budget in weight units if its items differ in size."""
+        self._probe = False
+        if self.weigher is None or self.weigher(batch) is None:
+            return
+        self.weighted = True
+        self.stats.weight_unit = "auto"
+        baseline, in_flight = self._plan
+        with self.lock:
+            self.optimizer.start_run(self.config.process_name, baseline_bytes=baseline, in_flight=in_flight,
+                                     weight_unit="auto")
+
+    def _weigh(self, batch: Any) -> tuple[float, list[float] | None]:
+        """Weight of a batch cut by count: its items' weights, or rows x bytes per row for a DataFrame chunk."""
+        per_row = getattr(self.source, "bytes_per_row", None)
+        if callable(per_row):
+            return len(batch) * (per_row() or 1.0), None
+        ws = self.weigher(batch) if self.weigher is not None else None
+        return (float(sum(ws)), ws) if ws is not None else (float(len(batch)), None)
 
     # ------------------------------------------------------------------ dispatch
     def loop(self) -> None:
@@ -195,6 +252,7 @@ class Run:
     def _resolve(self, task: BatchTask, outcome: BatchOutcome) -> Iterator[BatchOutcome]:
         """Yield final outcomes in order, halving batches that hit MemoryError, a failing batched
         call or a dead worker; a single item that does so on its own is that item's failure."""
+        outcome.weight = task.weight
         if not outcome.split:
             yield outcome
             return
@@ -203,14 +261,9 @@ class Run:
             return
         if outcome.split == "memory":
             self.stats.memory_errors += 1
-            with self.lock:
-                self.optimizer.on_memory_error(len(task))
             logger.warning("MemoryError in a batch of %d items (items %d..); retrying it in halves",
                            len(task), task.start)
         elif outcome.split == "worker_died":
-            if "SIGKILL" in outcome.worker_exit:  # most likely an OOM kill: plan smaller batches
-                with self.lock:
-                    self.optimizer.on_memory_error(len(task))
             logger.warning("worker died (%s) running a batch of %d items (items %d..); retrying it in halves "
                            "in fresh workers", outcome.worker_exit, len(task), task.start)
         halves = task.halves()
@@ -218,6 +271,11 @@ class Run:
             subs = [self.executor.run_isolated(h) for h in halves]
         else:
             subs = self.executor.run_now(list(halves))
+        out_of_memory = outcome.split == "memory" or "SIGKILL" in outcome.worker_exit  # SIGKILL: an OOM kill
+        if out_of_memory and not any(sub.split for sub in subs):
+            # The batch did not fit and its halves did: a property of the batch size, not of one item.
+            with self.lock:
+                self.optimizer.on_memory_error(task.weight if self.weighted and task.weight else len(task))
         for half, sub in zip(halves, subs, strict=True):
             yield from self._resolve(half, sub)
 
@@ -286,7 +344,7 @@ class Run:
             "index": self.stats.batches, "start_time": time.time() - o.duration_s, "items": o.size,
             "batch_size": self.asked.pop(o.start, o.size), "duration_s": o.duration_s, "peak_bytes": o.peak_bytes,
             "rss_after_bytes": r.rss_bytes, "pressure": r.pressure.label, "failed": o.failed,
-            "gc_collections": o.gc_collections, "pid": o.pid,
+            "gc_collections": o.gc_collections, "pid": o.pid, "weight": o.weight,
         })
 
     def _account(self, o: BatchOutcome, r: _Reading) -> None:
@@ -296,6 +354,7 @@ class Run:
         st.batches += 1
         st.batch_sizes.append(o.size)
         st.gc_collections += o.gc_collections
+        st.weight += o.weight if o.weight is not None else o.size
         self.peak_bytes_sum += o.peak_bytes
         base = self.last_sample.rss_bytes if self.last_sample else o.start_rss_bytes
         st.peak_rss_bytes = max(st.peak_rss_bytes, base + o.peak_bytes, r.rss_bytes)
@@ -307,7 +366,8 @@ class Run:
                                                                          self.monitor.thresholds)
         with self.lock:
             self.optimizer.observe(
-                BatchMeasurement(size=o.size, duration_s=o.duration_s, peak_bytes=o.peak_bytes, failed=o.failed),
+                BatchMeasurement(size=o.size, duration_s=o.duration_s, peak_bytes=o.peak_bytes, failed=o.failed,
+                                 weight=o.weight if self.weighted else None),
                 baseline_bytes=plan_bytes, pressure=plan_pressure, in_flight=in_flight,
             )
 
@@ -336,6 +396,7 @@ class Run:
         st.finished_at = time.time()
         st.items_per_s = items_per_second(st.items, st.duration_s)
         st.bytes_per_item = bytes_per_item(self.peak_bytes_sum, st.items)
+        st.bytes_per_weight = bytes_per_item(self.peak_bytes_sum, st.weight)
         if st.batches:
             learned = self.fixed_size if self.fixed_size is not None else self.optimizer.learned_batch_size()
             st.learned_batch_size = learned

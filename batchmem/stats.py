@@ -84,6 +84,9 @@ class RunStats:
     memory_errors: int = 0
     worker_deaths: int = 0  # worker processes that died during the run (their batches were retried in halves)
     learned_batch_size: int | None = None  # items
+    weight_unit: str = "items"  # what batches were budgeted in (batchmem.weights.weight_unit)
+    weight: float = 0.0  # total weight of the committed items, weight units
+    bytes_per_weight: float = 0.0  # peak bytes of a batch over its starting level per weight unit, over all batches
     gc_collections: int = 0
     gc_collected_between_batches: int = 0  # objects found unreachable by batchmem's own collections between batches
     gc_collections_by_generation: list[int] = field(default_factory=lambda: [0, 0, 0])  # this process, via gc.callbacks

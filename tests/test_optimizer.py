@@ -204,17 +204,20 @@ def test_a_level_shift_is_followed_quickly():
     assert ctrl.bytes_per_item == pytest.approx(1_000_000)
 
 
-def test_ceiling_after_memory_error_is_respected():
+def test_ceiling_after_memory_error_binds_then_rises_additively():
     ctrl = BatchSizeController(ControlConfig(initial_batch_size=1000, min_batch_size=4), 64 * GB)
     assert ctrl.on_memory_error(1000) == 500
     assert ctrl.ceiling == 500
-    sizes = simulate(ctrl, per_item_bytes=1, per_item_s=1e-6, batches=20)
-    assert max(sizes) == 500
-    assert ctrl.last_decision.reason == "ceiling"
-    ctrl.on_memory_error(500)
-    assert ctrl.ceiling == 250 and ctrl.next_size() == 250
-    ctrl.on_memory_error(900)  # a larger failing size never raises the ceiling
-    assert ctrl.ceiling == 250
+    sizes = simulate(ctrl, per_item_bytes=1, per_item_s=1e-6, batches=4)
+    assert sizes[0] == 500 and ctrl.last_decision.reason == "ceiling"
+    assert sizes == sorted(sizes) and max(sizes) <= 500 + 4 * 500 / 8  # an eighth of the cap per success
+    ctrl.on_memory_error(ctrl.next_size())
+    assert ctrl.next_size() <= 400
+    simulate(ctrl, per_item_bytes=1, per_item_s=1e-6, batches=200)
+    assert ctrl.ceiling is None  # back past twice the size that failed: the ceiling is gone
+    ctrl.on_memory_error(900)
+    ctrl.on_memory_error(1800)  # a larger failing size never raises the ceiling
+    assert ctrl.ceiling == 450
     ctrl.on_memory_error(5)
     assert ctrl.ceiling == 4 and ctrl.next_size() == 4  # never below min_batch_size
 

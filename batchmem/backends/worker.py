@@ -55,17 +55,26 @@ class BatchTask:
     index: int  # batch number, 0-based
     start: int  # input index of the first item
     items: Any
+    weight: float | None = None  # the batch's weight in the run's weight unit (None: its item count)
+    weights: list[float] | None = None  # per-item weights when they differ (None: even)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def halves(self) -> tuple[BatchTask, BatchTask]:
-        """Split in two (used after a MemoryError or a failing batched call)."""
+        """Split in two (used after a MemoryError, a failing batched call or a dead worker)."""
         mid = len(self.items) // 2
         items = self.items
         first = items.iloc[:mid] if hasattr(items, "iloc") else items[:mid]
         second = items.iloc[mid:] if hasattr(items, "iloc") else items[mid:]
-        return BatchTask(self.index, self.start, first), BatchTask(self.index, self.start + mid, second)
+        ws = self.weights
+        if ws is not None:
+            w1, w2, ws1, ws2 = sum(ws[:mid]), sum(ws[mid:]), ws[:mid], ws[mid:]
+        else:
+            total = float(len(items)) if self.weight is None else self.weight
+            w1, w2, ws1, ws2 = total * mid / len(items), total * (len(items) - mid) / len(items), None, None
+        return (BatchTask(self.index, self.start, first, w1, ws1),
+                BatchTask(self.index, self.start + mid, second, w2, ws2))
 
 
 @dataclass
@@ -95,6 +104,7 @@ class BatchOutcome:
     gc_collections: int = 0
     pid: int = 0
     heap_bytes: int = 0  # malloc in-use bytes of this process when the batch started (glibc; 0 elsewhere)
+    weight: float | None = None  # the task's weight (set by the run loop; None: its item count)
 
 
 #: Batches whose peak grew by at least this many bytes hand their freed heap back to the kernel.

@@ -158,6 +158,20 @@ class _FrameSource:
         self._carry: pd.DataFrame | None = None  # rows read but not handed out yet
         self._exhausted = False
         self._closed = False
+        self._rows_read = 0  # rows the pandas reader produced so far
+
+    def bytes_per_row(self) -> float | None:
+        """Bytes of the file (text, after decompression) per row read so far: the reader's offset
+        over the rows it produced; None before the first read or where pandas keeps no handle.
+        The weight of a chunk is its rows times this (see :mod:`batchmem.weights`)."""
+        handles = getattr(self._reader, "handles", None) if hasattr(self, "_reader") else None
+        handle = getattr(handles, "handle", None)
+        if handle is None or not self._rows_read:
+            return None
+        try:
+            return handle.tell() / self._rows_read
+        except (OSError, ValueError):
+            return None
 
     # -- subclass hooks -------------------------------------------------------
     def _pull(self, hint: int) -> pd.DataFrame | None:  # pragma: no cover - abstract
@@ -220,7 +234,9 @@ class _FrameSource:
 
     def _read_or_wrap(self, hint: int) -> pd.DataFrame | None:
         try:
-            return self._pull(hint)
+            chunk = self._pull(hint)
+            self._rows_read += len(chunk) if chunk is not None else 0
+            return chunk
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise ConfigError(
                 f"source: reading {self.kind} rows from row {self.position} of {self.path} failed: "
@@ -359,6 +375,7 @@ class ParquetSource:
                 if col not in names:
                     avail = ", ".join(self._file.schema_arrow.names)
                     raise ConfigError(f"source.columns: no column {col!r} in {p.name}; fix the name (columns: {avail})")
+        self._bytes_per_row = os.path.getsize(p) / meta.num_rows if meta.num_rows else None
         self._batches: Any = None  # iterator of pyarrow.RecordBatch, started on first take
         self._carry: list[pyarrow.RecordBatch] = []
         self._carry_rows = 0
@@ -388,6 +405,10 @@ class ParquetSource:
                 self._carry_rows += batch.num_rows - drop
                 break
             drop -= batch.num_rows
+
+    def bytes_per_row(self) -> float | None:
+        """Bytes of the file per row (file size over the footer's row count), the weight of one row."""
+        return self._bytes_per_row
 
     def take(self, n: int) -> pd.DataFrame | None:
         import pandas as pd  # lazy: importing batchmem (and its CLI) must not pay for pandas

@@ -8,13 +8,17 @@ materialised: an iterator of ten million items costs one batch of memory.
 
 from __future__ import annotations
 
+import bisect
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .readers import read_csv, read_jsonl, read_parquet
 
-__all__ = ["BatchSource", "IterableSource", "as_source", "read_csv", "read_jsonl", "read_parquet"]
+__all__ = ["BatchSource", "IterableSource", "as_source", "read_csv", "read_jsonl", "read_parquet", "take_weighted"]
+
+#: ``weigh(items) -> weights`` (a list of numbers >= 0, or None when every item weighs 1); see batchmem.weights.
+Weigher = Callable[[Sequence[Any]], "list[float] | None"]
 
 
 @runtime_checkable
@@ -47,17 +51,84 @@ class IterableSource:
             self.total = None
         self._it: Iterator[Any] = iter(items)
         self.position = 0
+        self._held: list[Any] = []  # items pulled by take_weighted but not handed out (the next batch's first)
+        self._held_weights: list[float] | None = None
+        self._mean_weight: float | None = None  # weight units per item seen so far
 
     def take(self, n: int) -> list[Any] | None:
-        batch = list(itertools.islice(self._it, n))
+        if self._held:
+            batch, self._held, self._held_weights = self._held[:n], self._held[n:], None
+            batch += itertools.islice(self._it, n - len(batch))
+        else:
+            batch = list(itertools.islice(self._it, n))
         if not batch:
             return None
         self.position += len(batch)
         return batch
 
+    def _pull(self, n: int, weigh: Weigher) -> tuple[list[Any], list[float] | None]:
+        """Up to ``n`` items (held ones first) and their weights (None: all 1)."""
+        if self._held:
+            items, weights = self._held[:n], self._held_weights
+            rest_items, self._held = self._held[n:], []
+            rest_weights = weights[n:] if weights is not None else None
+            weights = weights[:n] if weights is not None else weigh(items)
+            self._held, self._held_weights = rest_items, rest_weights
+            return items, weights
+        items = list(itertools.islice(self._it, n))
+        return items, (weigh(items) if items else None)
+
+    def take_weighted(self, budget: float, weigh: Weigher, *, min_items: int = 1,
+                      max_items: int = 1_000_000) -> tuple[list[Any] | None, float, list[float] | None]:
+        """The next items whose weights sum to at most ``budget`` (weight units), within
+        ``[min_items, max_items]`` items; an item that would cross the budget opens the next batch,
+        and an item heavier than the whole budget comes alone. Returns ``(items, weight, weights)``
+        (``items`` None once exhausted; ``weights`` None when all weighed 1).
+
+        Items are pulled in runs of the expected count (budget over the mean weight seen), weighed
+        per run and cut with a cumulative sum and a binary search, so a batch costs one weigher call.
+        """
+        batch: list[Any] = []
+        weights: list[float] | None = None  # None while every item so far weighed 1
+        total = 0.0
+        while len(batch) < max_items:
+            room = budget - total
+            unit = self._mean_weight in (None, 1.0)  # every item so far weighed 1: the count is exact
+            want = max(1, min(max_items - len(batch), int(room) if unit else int(room / self._mean_weight) + 1))
+            items, ws = self._pull(want, weigh)
+            if not items:
+                break
+            if ws is None:  # all weigh 1: no sums to search
+                run = None
+                cum = [total, total + len(items)]
+                fit = max(0, min(len(items), int(room)))
+            else:
+                run = ws
+                cum = list(itertools.accumulate(ws, initial=total))
+                fit = bisect.bisect_right(cum, budget) - 1  # items of this run that keep the sum <= budget
+            fit = min(len(items), max(fit, min_items - len(batch), 0 if batch else 1))
+            if ws is not None or weights is not None:
+                part = run[:fit] if run is not None else [1.0] * fit
+                weights = (weights if weights is not None else [1.0] * len(batch)) + part
+            batch += items[:fit]
+            total = cum[fit] if run is not None else total + fit
+            mean = (cum[-1] - cum[0]) / len(items)
+            self._mean_weight = mean if self._mean_weight is None else 0.7 * self._mean_weight + 0.3 * mean
+            if fit < len(items):  # the item that would cross the budget opens the next batch
+                both = ws is not None and (self._held_weights is not None or not self._held)
+                self._held_weights = (ws[fit:] + (self._held_weights or [])) if both else None
+                self._held = items[fit:] + self._held
+                break
+        if not batch:
+            return None, 0.0, None
+        self.position += len(batch)
+        return batch, total, weights
+
     def skip(self, n: int) -> None:
         """Drop the next ``n`` items without keeping them (used by resume)."""
-        for _ in itertools.islice(self._it, n):
+        held = min(n, len(self._held))
+        self._held, self._held_weights = self._held[held:], None
+        for _ in itertools.islice(self._it, n - held):
             pass
         self.position += n
 
@@ -67,3 +138,21 @@ def as_source(items: Iterable[Any] | BatchSource) -> BatchSource:
     if hasattr(items, "take") and hasattr(items, "position"):
         return items  # type: ignore[return-value]
     return IterableSource(items)
+
+
+def take_weighted(source: Any, budget: float, weigh: Weigher | None, *, min_items: int,
+                  max_items: int) -> tuple[Any, float, list[float] | None]:
+    """Cut the next batch of ``source`` to a weight budget: ``(items, weight, weights)``.
+
+    Sources with ``take_weighted`` (an iterable) weigh each item; chunked pandas sources with a
+    ``bytes_per_row`` estimate (their bytes in the file) are cut at ``budget / bytes_per_row``
+    rows; any other source is cut by count (each item weighs 1).
+    """
+    if hasattr(source, "take_weighted") and weigh is not None:
+        return source.take_weighted(budget, weigh, min_items=min_items, max_items=max_items)
+    per_row = getattr(source, "bytes_per_row", None)
+    rate = per_row() if callable(per_row) else None
+    rate = rate if rate and rate > 0 else 1.0
+    n = int(min(max_items, max(min_items, budget // rate, 1)))
+    batch = source.take(n)
+    return batch, (len(batch) * rate if batch is not None else 0.0), None

@@ -119,6 +119,7 @@ class BatchOptimizer:
         self.history: HistoryStore | None = (history if history is not None else HistoryStore()) if use_history else None
         # Validates memory_limit_bytes now rather than at the first batch.
         self.controller = BatchSizeController(self.config, memory_limit_bytes)
+        self.weight_unit = "items"
         self._run: _Run | None = None
 
     # -- the run ------------------------------------------------------------
@@ -129,26 +130,33 @@ class BatchOptimizer:
         return self.history.load(operation)
 
     def start_run(
-        self, operation: str | None = None, *, baseline_bytes: int | None = None, in_flight: int = 1
+        self, operation: str | None = None, *, baseline_bytes: int | None = None, in_flight: int = 1,
+        weight_unit: str = "items",
     ) -> int:
-        """Begin a run of ``operation``; return the first batch size (items).
+        """Begin a run of ``operation``; return the first batch size (items, or weight units).
 
-        Warm start: with history, the first size is the learned size of the
-        operation's last run and the EWMAs start from its estimates. If
-        ``baseline_bytes`` (resident bytes now) is given, the first size is
-        also kept under the memory target.
+        ``weight_unit`` names what batches are budgeted in: ``"items"`` (unweighted) or the
+        weight's name (``"auto"``, a callable's name); the control law then works in weight
+        units (:class:`BatchSizeController` ``weighted``). Warm start: with history of the same
+        unit, the first size is the learned size of the operation's last run and the EWMAs
+        start from its estimates. If ``baseline_bytes`` (resident bytes now) is given, the
+        first size is also kept under the memory target.
         """
         op = operation or self.operation or _DEFAULT_OPERATION
         self.operation = op
+        self.weight_unit = weight_unit
+        weighted = weight_unit != "items"
         record = self._load(op)
         warm = None
-        if record and _number(record.get("learned_batch_size")):
+        learned = record.get("learned_budget" if weighted else "learned_batch_size") if record else None
+        if record and record.get("weight_unit", "items") == weight_unit and _number(learned):
             warm = {
-                "batch_size": record.get("learned_batch_size"),
+                "batch_size": learned,
                 "bytes_per_item": record.get("ewma_bytes_per_item", record.get("bytes_per_item")),
                 "seconds_per_item": record.get("seconds_per_item"),
             }
-        self.controller = BatchSizeController(self.config, self.memory_limit_bytes, warm_start=warm)
+        self.controller = BatchSizeController(self.config, self.memory_limit_bytes, warm_start=warm,
+                                              weighted=weighted)
         if baseline_bytes is not None:
             self.controller.cap_to_memory(baseline_bytes, in_flight)
         first = self.controller.next_size()
@@ -167,6 +175,12 @@ class BatchOptimizer:
         """Size (items) of the next batch; starts a run if none is active."""
         self._ensure_run()
         return self.controller.next_size()
+
+    def next_batch_budget(self) -> float | None:
+        """Weight budget of the next batch (weight units); None while the first weighted batch
+        is still to be cut by items (:meth:`next_batch_size`)."""
+        self._ensure_run()
+        return self.controller.next_budget()
 
     def observe(
         self,
@@ -197,8 +211,9 @@ class BatchOptimizer:
             run.pressure[_PRESSURE_LABELS[min(level, 3)]] += 1
         return size
 
-    def on_memory_error(self, size: int) -> int:
-        """A batch of ``size`` items raised MemoryError: ceiling ``size // 2`` for the rest of the run."""
+    def on_memory_error(self, size: float) -> int:
+        """A batch of ``size`` (items, or weight units) ran out of memory and its halves fit: ceiling
+        ``size / 2``, raised again as batches succeed (:meth:`BatchSizeController.on_memory_error`)."""
         run = self._ensure_run()
         new = self.controller.on_memory_error(size)
         run.memory_errors += 1
@@ -208,6 +223,8 @@ class BatchOptimizer:
     def learned_batch_size(self) -> int:
         """Steady-state size of the current run (items): median of the last few decided sizes, under the ceiling."""
         run = self._ensure_run()
+        if self.controller.weighted:  # the budget is in weight units: report the items batches held
+            return int(statistics.median(run.sizes)) if run.sizes else self.config.initial_batch_size
         learned = int(statistics.median(run.decided))
         ceiling = self.controller.ceiling
         if ceiling is not None:
@@ -232,6 +249,9 @@ class BatchOptimizer:
         if duration > 0:
             out.setdefault("items_per_s", items / duration)
         out.setdefault("learned_batch_size", self.learned_batch_size())
+        out["weight_unit"] = self.weight_unit
+        if self.controller.weighted:
+            out["learned_budget"] = float(statistics.median(run.decided))
         bpi, spi = self.controller.bytes_per_item, self.controller.seconds_per_item
         if bpi is not None:
             out["ewma_bytes_per_item"] = bpi

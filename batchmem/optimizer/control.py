@@ -99,12 +99,20 @@ class BatchMeasurement:
         peak_bytes: peak resident bytes above the pre-batch level, in the
             process that ran the batch, bytes.
         failed: items of the batch that raised, items.
+        weight: the batch's weight in the run's weight unit (see
+            :mod:`batchmem.weights`); None counts items (``weight == size``).
     """
 
     size: int
     duration_s: float
     peak_bytes: int
     failed: int = 0
+    weight: float | None = None
+
+    @property
+    def units(self) -> float:
+        """What the batch is budgeted in: its weight, or its items when unweighted."""
+        return float(self.size) if self.weight is None else float(self.weight)
 
 
 def _is_int(value: Any) -> bool:
@@ -266,8 +274,10 @@ class BatchSizeController:
         config: ControlConfig | None = None,
         memory_limit_bytes: int | None = None,
         warm_start: Mapping[str, Any] | None = None,
+        weighted: bool = False,
     ):
         self.config = config if config is not None else ControlConfig()
+        self.weighted = weighted
         if memory_limit_bytes is not None and (not _is_int(memory_limit_bytes) or memory_limit_bytes <= 0):
             raise ConfigError(
                 f"memory_limit_bytes={memory_limit_bytes!r} is not a positive number of bytes: "
@@ -277,8 +287,11 @@ class BatchSizeController:
         cfg = self.config
         self._bytes = _Ewma(cfg.ewma_alpha, cfg.outlier_ratio)
         self._seconds = _Ewma(cfg.ewma_alpha, cfg.outlier_ratio)
-        self._ceiling: int | None = None
-        size = cfg.initial_batch_size
+        self._ceiling: float | None = None
+        self._ceiling_step = self._ceiling_drop = 0.0
+        size: float | None = cfg.initial_batch_size
+        if weighted:  # the first batch is cut by items; its measured weight seeds the budget
+            size = None
         if warm_start:
             bs = warm_start.get("batch_size")
             if _is_number(bs) and bs >= 1:
@@ -289,65 +302,77 @@ class BatchSizeController:
             spi = warm_start.get("seconds_per_item")
             if _is_number(spi) and spi >= 0:
                 self._seconds.value = float(spi)
-        self._size = self._clamp(size)
-        self.last_decision = Decision(self._size, "initial")
+        self._size = None if size is None else self._clamp(size)
+        self.last_decision = Decision(self._size or cfg.initial_batch_size, "initial")
 
     # -- read-only state ----------------------------------------------------
 
     @property
     def bytes_per_item(self) -> float | None:
-        """Smoothed peak bytes per item (bytes), or None before the first batch."""
+        """Smoothed peak bytes per unit (per item, or per weight unit when weighted), or None before the first batch."""
         return self._bytes.value
 
     @property
     def seconds_per_item(self) -> float | None:
-        """Smoothed wall time per item (seconds), or None before the first batch."""
+        """Smoothed wall time per unit (seconds per item, or per weight unit), or None before the first batch."""
         return self._seconds.value
 
     @property
-    def ceiling(self) -> int | None:
-        """Largest size allowed after a MemoryError (items), or None."""
+    def ceiling(self) -> float | None:
+        """Largest size allowed after a MemoryError (items, or weight units when weighted), or None."""
         return self._ceiling
 
     def next_size(self) -> int:
-        """The size (items) the next batch should have."""
-        return self._size
+        """The size the next batch should have: items (unweighted) or the weight budget rounded up.
 
-    def memory_target_size(self, baseline_bytes: int, in_flight: int = 1) -> int | None:
-        """Largest size (items) whose predicted peak stays under the memory target.
+        Weighted, before the first batch: ``initial_batch_size`` (items; the batcher cuts it by count).
+        """
+        if self._size is None:
+            return self.config.initial_batch_size
+        return int(math.ceil(self._size))
 
-        ``baseline_bytes + size * bytes_per_item * in_flight <=
-        memory_target_fraction * memory_limit_bytes``, clamped to
-        ``[min_batch_size, max_batch_size]``. None when there is no limit
-        or no bytes-per-item estimate yet (or it is zero).
+    def next_budget(self) -> float | None:
+        """Weight budget of the next batch (weight units), or None until the first weighted batch ran."""
+        return self._size if self.weighted else float(self._size)
+
+    def memory_target_size(self, baseline_bytes: int, in_flight: int = 1) -> float | None:
+        """Largest size whose predicted peak stays under the memory target.
+
+        ``baseline_bytes + size * bytes_per_unit * in_flight <=
+        memory_target_fraction * memory_limit_bytes``; unweighted, clamped to
+        ``[min_batch_size, max_batch_size]`` items (weighted, the batcher keeps
+        the item bounds). None when there is no limit or no per-unit estimate
+        yet (or it is zero).
         """
         bpi = self._bytes.value
         if self.memory_limit_bytes is None or bpi is None or bpi <= 0:
             return None
         cfg = self.config
         budget = cfg.memory_target_fraction * self.memory_limit_bytes - max(0, baseline_bytes)
-        per_batch = bpi * max(1, in_flight)
-        if budget <= per_batch * cfg.min_batch_size:
+        per_unit = bpi * max(1, in_flight)
+        if self.weighted:
+            return max(0.0, budget / per_unit)
+        if budget <= per_unit * cfg.min_batch_size:
             return cfg.min_batch_size
-        return int(min(cfg.max_batch_size, budget // per_batch))
+        return int(min(cfg.max_batch_size, budget // per_unit))
 
-    def time_target_size(self) -> int | None:
-        """Size (items) the time band asks for, or None without a usable estimate.
+    def time_target_size(self) -> float | None:
+        """Size the time band asks for, or None without a usable estimate.
 
         Outside the band: the size whose predicted duration is the band's
         aim (``aim_s``). Inside: the same, but never below the current size.
         """
         spi = self._seconds.value
-        if spi is None or spi <= 0:
+        if spi is None or spi <= 0 or self._size is None:
             return None
         cfg = self.config
         low, high = cfg.target_batch_seconds
         aim = cfg.aim_s / spi
-        aim_items = int(min(float(cfg.max_batch_size), max(1.0, aim)))
+        aim_size = aim if self.weighted else int(min(float(cfg.max_batch_size), max(1.0, aim)))
         predicted_s = self._size * spi
         if low <= predicted_s <= high:
-            return max(self._size, aim_items)
-        return aim_items
+            return max(self._size, aim_size)
+        return aim_size
 
     # -- inputs -------------------------------------------------------------
 
@@ -359,7 +384,7 @@ class BatchSizeController:
         pressure: PressureLevel | int = 0,
         in_flight: int = 1,
     ) -> int:
-        """Feed one finished batch; return the next size (items).
+        """Feed one finished batch; return the next size (see :meth:`next_size`).
 
         Args:
             m: the batch's measurement.
@@ -367,13 +392,16 @@ class BatchSizeController:
             pressure: ``PressureLevel`` (an IntEnum; NORMAL=0 ... EMERGENCY=3).
             in_flight: batches that run at the same time (n_jobs), batches.
         """
-        if m.size > 0 and m.failed < m.size:
+        units = m.units if self.weighted else float(m.size)
+        if units > 0 and m.failed < m.size:
             # A batch where every item failed says nothing about the cost of success.
-            self._bytes.update(max(0, m.peak_bytes) / m.size)
-            self._seconds.update(max(0.0, m.duration_s) / m.size)
+            self._bytes.update(max(0, m.peak_bytes) / units)
+            self._seconds.update(max(0.0, m.duration_s) / units)
+        if self._ceiling is not None:
+            self._raise_ceiling()
         cfg = self.config
-        size = self._size
-        grown = max(size + 1, int(size * cfg.growth_factor))
+        size = self._size if self._size is not None else units
+        grown = size * cfg.growth_factor if self.weighted else max(size + 1, int(size * cfg.growth_factor))
         candidate, reason = grown, "growth"
         mem = self.memory_target_size(baseline_bytes, in_flight)
         tim = self.time_target_size()
@@ -383,50 +411,74 @@ class BatchSizeController:
             candidate, reason = mem, "memory"
         level = int(pressure)
         if level >= _WARNING:
-            shrunk = min(size - 1, int(size * cfg.shrink_factor**level))
+            shrunk = size * cfg.shrink_factor**level
+            shrunk = shrunk if self.weighted else min(size - 1, int(shrunk))
             if shrunk < candidate:
                 candidate, reason = shrunk, "pressure"
         self._size, reason = self._clamp_reason(candidate, reason)
-        self.last_decision = Decision(self._size, reason, mem, tim)
-        return self._size
+        self.last_decision = Decision(self.next_size(), reason, _round(mem), _round(tim))
+        return self.next_size()
 
     def cap_to_memory(self, baseline_bytes: int, in_flight: int = 1) -> int:
-        """Lower the next size to the memory-target size if it is above it; return the next size (items).
+        """Lower the next size to the memory-target size if it is above it; return the next size.
 
         For the first batch of a warm-started run, whose learned size may
         come from a run under a larger limit or a smaller baseline.
         """
         mem = self.memory_target_size(baseline_bytes, in_flight)
-        if mem is not None and mem < self._size:
+        if mem is not None and self._size is not None and mem < self._size:
             self._size = self._clamp(mem)
-            self.last_decision = Decision(self._size, "memory", mem, None)
-        return self._size
+            self.last_decision = Decision(self.next_size(), "memory", _round(mem), None)
+        return self.next_size()
 
-    def on_memory_error(self, size: int) -> int:
-        """A batch of ``size`` items raised MemoryError: cap sizes at ``size // 2`` for the rest of the run.
+    def on_memory_error(self, size: float) -> int:
+        """A batch of ``size`` (items, or weight units when weighted) ran out of memory while its
+        halves then fit: cap sizes at ``size / 2``, and raise that ceiling again as batches succeed.
 
-        The ceiling never rises again in this run (at least ``min_batch_size``).
-        Returns the next size (items).
+        The ceiling rises by an eighth of its starting value after every batch that succeeds (see
+        :meth:`_raise_ceiling`) and is dropped once it reaches twice the size that failed (24
+        successful batches); a second error lowers it again. Only batches of two or more items call this: one item that fails on its own
+        is that item's failure and sets no ceiling. Returns the next size.
         """
-        cap = max(self.config.min_batch_size, int(size) // 2)
+        cap = float(size) / 2 if self.weighted else float(max(self.config.min_batch_size, int(size) // 2))
         self._ceiling = cap if self._ceiling is None else min(self._ceiling, cap)
-        self._size = self._clamp(min(self._size, self._ceiling))
-        self.last_decision = Decision(self._size, "memory_error")
-        return self._size
+        self._ceiling_step = max(self._ceiling / 8, 0.0 if self.weighted else 1.0)
+        self._ceiling_drop = 4 * self._ceiling
+        if self._size is not None:
+            self._size = self._clamp(min(self._size, self._ceiling))
+        self.last_decision = Decision(self.next_size(), "memory_error")
+        return self.next_size()
+
+    def _raise_ceiling(self) -> None:
+        """Additive increase of the memory-error ceiling after a successful batch, as TCP
+        congestion avoidance opens its window again after a loss (RFC 5681, section 3.1)."""
+        assert self._ceiling is not None
+        self._ceiling += self._ceiling_step
+        if self._ceiling >= self._ceiling_drop:
+            self._ceiling = None
 
     # -- helpers ------------------------------------------------------------
 
-    def _upper(self) -> int:
+    def _upper(self) -> float:
         cfg = self.config
-        return cfg.max_batch_size if self._ceiling is None else min(cfg.max_batch_size, self._ceiling)
+        top = math.inf if self.weighted else cfg.max_batch_size
+        return top if self._ceiling is None else min(top, self._ceiling)
 
-    def _clamp(self, size: float) -> int:
-        return int(min(self._upper(), max(self.config.min_batch_size, size)))
+    def _lower(self) -> float:
+        return 0.0 if self.weighted else self.config.min_batch_size
 
-    def _clamp_reason(self, size: float, reason: str) -> tuple[int, str]:
+    def _clamp(self, size: float) -> float:
+        value = min(self._upper(), max(self._lower(), size))
+        return value if self.weighted else int(value)
+
+    def _clamp_reason(self, size: float, reason: str) -> tuple[float, str]:
         upper = self._upper()
         if size > upper:
-            return upper, ("ceiling" if self._ceiling is not None and upper == self._ceiling else "max")
-        if size < self.config.min_batch_size:
-            return self.config.min_batch_size, "min"
-        return int(size), reason
+            return self._clamp(upper), ("ceiling" if self._ceiling is not None and upper == self._ceiling else "max")
+        if size < self._lower():
+            return self._clamp(self._lower()), "min"
+        return (size if self.weighted else int(size)), reason
+
+
+def _round(value: float | None) -> int | None:
+    return None if value is None else int(math.ceil(value))
