@@ -9,10 +9,13 @@ which cuts batches, runs them and commits them in input order.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from .backends.worker_setup import make_worker_setup
 from .errors import ConfigError
 from .heap.monitor import MemoryMonitor, PressureLevel
 from .heap.pressure import PressureCallbacks
-from .io.checkpoint import Checkpoint
+from .io.checkpoint import Checkpoint, checkpoint_path
 from .io.output import RunFiles, check_output, prepare_resume, sidecar
 from .io.sinks import iter_jsonl
 from .io.sources import as_source
@@ -36,6 +39,8 @@ from .stats import RunStats
 
 __all__ = ["BatchProcessor", "BatchResult", "NODE_ALIASES"]
 
+logger = logging.getLogger("batchmem")
+
 
 class BatchResult:
     """The outcome of :meth:`BatchProcessor.process`.
@@ -44,10 +49,31 @@ class BatchResult:
     ``null`` for items that failed under ``on_error="skip"``), ``stats`` the
     :class:`RunStats`, ``errors_path`` the error records (or None). Iterating
     reads the results back lazily from disk; ``len()`` is the number of items.
+
+    A run without ``output`` spools to a private temporary folder that is removed
+    when the result is closed (``with proc.process(...) as result:``), garbage
+    collected, or at interpreter exit; pass ``output=`` to keep the files.
     """
 
-    def __init__(self, path: Path, stats: RunStats, errors_path: Path | None, output_format: str = "jsonl"):
+    def __init__(self, path: Path, stats: RunStats, errors_path: Path | None, output_format: str = "jsonl", *,
+                 spool: Path | None = None, already_complete: bool = False):
         self.path, self.stats, self.errors_path, self.output_format = path, stats, errors_path, output_format
+        #: True when ``resume`` found the output complete and touched nothing.
+        self.already_complete = already_complete
+        # output=None: the run's private spool folder, removed on close(), garbage collection or exit.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, spool, ignore_errors=True) if spool else None
+
+    def close(self) -> None:
+        """Remove the temporary spool folder of a run without ``output`` (results are gone after this).
+        A result with an ``output`` path keeps its files; closing it does nothing."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> BatchResult:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return self.stats.items + self.stats.resumed_from
@@ -157,13 +183,9 @@ class BatchProcessor:
         key = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS, default=str)
         return hashlib.sha256(key).hexdigest()[:16], orjson.loads(key)
 
-    def _output_path(self, output: str | os.PathLike[str] | None, overwrite: bool, resume: bool) -> Path:
-        """The output path (a temporary spool file when ``output`` is None), checked before anything is written."""
-        if output is None:
-            fd, name = tempfile.mkstemp(prefix=f"batchmem-{self.process_name}-", suffix=".jsonl")
-            os.close(fd)
-            return Path(name)
-        return check_output(Path(output), overwrite=overwrite, resume=resume)
+    def _spool(self) -> Path:
+        """A private temporary folder for a run without ``output`` (see :class:`BatchResult`)."""
+        return Path(tempfile.mkdtemp(prefix=f"batchmem-{self.process_name}-"))
 
     def process(
         self,
@@ -194,7 +216,10 @@ class BatchProcessor:
         results, such as a job's function, source and ``batched``) is stored in
         the checkpoint; resuming with a different one raises
         :class:`~batchmem.errors.ResumeMismatchError` naming what changed, unless
-        ``resume="force"``.
+        ``resume="force"``. Resuming an output whose run completed touches no file and
+        returns its stored stats (``result.already_complete``). ``resume="auto"`` (what
+        ``batchmem run`` does) continues an unfinished run of the same fingerprint and
+        otherwise starts as ``resume=False`` would.
 
         On the main thread SIGINT/SIGTERM stop the run cleanly (see
         :mod:`batchmem.signals`): no new batch is cut, batches in flight get
@@ -210,15 +235,24 @@ class BatchProcessor:
         (disk full). Whatever was committed before an error stays on disk with a
         matching checkpoint.
         """
-        if resume not in (False, True, "force"):
-            raise ConfigError(f"resume: {resume!r} must be False, True or 'force'")
+        if resume not in (False, True, "force", "auto"):
+            raise ConfigError(f"resume: {resume!r} must be False, True, 'force' or 'auto'")
         self._stop.clear()
-        path = self._output_path(output, overwrite, resume)
+        spool = self._spool() if output is None else None
+        path = spool / "results.jsonl" if spool else Path(output)
         fmt = output_format or ("parquet" if path.suffix == ".parquet" else "jsonl")
         if fmt not in ("jsonl", "parquet"):
             raise ConfigError(f"output.format: {fmt!r} is not supported; use jsonl or parquet")
         errors_path = Path(errors_output) if errors_output else sidecar(path, ".errors.jsonl")
         fingerprint, fingerprint_fields = self._fingerprint(fn, fingerprint)
+        committed = Checkpoint.load(checkpoint_path(path)) if path.exists() else None
+        same_job = committed is not None and committed.fingerprint == fingerprint
+        if resume == "auto":  # continue an unfinished run of the same job; otherwise start as usual
+            resume = same_job and not committed.complete
+        if resume and same_job and committed.complete:
+            logger.info("already complete: %d items in %s; nothing to do", committed.items, path)
+            return self._complete_result(path, errors_path, fmt)
+        check_output(path, overwrite=overwrite, resume=bool(resume))
         source = as_source(items)
         # The executor first: a cluster that cannot be reached must fail before any file is touched.
         executor = self._executor(fn, encode=fmt == "jsonl")
@@ -257,7 +291,13 @@ class BatchProcessor:
         if signals.signum is not None:
             raise RunInterrupted(signals.signum, files.ckpt.items, str(path))
         failed = stats.failed or files.ckpt.failed
-        return BatchResult(path, stats, errors_path if failed else None, fmt)
+        return BatchResult(path, stats, errors_path if failed else None, fmt, spool=spool)
+
+    def _complete_result(self, path: Path, errors_path: Path, fmt: str) -> BatchResult:
+        """The result of a finished output, from its stats file, touching no file."""
+        stats_path = sidecar(path, ".stats.json")
+        stats = RunStats.load(stats_path) if stats_path.exists() else RunStats(process_name=self.process_name)
+        return BatchResult(path, stats, errors_path if errors_path.exists() else None, fmt, already_complete=True)
 
     def _stop_from_signal(self, run: Run) -> Callable[[], None]:
         def stop() -> None:
