@@ -89,10 +89,21 @@ def test_bad_memory_limit(limit):
 
 
 def test_grows_multiplicatively_when_there_is_room():
-    ctrl = BatchSizeController(ControlConfig(initial_batch_size=10), 64 * GB)
+    ctrl = BatchSizeController(ControlConfig(initial_batch_size=10, max_growth_factor=2.0), 64 * GB)
     sizes = simulate(ctrl, per_item_bytes=1_000, per_item_s=1e-5, batches=4)
     assert sizes[:5] == [10, 20, 40, 80, 160]
     assert ctrl.last_decision.reason == "growth"
+
+
+def test_cold_start_grows_up_to_8x_while_batches_are_far_below_the_time_aim():
+    ctrl = BatchSizeController(ControlConfig(initial_batch_size=100), 64 * GB)
+    sizes = simulate(ctrl, per_item_bytes=100, per_item_s=1e-7, batches=8, noise=0.0)
+    assert sizes[:4] == [100, 800, 6400, 51200]  # 8x while a batch takes < aim / 8
+    steady = ctrl.config.aim_s / 1e-7  # 2,000,000 items, above max_batch_size
+    assert sizes[-1] == min(ctrl.config.max_batch_size, steady)  # steady after 6 batches, not 14 doublings
+    near = BatchSizeController(ControlConfig(initial_batch_size=100), 64 * GB)
+    near.observe(BatchMeasurement(100, 0.05, 100), baseline_bytes=0)  # a quarter of the aim: x4 only
+    assert near.next_size() == 400
 
 
 @pytest.mark.parametrize(
@@ -295,7 +306,7 @@ def test_optimizer_facade_run_without_history():
     stats = opt.get_batch_statistics()
     live = stats["current_run"]
     assert live["operation"] == "synthetic" and live["batches"] == 12
-    assert live["batch_sizes"][:3] == [100, 200, 400]
+    assert live["batch_sizes"][:2] == [100, 800]  # 2 ms batches: 8x growth toward the 0.2 s aim
     assert live["next_batch_size"] == size
     assert any("memory target" in r for r in stats["recommendations"])
     assert opt.calculate_optimal_batch_size(range(10)) == 10

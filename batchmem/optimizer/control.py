@@ -52,18 +52,35 @@ The law (applied after every batch, in this order)
 --------------------------------------------------
 ::
 
-    candidate = min(memory_size, time_size, size * growth_factor)  # MI toward the set-points
+    candidate = min(memory_size, time_size, size * growth)  # MI toward the set-points
     if pressure >= WARNING:
         candidate = min(candidate, size * shrink_factor ** pressure) # MD on pressure
     next = clamp(candidate, min_batch_size, min(max_batch_size, ceiling))
 
 That is multiplicative increase, multiplicative decrease (MIMD) around
-model-based set-points, not AIMD: the size grows by ``growth_factor`` per
-batch while both targets have room, jumps straight down to the memory or
-time set-point when one binds, and is multiplied by ``shrink_factor`` once
-per pressure level (warning x0.5, critical x0.25, emergency x0.125 with the
-default 0.5). A ``MemoryError`` sets a ceiling of ``size // 2`` (at least
-``min_batch_size``) for the rest of the run.
+model-based set-points, not AIMD: the size grows by ``growth`` per batch
+while both targets have room (``growth_factor``, 2, or up to
+``max_growth_factor``, 8, while a batch takes a small fraction of the time
+aim: a cold start reaches its steady size in a few batches), jumps straight
+down to the memory or time set-point when one binds, and is multiplied by
+``shrink_factor`` once per pressure level (warning x0.5, critical x0.25,
+emergency x0.125 with the default 0.5).
+
+Out-of-memory ceiling: a batch of two or more items that ran out of memory
+(``MemoryError``, or its worker killed by SIGKILL) while its two halves then
+fit sets a ceiling of half its size. The ceiling rises again by an eighth of
+its starting value per successful batch (additive increase, as TCP congestion
+avoidance reopens its window after a loss: RFC 5681, section 3.1) and is
+dropped at twice the size that failed. A single item that fails on its own
+is that item's failure and sets no ceiling.
+
+Weights
+-------
+With ``weighted=True`` the same law runs in weight units instead of items
+(:mod:`batchmem.weights`): the estimates are bytes and seconds per weight
+unit, the size is a weight budget, and the item bounds
+(``min_batch_size``/``max_batch_size``) are kept by the batcher, which cuts
+a batch at the item that would cross the budget.
 """
 
 from __future__ import annotations
@@ -139,6 +156,8 @@ class ControlConfig:
             ``MIN_IDEAL_BATCH_DURATION`` / ``MAX_IDEAL_BATCH_DURATION``.
         ewma_alpha: weight of the newest sample in the EWMA estimates, (0, 1].
         growth_factor: multiplicative increase per batch while there is room, > 1.
+        max_growth_factor: largest increase per batch while batches are far shorter than the
+            time aim (cold start): the size grows by ``aim_s / duration`` capped here, >= growth_factor.
         shrink_factor: multiplicative decrease per pressure level, in (0, 1).
         outlier_ratio: a per-item sample further than this factor from the
             estimate is clipped (one outlier) or, twice in a row on the same
@@ -152,6 +171,7 @@ class ControlConfig:
     target_batch_seconds: tuple[float, float] = (0.2, 2.0)
     ewma_alpha: float = 0.3
     growth_factor: float = 2.0
+    max_growth_factor: float = 8.0
     shrink_factor: float = 0.5
     outlier_ratio: float = field(default=3.0)
 
@@ -199,6 +219,9 @@ class ControlConfig:
         g = self.growth_factor
         if not _is_number(g) or g <= 1:
             raise ConfigError(f"growth_factor={g!r} is not > 1: give e.g. 2.0")
+        mg = self.max_growth_factor
+        if not _is_number(mg) or mg < g:
+            raise ConfigError(f"max_growth_factor={mg!r} is below growth_factor={g}: give e.g. 8.0")
         s = self.shrink_factor
         if not _is_number(s) or not 0 < s < 1:
             raise ConfigError(f"shrink_factor={s!r} is not in (0, 1): give e.g. 0.5")
@@ -401,7 +424,8 @@ class BatchSizeController:
             self._raise_ceiling()
         cfg = self.config
         size = self._size if self._size is not None else units
-        grown = size * cfg.growth_factor if self.weighted else max(size + 1, int(size * cfg.growth_factor))
+        factor = self._growth(m, units, size)
+        grown = size * factor if self.weighted else max(size + 1, int(size * factor))
         candidate, reason = grown, "growth"
         mem = self.memory_target_size(baseline_bytes, in_flight)
         tim = self.time_target_size()
@@ -418,6 +442,19 @@ class BatchSizeController:
         self._size, reason = self._clamp_reason(candidate, reason)
         self.last_decision = Decision(self.next_size(), reason, _round(mem), _round(tim))
         return self.next_size()
+
+    def _growth(self, m: BatchMeasurement, units: float, size: float) -> float:
+        """Increase factor: ``growth_factor``, or up to ``max_growth_factor`` while the batch just run
+        (scaled to the current size) took a small fraction of the time aim. joblib's auto-batching
+        jumps straight to ``old_size * MIN_IDEAL_BATCH_DURATION / duration``
+        (``AutoBatchingMixin.compute_batch_size`` in ``joblib/_parallel_backends.py``); the cap keeps
+        one step from multiplying memory by more than the cap before the memory term has a
+        measurement at that scale."""
+        cfg = self.config
+        if units <= 0 or m.duration_s <= 0 or m.failed:
+            return cfg.growth_factor
+        predicted_s = m.duration_s * size / units
+        return max(cfg.growth_factor, min(cfg.max_growth_factor, cfg.aim_s / predicted_s))
 
     def cap_to_memory(self, baseline_bytes: int, in_flight: int = 1) -> int:
         """Lower the next size to the memory-target size if it is above it; return the next size.
