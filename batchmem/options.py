@@ -112,7 +112,9 @@ class Execution:
     """Where batches run (job file ``execution:``; ``setup``/``teardown`` are top-level there).
 
     Attributes:
-        n_jobs: batches at once; 1 runs in this process unless a backend is named; -1: every CPU.
+        n_jobs: batches at once; 1 runs in this process unless a backend is named; -1: every CPU;
+            ``"auto"``: in-process until measurements show that worker processes pay, then as many as
+            the cores and the memory target allow (:mod:`batchmem.backends.auto`).
         backend: a name from :data:`batchmem.backends.BACKENDS` or any joblib backend; None: in-process
             for ``n_jobs=1``, else joblib's configured backend (loky).
         client, scheduler_address: ``backend="dask"``: a ``distributed.Client`` or a scheduler address;
@@ -127,7 +129,7 @@ class Execution:
             before they are cancelled, seconds.
     """
 
-    n_jobs: int = 1
+    n_jobs: int | str = 1
     backend: str | None = None
     client: Any = None
     scheduler_address: str | None = None
@@ -139,9 +141,10 @@ class Execution:
     stop_grace_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.n_jobs == 0 or not isinstance(self.n_jobs, int) or isinstance(self.n_jobs, bool):
+        auto = self.n_jobs == "auto"
+        if not auto and (self.n_jobs == 0 or not isinstance(self.n_jobs, int) or isinstance(self.n_jobs, bool)):
             raise ConfigError(
-                f"n_jobs: {self.n_jobs!r} cannot run anything; use 1 (serial), N workers or -1 (all cores)"
+                f"n_jobs: {self.n_jobs!r} cannot run anything; use 1 (serial), N workers, -1 (all cores) or 'auto'"
             )
         if self.client is not None or self.scheduler_address is not None:
             if self.backend not in (None, "dask"):

@@ -313,7 +313,13 @@ class BatchProcessor:
                           retry_exhausted=c.errors.retry_exhausted, encode=encode,
                           json_default=c.output.json_default, setup=self.worker_setup,
                           peak_by_sampling=ex.n_jobs != 1 and ex.backend == "threading")
-        options = {"client": ex.client, "scheduler_address": ex.scheduler_address} if ex.backend == "dask" else {}
+        options: dict[str, Any] = {}
+        if ex.backend == "dask":
+            options = {"client": ex.client, "scheduler_address": ex.scheduler_address}
+        elif ex.n_jobs == "auto":
+            target = c.batching.memory_target_fraction * self.monitor.limit.bytes
+            options = {"memory_room": lambda: target - self.monitor.rss_bytes(),
+                       "aim_s": c.batching.control_config().aim_s}
         executor = make_executor(fn, opts, ex.n_jobs, ex.backend, **options)
         executor.max_tasks_per_worker = ex.max_tasks_per_worker
         return executor
@@ -324,8 +330,8 @@ class BatchProcessor:
             process_name=self.process_name,
             memory_limit_bytes=self.monitor.limit.bytes,
             limit_source=self.monitor.limit.source,
-            n_jobs=ex.n_jobs,
-            backend=ex.backend or ("serial" if ex.n_jobs == 1 else "loky"),
+            n_jobs=ex.n_jobs if isinstance(ex.n_jobs, int) else 1,
+            backend=ex.backend or ("serial" if ex.n_jobs == 1 else "auto" if ex.n_jobs == "auto" else "loky"),
             resumed_from=files.ckpt.items,
             output_path=str(files.path),
             stats_path=str(files.stats_path),

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import BatchOutcome, BatchTask, Executor
+from .backends.auto import AutoExecutor
 from .errors import ItemFailedError, WorkerDiedError
 from .heap.analyzer import Issue
 from .heap.gc_watch import ThrottledCollector
@@ -391,6 +392,8 @@ class Run:
         self.bar.close()
         self.executor.close()
         st.worker_deaths = self.executor.worker_deaths
+        if isinstance(self.executor, AutoExecutor):
+            st.n_jobs, st.n_jobs_choice = self.executor.in_flight, f"{self.executor.choice}: {self.executor.reason}"
         self.files.close()
         st.duration_s = time.perf_counter() - self.t0
         st.finished_at = time.time()

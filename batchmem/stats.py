@@ -77,6 +77,7 @@ class RunStats:
     memory_limit_bytes: int = 0
     limit_source: str = ""
     n_jobs: int = 1
+    n_jobs_choice: str = ""  # n_jobs="auto": what was chosen and why (batchmem.backends.auto)
     backend: str = "serial"
     status: str = "running"  # "running" | "completed" | "failed" | "stopped" | "interrupted"
     stop_reason: str | None = None

@@ -57,6 +57,20 @@ def _dask(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, **options: Any)
     return DaskExecutor(fn, opts, **options)
 
 
+def _auto(fn: Callable[..., Any], opts: RunOptions, backend: str, *, memory_room: Callable[[], float | None],
+          aim_s: float, **options: Any) -> Executor:
+    """``n_jobs="auto"``: in-process until worker processes of ``backend`` pay (:mod:`.auto`)."""
+    import joblib
+
+    from .auto import AutoExecutor
+
+    if backend not in ("loky", "multiprocessing"):
+        raise ConfigError(f"n_jobs: 'auto' chooses loky worker processes; backend {backend!r} needs a number of jobs")
+    cores = max(1, joblib.cpu_count(only_physical_cores=False))
+    return AutoExecutor(fn, opts, parallel=lambda workers: JoblibExecutor(fn, opts, workers, backend),
+                        cores=cores, memory_room=memory_room, aim_s=aim_s)
+
+
 #: Backend name -> factory ``(fn, opts, n_jobs, **backend_options) -> Executor``.
 BACKENDS: dict[str, BackendFactory] = {
     "serial": _serial,
@@ -84,11 +98,15 @@ def make_executor(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend
                   **backend_options: Any) -> Executor:
     """The executor for ``backend`` (see the module docstring for how a name is chosen).
 
+    ``n_jobs="auto"`` starts in-process and moves to loky workers when they pay (``backend_options``
+    ``memory_room`` and ``aim_s``; see :mod:`batchmem.backends.auto`).
     ``backend_options`` go to the factory (dask: ``client``, ``scheduler_address``).
     With ``opts.setup``, ``fn`` must accept ``state=`` (ConfigError otherwise).
     """
     if opts.setup is not None:
         check_accepts_state(fn)
+    if n_jobs == "auto":
+        return _auto(fn, opts, backend or "loky", **backend_options)
     name = backend if backend is not None else ("serial" if n_jobs == 1 else None)
     factory = BACKENDS.get(name) if name is not None else None
     if factory is None:

@@ -1,0 +1,177 @@
+"""``n_jobs="auto"``: run in this process until measurements say that worker processes pay.
+
+The first batches run in-process; after each of them the choice is made
+from what was measured:
+
+* **stay in-process** while the cost of an item is below the cost of
+  shipping it to a worker and back. Shipping is measured, not assumed:
+  pickling the batch's items here (the worker unpickles them; the cost is
+  taken as twice the pickling time), the encoded results travelling back at
+  :data:`COPY_BYTES_PER_S`, and the round trip of one task
+  (:data:`TASK_OVERHEAD_S`) spread over the batch;
+* **use workers** otherwise, as many as the cores allow and the memory
+  target holds: ``workers x (peak bytes of a batch at the time aim)`` must fit
+  under ``memory_target_fraction x limit - baseline``.
+
+When workers pay, they are started in the background while batches go on
+in-process, and take over once they are up: their start-up is off the
+critical path, and a run that stays in-process never pays for it. The
+choice and its reason are reported (``RunStats.n_jobs_choice``).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .base import Executor, ExecutorBase
+from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
+
+__all__ = ["AutoExecutor"]
+
+logger = logging.getLogger("batchmem")
+
+#: Round trip of one batch through an idle loky worker, seconds: about 0.5 ms on this project's
+#: 2-core test machine (benchmarks/bench_peers.py, tiny workload); 1 ms errs toward staying in-process.
+TASK_OVERHEAD_S = 1e-3
+#: Bytes per second a result travels through a pipe between processes (memcpy-bound; 1 GB/s is conservative).
+COPY_BYTES_PER_S = 1e9
+#: In-process batches measured before settling in-process (the first ones are the smallest and noisiest).
+PROBE_BATCHES = 2
+
+
+class AutoExecutor(ExecutorBase):
+    """In-process first, then ``parallel(workers)`` when it pays (see the module docstring).
+
+    ``parallel(workers)`` builds the worker executor; ``cores`` is the most workers to use;
+    ``memory_room()`` returns the bytes the batches in flight may still fill (target minus
+    baseline; None without a limit); ``aim_s`` is the batch duration the optimizer aims for, seconds.
+    """
+
+    def __init__(self, fn: Callable[..., Any], opts: RunOptions, *, parallel: Callable[[int], Executor],
+                 cores: int, memory_room: Callable[[], float | None], aim_s: float):
+        super().__init__()
+        self.fn, self.opts = fn, opts
+        self._parallel_factory, self.cores, self.memory_room, self.aim_s = parallel, cores, memory_room, aim_s
+        self.active: Executor | None = None  # the worker executor once it is up
+        self._starting: Executor | None = None
+        self._warm: threading.Thread | None = None
+        self.choice = "in-process"
+        self.reason = "deciding"
+
+    @property
+    def in_flight(self) -> int:  # type: ignore[override]
+        return self.active.in_flight if self.active is not None else 1
+
+    def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
+        """In-process batches until the choice is made (and the workers are up), then the workers'."""
+        it = iter(tasks)
+        probes, workers = 0, None
+        for task in it:
+            ship_s = self._ship_seconds(task) if workers is None else 0.0
+            out = run_batch(self.fn, task, self.opts)
+            yield out
+            probes += 1
+            if workers is None and not (out.split or out.error is not None or len(task) < 2):
+                workers = self._workers(task, out, ship_s)
+                if workers == 1 and probes < PROBE_BATCHES:
+                    workers = None  # one more measurement before settling in-process
+                elif workers is not None and workers > 1:
+                    self._start_workers(workers)
+            if workers == 1:
+                logger.info("n_jobs='auto': staying in-process: %s", self.reason)
+                break
+            if self._warm is not None and not self._warm.is_alive():
+                self.active = self._starting
+                if self.active is not None:
+                    self.choice = f"{self.active.in_flight} workers"
+                    logger.info("n_jobs='auto': %s: %s", self.choice, self.reason)
+                break
+        if self.active is not None:
+            yield from self.active.map(it)
+        else:
+            for task in it:
+                yield run_batch(self.fn, task, self.opts)
+
+    def _ship_seconds(self, task: BatchTask) -> float:
+        t0 = time.perf_counter()
+        pickle.dumps(task.items, protocol=pickle.HIGHEST_PROTOCOL)
+        return 2 * (time.perf_counter() - t0)
+
+    def _workers(self, task: BatchTask, out: BatchOutcome, ship_s: float) -> int | None:
+        """Workers that pay for batches like ``task`` (1: stay in-process); None when unsure yet."""
+        n, compute_s = len(task), out.duration_s
+        ship_s += len(out.payload) / COPY_BYTES_PER_S + TASK_OVERHEAD_S
+        if compute_s <= 0:
+            return None
+        if compute_s * (1 - 1 / max(2, self.cores)) <= ship_s:
+            self.reason = (f"an item takes {compute_s / n * 1e6:.2f} us here, below the {ship_s / n * 1e6:.2f} us "
+                           "of shipping it to a worker and back")
+            return 1
+        workers = self.cores
+        room = self.memory_room()
+        if room is not None and out.peak_bytes > 0:
+            per_batch = out.peak_bytes * max(1.0, self.aim_s / compute_s)  # a batch grows to the time aim
+            workers = max(1, min(workers, int(room // per_batch)))
+        if workers == 1:
+            self.reason = "one batch at the time aim needs the whole memory target; a second worker would not fit"
+        else:
+            self.reason = (f"an item takes {compute_s / n * 1e6:.1f} us, above the {ship_s / n * 1e6:.2f} us of "
+                           f"shipping it; {workers} workers fit under the memory target")
+        return workers
+
+    def _start_workers(self, workers: int) -> None:
+        """Build the worker executor and run an empty batch through it, so its processes exist
+        before the first real batch is handed over; batches go on in-process meanwhile."""
+
+        def start() -> None:
+            try:
+                executor = self._parallel_factory(workers)
+                executor.max_tasks_per_worker = self.max_tasks_per_worker
+                executor.run_isolated(BatchTask(-1, 0, []))
+                self._starting = executor
+            except Exception:  # the run goes on in-process
+                logger.warning("n_jobs='auto': starting worker processes failed; staying in-process", exc_info=True)
+
+        self._warm = threading.Thread(target=start, name="batchmem-start-workers", daemon=True)
+        self._warm.start()
+
+    # the rest of the contract: delegated once the workers are up
+    def run_now(self, tasks: list[BatchTask]) -> list[BatchOutcome]:
+        if self.active is not None:
+            return self.active.run_now(tasks)
+        return [run_batch(self.fn, t, self.opts) for t in tasks]
+
+    def run_isolated(self, task: BatchTask) -> BatchOutcome:
+        if self.active is not None:
+            return self.active.run_isolated(task)
+        return run_batch(self.fn, task, self.opts)
+
+    def memory_plan(self, outcome: BatchOutcome | None, rss_bytes: int, pressure: Any, thresholds: Any) -> Any:
+        if self.active is not None:
+            return self.active.memory_plan(outcome, rss_bytes, pressure, thresholds)
+        return super().memory_plan(outcome, rss_bytes, pressure, thresholds)
+
+    def request_recycle(self, reason: str) -> bool:
+        return self.active.request_recycle(reason) if self.active is not None else False
+
+    def worker_pids(self) -> list[int]:
+        return self.active.worker_pids() if self.active is not None else []
+
+    def cancel(self) -> None:
+        if self.active is not None:
+            self.active.cancel()
+
+    def close(self) -> None:
+        if self._warm is not None:
+            self._warm.join(timeout=60)
+        used = self.active or self._starting  # started but never used when the run ended first
+        if used is not None:
+            used.close()
+            self.worker_deaths = used.worker_deaths
+            self.recycles, self.recycle_reasons = used.recycles, used.recycle_reasons
+        self._release_setup()
