@@ -346,6 +346,7 @@ class Run:
             "batch_size": self.asked.pop(o.start, o.size), "duration_s": o.duration_s, "peak_bytes": o.peak_bytes,
             "rss_after_bytes": r.rss_bytes, "pressure": r.pressure.label, "failed": o.failed,
             "gc_collections": o.gc_collections, "pid": o.pid, "weight": o.weight,
+            **({"worker": o.worker} if o.worker else {}),
         })
 
     def _account(self, o: BatchOutcome, r: _Reading) -> None:
@@ -357,8 +358,12 @@ class Run:
         st.gc_collections += o.gc_collections
         st.weight += o.weight if o.weight is not None else o.size
         self.peak_bytes_sum += o.peak_bytes
-        base = self.last_sample.rss_bytes if self.last_sample else o.start_rss_bytes
-        st.peak_rss_bytes = max(st.peak_rss_bytes, base + o.peak_bytes, r.rss_bytes)
+        if self.executor.local_memory:
+            base = self.last_sample.rss_bytes if self.last_sample else o.start_rss_bytes
+            st.peak_rss_bytes = max(st.peak_rss_bytes, base + o.peak_bytes, r.rss_bytes)
+        else:  # remote workers: the highest peak measured in a worker; this machine's apart
+            st.peak_rss_bytes = max(st.peak_rss_bytes, o.start_rss_bytes + o.peak_bytes)
+            st.client_peak_rss_bytes = max(st.client_peak_rss_bytes, r.rss_bytes)
         if r.sample:
             self.last_sample = r.sample
 

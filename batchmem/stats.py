@@ -57,7 +57,9 @@ class RunStats:
     seen during the run: sampled between batches plus the high-water mark of
     each batch measured where it ran (exact for serial runs; for parallel runs
     the settled tree RSS plus the batch's own peak, a lower bound when several
-    batches peak together). ``bytes_per_item`` is the peak RSS growth of a batch
+    batches peak together). On remote workers (dask) it is the highest peak
+    measured in a worker process (its RSS at the batch's start plus the batch's
+    peak growth) and ``client_peak_rss_bytes`` is this machine's. ``bytes_per_item`` is the peak RSS growth of a batch
     over its starting level divided by its items, over all batches
     (:func:`bytes_per_item`); ``items_per_s`` is items over the run's wall
     seconds (:func:`items_per_second`). ``learned_batch_size`` (items) is what
@@ -73,6 +75,7 @@ class RunStats:
     duration_s: float = 0.0
     items_per_s: float = 0.0
     peak_rss_bytes: int = 0
+    client_peak_rss_bytes: int = 0  # remote workers (dask): this process tree's own peak; peak_rss_bytes is a worker's
     bytes_per_item: float = 0.0
     memory_limit_bytes: int = 0
     limit_source: str = ""

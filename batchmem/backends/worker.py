@@ -105,6 +105,7 @@ class BatchOutcome:
     pid: int = 0
     heap_bytes: int = 0  # malloc in-use bytes of this process when the batch started (glibc; 0 elsewhere)
     weight: float | None = None  # the task's weight (set by the run loop; None: its item count)
+    worker: str = ""  # where it ran, for remote workers (dask: the worker's address)
 
 
 #: Batches whose peak grew by at least this many bytes hand their freed heap back to the kernel.
