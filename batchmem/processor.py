@@ -270,6 +270,15 @@ class BatchProcessor:
         except BaseException:
             executor.close()  # e.g. a dask client made from scheduler_address
             raise
+        self._execute(run)
+        failed = run.stats.failed or files.ckpt.failed
+        return BatchResult(path, run.stats, errors_path if failed else None, fmt, spool=spool)
+
+    def _execute(self, run: Run) -> None:
+        """Run the loop under SIGINT/SIGTERM handling; the stats get their status; finish always runs.
+
+        Raises :class:`~batchmem.signals.RunInterrupted` after a signal (the checkpoint stands).
+        """
         stats = run.stats
         with StopOnSignals(self._stop_from_signal(run)) as signals:
             try:
@@ -289,9 +298,7 @@ class BatchProcessor:
                 signals.finishing()
                 run.finish()
         if signals.signum is not None:
-            raise RunInterrupted(signals.signum, files.ckpt.items, str(path))
-        failed = stats.failed or files.ckpt.failed
-        return BatchResult(path, stats, errors_path if failed else None, fmt, spool=spool)
+            raise RunInterrupted(signals.signum, run.files.ckpt.items, str(run.files.path))
 
     def _complete_result(self, path: Path, errors_path: Path, fmt: str) -> BatchResult:
         """The result of a finished output, from its stats file, touching no file."""
