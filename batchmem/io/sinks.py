@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +95,14 @@ def encode_results(results: Any, start_index: int, fallback: Callable[[Any], Any
     naming the type and item index of a result that cannot be encoded.
     """
     dumps, (default, option) = orjson.dumps, encoder_args(fallback)
+    pd = sys.modules.get("pandas")  # not imported: results cannot be a DataFrame (keeps pandas out of startup)
+    if pd is not None and isinstance(results, pd.DataFrame):
+        from .frame_json import encode_frame
+
+        try:
+            return encode_frame(results, default)  # columnar, no dict per row
+        except TypeError:
+            pass  # a value orjson cannot encode: the row path below names its item (or encodes it)
     buf = bytearray()  # not a list of lines: orjson's small outputs each keep a ~4 KB buffer while alive
     try:
         for r in _records(results):
