@@ -173,7 +173,8 @@ def edge_frame() -> pd.DataFrame:
         'quo"te\n': col([4]),
         "dup": col([5]),
     })
-    df.insert(3, "dup", col(["first position, overwritten"]), allow_duplicates=True)  # a dict keeps the first position, last value
+    # a repeated name: a dict keeps its first position and its last value
+    df.insert(3, "dup", col(["first position, overwritten"]), allow_duplicates=True)
     return df
 
 

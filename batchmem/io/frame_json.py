@@ -87,7 +87,7 @@ def encode_frame(df: pd.DataFrame, default: Callable[[Any], Any], rows_per_slice
     for lo in range(0, n, rows_per_slice):
         part = df.iloc[lo : lo + rows_per_slice]
         columns = [_column(part.iloc[:, j], default) for j in positions]
-        buf += b"".join(map(template.__mod__, zip(*columns)))
+        buf += b"".join(map(template.__mod__, zip(*columns, strict=True)))
     return bytes(buf)
 
 
