@@ -91,11 +91,11 @@ def encode_frame(df: pd.DataFrame, default: Callable[[Any], Any], rows_per_slice
             if arrow:
                 raise
     step = rows_per_slice or rows.rows_per_slice
-    buf = bytearray()
+    parts = []
     for lo in range(0, n, step):
         part = df.iloc[lo : lo + step]
-        buf += rows.join(keys, [_column(part.iloc[:, j], default, rows) for j in positions])
-    return bytes(buf)
+        parts.append(rows.join(keys, [_column(part.iloc[:, j], default, rows) for j in positions]))
+    return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
 
 
 def _keys(df: pd.DataFrame, default: Callable[[Any], Any]) -> tuple[list[bytes], list[int]]:
@@ -316,6 +316,15 @@ def _quote(values: list[str]) -> list[bytes] | None:
         raise TypeError(str(exc)) from None
 
 
+class _Unquoted:
+    """An Arrow column of escaped strings with no nulls, whose quotes ``join`` writes."""
+
+    __slots__ = ("arr",)
+
+    def __init__(self, arr: Any) -> None:
+        self.arr = arr
+
+
 class _ArrowRows(_Rows):
     """Columns as Arrow ``large_binary`` arrays; rows by ``pyarrow.compute.binary_join_element_wise``."""
 
@@ -356,8 +365,14 @@ class _ArrowRows(_Rows):
         if isinstance(arr, pa.ChunkedArray):
             arr = arr.combine_chunks()
         arr = self._escape(arr.cast(self.type))
-        quoted = pc.binary_join_element_wise(self.quote, arr, self.quote, self.empty)
-        return pc.fill_null(quoted, self.null) if quoted.null_count else quoted
+        if not arr.null_count:
+            return _Unquoted(arr)  # join() writes the quotes with the keys: one pass fewer
+        return pc.fill_null(self._quoted(arr), self.null)
+
+    def _quoted(self, arr: Any) -> Any:
+        if isinstance(arr, _Unquoted):
+            arr = arr.arr
+        return self.pc.binary_join_element_wise(self.quote, arr, self.quote, self.empty)
 
     def _escape(self, arr: Any) -> Any:
         """orjson's escapes, applied only for the special bytes present (UTF-8 never uses bytes < 0x80 inside
@@ -380,14 +395,23 @@ class _ArrowRows(_Rows):
 
     def take(self, encoded: Any, index: np.ndarray) -> Any:
         pa = self.pa
+        if isinstance(encoded, _Unquoted):
+            encoded = self._quoted(encoded)
         return pa.concat_arrays([encoded, pa.array([_NULL], self.type)]).take(pa.array(index))
 
     def join(self, keys: list[bytes], columns: list[Any]) -> memoryview:
         pa, pc, t = self.pa, self.pc, self.type
         pieces: list[Any] = []
+        text = b"{"  # the constant text between two columns' values
         for i, (key, col) in enumerate(zip(keys, columns, strict=True)):
-            pieces += [pa.scalar((b"{" if i == 0 else b",") + key + b":", t), col]
-        pieces.append(pa.scalar(b"}\n", t))
+            text += (b"," if i else b"") + key + b":"
+            if isinstance(col, _Unquoted):
+                pieces += [pa.scalar(text + b'"', t), col.arr]
+                text = b'"'
+            else:
+                pieces += [pa.scalar(text, t), col]
+                text = b""
+        pieces.append(pa.scalar(text + b"}\n", t))
         lines = pc.binary_join_element_wise(*pieces, self.empty)
         if isinstance(lines, pa.ChunkedArray):
             lines = lines.combine_chunks()

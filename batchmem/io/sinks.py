@@ -2,7 +2,9 @@
 
 Results are encoded with orjson in the process that produced them (so process
 workers send back one ``bytes`` object per batch instead of pickled objects)
-and appended by the parent in input order. A failed item under
+and appended by the parent in input order. A DataFrame of results is encoded a
+column at a time (:mod:`batchmem.io.frame_json`), to the same bytes as one
+``orjson.dumps`` per row dict would give. A failed item under
 ``on_error="skip"`` is written as ``null`` so the output keeps exactly one line
 per input item; its details go to the error sink.
 """
