@@ -288,3 +288,49 @@ def test_parquet_sink_builds_no_row_dicts(tmp_path, monkeypatch):
     assert len(back) == len(df)
     assert back["Int64"].isna().tolist() == df["Int64"].isna().tolist()
     assert back["str"].dropna().tolist() == df["str"].dropna().tolist()
+
+
+# -- through the processor -----------------------------------------------------------------------
+def _csv(tmp_path: Path) -> Path:
+    path = tmp_path / "in.csv"
+    n = 3_000
+    pd.DataFrame({
+        "when": pd.date_range("2020-03-28 23:00", periods=n, freq="37min"),
+        "n": np.arange(n), "x": np.linspace(-1, 1, n), "name": [f"é{i % 7}\"" for i in range(n)],
+        "maybe": [None if i % 5 == 0 else i for i in range(n)],
+    }).to_csv(path, index=False)
+    return path
+
+
+def _clean(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.assign(when=pd.to_datetime(df["when"]).dt.tz_localize("Europe/Paris", ambiguous="NaT", nonexistent="NaT"),
+                    maybe=df["maybe"].astype("Int64"))
+    out["name"] = out["name"].astype("category")
+    return out
+
+
+def test_batched_frame_results_through_the_processor(tmp_path):
+    """A chunked CSV, a batched DataFrame function, small adaptive batches: the JSONL is the row path's."""
+    import batchmem
+
+    path = _csv(tmp_path)
+    proc = batchmem.BatchProcessor(batch_size=100, batched=True, progress=False, process_name="frames")
+    result = proc.process(batchmem.read_csv(path), _clean, output=tmp_path / "out.jsonl")
+    assert result.stats.batches > 1
+    assert (tmp_path / "out.jsonl").read_bytes() == row_encoder(_clean(pd.read_csv(path)))
+
+
+def _row_fn(row: dict) -> dict:
+    assert isinstance(row, dict)
+    return {"n2": row["n"] * 2, "maybe": row["maybe"], "name": row["name"].upper()}
+
+
+def test_per_item_frame_rows_are_dicts(tmp_path):
+    """batched=False over a DataFrame source: fn gets one dict per row (the calling convention)."""
+    import batchmem
+
+    path = _csv(tmp_path)
+    proc = batchmem.BatchProcessor(batch_size=5_000, progress=False, process_name="rows")  # one batch > a slice
+    result = proc.process(batchmem.read_csv(path), _row_fn, output=tmp_path / "out.jsonl")
+    expected = [_row_fn(r) for r in pd.read_csv(path).to_dict("records")]
+    assert list(result) == orjson.loads(orjson.dumps(expected, option=orjson.OPT_SERIALIZE_NUMPY))

@@ -24,7 +24,7 @@ import orjson
 from ..errors import BatchFunctionError
 from ..heap.analyzer import heap_in_use_bytes
 from ..heap.monitor import PeakMemoryTracker
-from ..io.sinks import NULL_LINE, encode_results, error_record, encoder_args, serialization_error
+from ..io.sinks import NULL_LINE, encode_results, encoder_args, error_record, row_dicts, serialization_error
 from .worker_setup import WorkerSetup
 
 __all__ = ["BatchTask", "BatchOutcome", "RunOptions", "run_batch"]
@@ -164,7 +164,8 @@ def _call_with_retries(call: Callable[[], Any], opts: RunOptions) -> tuple[Any, 
     return value, retrying.statistics.get("attempt_number", 1)
 
 
-def _item_failure(out: BatchOutcome, index: int, item: Any, exc: BaseException, attempts: int, opts: RunOptions) -> bool:
+def _item_failure(out: BatchOutcome, index: int, item: Any, exc: BaseException, attempts: int,
+                  opts: RunOptions) -> bool:
     """Record a failed item; returns True if the batch must stop (``on_error="raise"``, or
     ``"retry"`` with ``retry_exhausted="raise"`` once the retries are used up)."""
     if opts.on_error == "raise" or (opts.on_error == "retry" and opts.retry_exhausted == "raise"):
@@ -175,7 +176,8 @@ def _item_failure(out: BatchOutcome, index: int, item: Any, exc: BaseException, 
     return False
 
 
-def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]) -> list[Any] | bytearray | None:
+def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome,
+               kwargs: dict[str, Any]) -> list[Any] | bytearray | None:
     """Per-item calling convention, one pass: call, then encode at once (``opts.encode``).
 
     Encoding each result as soon as it exists lets the result object die
@@ -185,7 +187,8 @@ def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: B
     to stop the run (``on_error="raise"``). Try blocks cost nothing until
     they catch (CPython >= 3.11).
     """
-    items = task.items.to_dict("records") if hasattr(task.items, "to_dict") else task.items
+    # A DataFrame batch: fn takes one row as a dict (the calling convention), converted a slice at a time.
+    items = row_dicts(task.items) if hasattr(task.items, "to_dict") else task.items
     call = functools.partial(fn, **kwargs) if kwargs else fn
     attempts = 1
     if opts.on_error == "retry" and opts.max_retries > 0:
@@ -223,7 +226,8 @@ def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: B
     return buf if encode else results
 
 
-def _run_batched(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]) -> Any:
+def _run_batched(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome,
+                 kwargs: dict[str, Any]) -> Any:
     """Batched calling convention: ``fn(batch) -> same-length list or DataFrame``."""
     try:
         results, _ = _call_with_retries(lambda: fn(task.items, **kwargs), opts)
@@ -259,7 +263,8 @@ def _ignore_sigint_in_loky_worker() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run_batch(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, kwargs: dict[str, Any] | None = None) -> BatchOutcome:
+def run_batch(fn: Callable[..., Any], task: BatchTask, opts: RunOptions,
+              kwargs: dict[str, Any] | None = None) -> BatchOutcome:
     """Run one batch and measure it; safe to call in a worker process.
 
     Returns a :class:`BatchOutcome` with wall seconds, the batch's peak RSS

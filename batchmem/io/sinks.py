@@ -23,7 +23,7 @@ import orjson
 
 from ..errors import SerializationError
 
-__all__ = ["JsonlSink", "encode_results", "error_record", "iter_jsonl", "open_sink"]
+__all__ = ["JsonlSink", "encode_results", "error_record", "iter_jsonl", "open_sink", "row_dicts"]
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 NULL_LINE = b"null\n"
@@ -45,16 +45,27 @@ def _default(obj: Any) -> Any:
     raise TypeError
 
 
-def _records(results: Any, rows_per_slice: int = 4096) -> Iterator[Any]:
-    """Yield the results one by one; a DataFrame yields its rows as dicts, a slice at a time.
+def row_dicts(frame: Any, rows_per_slice: int = 4096) -> Iterator[dict[Any, Any]]:
+    """Yield the rows of a DataFrame as ``to_dict("records")`` dicts, converting a slice at a time.
 
-    Converting a whole DataFrame chunk with ``to_dict("records")`` would hold
-    every row as a dict at once (hundreds of MB for a 40k-row chunk of the
-    flights example); slices of ``rows_per_slice`` rows bound that.
+    Converting a whole chunk at once would hold every row as a dict (hundreds of
+    MB for a 40k-row chunk of the flights example); slices of ``rows_per_slice``
+    rows bound that. Used where a dict per row is the point: the per-item calling
+    convention (``batched=False``) and naming the culprit of an encoding error.
     """
-    if hasattr(results, "to_dict") and hasattr(results, "columns"):
-        for lo in range(0, len(results), rows_per_slice):
-            yield from results.iloc[lo : lo + rows_per_slice].to_dict("records")
+    for lo in range(0, len(frame), rows_per_slice):
+        yield from frame.iloc[lo : lo + rows_per_slice].to_dict("records")
+
+
+def _is_frame(results: Any) -> bool:
+    pd = sys.modules.get("pandas")  # not imported: results cannot be a DataFrame (keeps pandas out of startup)
+    return pd is not None and isinstance(results, pd.DataFrame)
+
+
+def _records(results: Any) -> Iterator[Any]:
+    """Yield the results one by one; a DataFrame yields its rows as dicts (:func:`row_dicts`)."""
+    if _is_frame(results):
+        yield from row_dicts(results)
     else:
         yield from results
 
@@ -97,8 +108,7 @@ def encode_results(results: Any, start_index: int, fallback: Callable[[Any], Any
     naming the type and item index of a result that cannot be encoded.
     """
     dumps, (default, option) = orjson.dumps, encoder_args(fallback)
-    pd = sys.modules.get("pandas")  # not imported: results cannot be a DataFrame (keeps pandas out of startup)
-    if pd is not None and isinstance(results, pd.DataFrame):
+    if _is_frame(results):
         from .frame_json import encode_frame
 
         try:
