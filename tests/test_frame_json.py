@@ -179,10 +179,10 @@ def edge_frame() -> pd.DataFrame:
         "object_ints": col([1, 2**63, -5, None]),
         "object_ts": col([pd.Timestamp("2020-01-01 00:00:00.5"), pd.NaT, pd.Timestamp("2021-06-01", tz="UTC")]),
         "ts_ns": col(ts),
-        "ts_s": pd.Series(col(pd.to_datetime(["2013-01-01 05:15", None, "1900-01-01", "9999-12-31 23:59:59"],
-                                             format="ISO8601"))).astype("datetime64[s]"),
-        "ts_ms": pd.Series(col(pd.to_datetime(["2013-01-01 05:15:00.001", None, "1950-06-01 12:00:00.999"],
-                                              format="ISO8601"))).astype("datetime64[ms]"),
+        "ts_s": pd.Series(np.array(col(["2013-01-01T05:15", "NaT", "1900-01-01", "9999-12-31T23:59:59"]),
+                                   dtype="datetime64[s]")),
+        "ts_ms": pd.Series(np.array(col(["2013-01-01T05:15:00.001", "NaT", "1950-06-01T12:00:00.999"]),
+                                    dtype="datetime64[ms]")),
         "ts_old": pd.Series(col([np.datetime64("0900-01-01T00:00:00"), np.datetime64("NaT")]),
                             dtype="datetime64[s]"),
         "tz_paris": col(ts.tz_localize("Europe/Paris", nonexistent="shift_forward", ambiguous="NaT")),
@@ -250,7 +250,10 @@ def test_low_cardinality_strings_and_many_nulls():
     pd.DataFrame({"a": [1]}),
 ], ids=["empty", "no-columns", "no-rows", "one-cell"])
 def test_degenerate_frames(df):
-    assert_same(df)
+    if len(df.columns) == 0 and len(df):  # pandas < 3 gives no records at all: one line per row is the contract
+        assert encode_results(df, 0) == b"{}\n" * len(df)
+    else:
+        assert_same(df)
 
 
 def test_fallback_is_used_like_the_row_path():
