@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 
+def one_line(text: object) -> str:
+    """``text`` (or an exception's message) with its whitespace, newlines included, folded to single
+    spaces; an exception with an empty message gives its type name."""
+    folded = " ".join(str(text).split())
+    if not folded and isinstance(text, BaseException):
+        return type(text).__name__
+    return folded
+
+
 class BatchmemError(Exception):
     """Base class of every error batchmem raises on purpose; the CLI prints it and exits 2."""
 
