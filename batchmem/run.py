@@ -37,6 +37,7 @@ from .io.output import RunFiles
 from .io.sinks import NULL_LINE, error_record
 from .io.sources import take_weighted
 from .optimizer import BatchOptimizer
+from .optimizer.advice import RunSettings
 from .optimizer.control import BatchMeasurement
 from .options import RunConfig
 from .stats import RunStats, bytes_per_item, items_per_second, write_json_atomic
@@ -95,6 +96,7 @@ class Run:
         self.weighted = self.weighted and not self._probe
         self._plan = (baseline, in_flight)
         stats.weight_unit = weight_unit(b.weight, frames) if self.weighted else "items"
+        stats.settings = RunSettings.of_config(config).to_dict()
         optimizer.start_run(config.process_name, baseline_bytes=baseline, in_flight=in_flight,
                             weight_unit=stats.weight_unit)
         self.fixed_size = None if b.auto_optimize else b.batch_size
@@ -427,6 +429,7 @@ class Run:
                 "peak_rss_bytes": st.peak_rss_bytes, "bytes_per_item": st.bytes_per_item,
                 "batches": st.batches, "failed": st.failed,
                 "leaks": sum(1 for i in st.issues if i.get("kind") == "leak"), "finished_at": st.finished_at,
+                "memory_errors": st.memory_errors, "limit_source": st.limit_source, "settings": st.settings,
             })
 
     def _collect_issues(self) -> None:

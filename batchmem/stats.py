@@ -88,6 +88,7 @@ class RunStats:
     memory_errors: int = 0
     worker_deaths: int = 0  # worker processes that died during the run (their batches were retried in halves)
     learned_batch_size: int | None = None  # items
+    settings: dict[str, Any] = field(default_factory=dict)  # options advice checks (optimizer.advice.RunSettings)
     weight_unit: str = "items"  # what batches were budgeted in (batchmem.weights.weight_unit)
     weight: float = 0.0  # total weight of the committed items, weight units
     bytes_per_weight: float = 0.0  # peak bytes of a batch over its starting level per weight unit, over all batches
