@@ -659,9 +659,10 @@ def _accepts_state(fn: Any) -> bool:
 
 
 def _check_writable_folder(path: Path, field: str) -> None:
+    """The folder of ``path`` (or its nearest existing parent: missing folders are created) must be writable."""
     folder = path.parent
-    if not folder.exists():
-        raise JobFileError(f"{field}: folder {folder} does not exist; create it or change {field}")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     if not folder.is_dir():
         raise JobFileError(f"{field}: {folder} is not a folder; change {field}")
     if not os.access(folder, os.W_OK | os.X_OK):

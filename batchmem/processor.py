@@ -8,7 +8,6 @@ which cuts batches, runs them and commits them in input order.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -20,14 +19,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from .backends import RunOptions, make_executor
 from .backends.worker_setup import make_worker_setup
 from .errors import ConfigError
 from .heap.monitor import MemoryMonitor, PressureLevel
 from .heap.pressure import PressureCallbacks
-from .io.checkpoint import Checkpoint, checkpoint_path
+from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
 from .io.output import RunFiles, check_output, prepare_resume, sidecar
 from .io.sinks import iter_jsonl
 from .io.sources import as_source
@@ -179,9 +176,7 @@ class BatchProcessor:
                 "batched": self.config.batching.batched,
                 "process_name": self.process_name,
             }
-        fields = {str(k): v for k, v in given.items()}
-        key = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS, default=str)
-        return hashlib.sha256(key).hexdigest()[:16], orjson.loads(key)
+        return fingerprint(dict(given))
 
     def _spool(self) -> Path:
         """A private temporary folder for a run without ``output`` (see :class:`BatchResult`)."""

@@ -9,7 +9,7 @@ figures and recommendations::
     report = load_report("out.jsonl.stats.json")
     Path("report.html").write_text(render_html(report), encoding="utf-8")
 
-Units: sizes in bytes (shown in decimal MB/GB), durations in seconds,
+Units: sizes in bytes (shown in IEC binary units, KiB/MiB/GiB), durations in seconds,
 throughput in items per second (items over the run's wall seconds, the one
 definition of :func:`batchmem.stats.items_per_second`), memory cost in bytes
 per item (:func:`batchmem.stats.bytes_per_item`). The figures a report shares
@@ -27,7 +27,6 @@ import base64
 import html
 import io
 import logging
-import math
 import os
 import string
 import time
@@ -37,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from .units import format_bytes
 from .errors import ConfigError
 from .heap.monitor import PressureThresholds
 from .stats import RunStats, batch_records_frame
@@ -96,15 +96,6 @@ _BAND_COLORS = {"warning": "#f6d55c", "critical": "#f39c3c", "emergency": "#e74c
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def format_bytes(n: float | None) -> str:
-    """Bytes as a decimal size ("152MB", "1.50GB") via :func:`tqdm.tqdm.format_sizeof`."""
-    if n is None or (isinstance(n, float) and not math.isfinite(n)):
-        return "-"
-    from tqdm import tqdm
-
-    return tqdm.format_sizeof(float(n), "B", 1000) if n else "0 B"
 
 
 def _format(value: Any, kind: str) -> str:
@@ -547,7 +538,7 @@ img { max-width: 100%; } .muted { color: #666; } code { background: #f4f4f4; pad
 </head>
 <body>
 <h1>batchmem run report: $operation</h1>
-<p class="muted">Stats file <code>$source</code>; $n_batches per-batch records. Sizes in decimal MB/GB.</p>
+<p class="muted">Stats file <code>$source</code>; $n_batches per-batch records. Sizes in binary units (KiB, MiB, GiB).</p>
 $plot
 <h2>Figures</h2>
 <table>

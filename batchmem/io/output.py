@@ -66,8 +66,8 @@ def writing(what: str, path: Path) -> Iterator[None]:
         reason = f"{exc.strerror or exc}" + (f" ({code})" if code else "")
         raise OutputWriteError(
             f"{what}: writing {path} failed: {reason}; the checkpoint still matches the committed output: "
-            "free space (or fix the device) and resume (resume=True, or batchmem run JOB --resume)",
-            exc.errno,
+            "free space (or fix the device) and resume", exc.errno,
+            python_fix=" (process(..., resume=True))", cli_fix=" (batchmem run JOB --resume)",
         ) from exc
 
 

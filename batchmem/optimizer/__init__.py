@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from batchmem.optimizer.control import BatchMeasurement, BatchSizeController, ControlConfig, Decision
 from batchmem.optimizer.history import HistoryStore, history_dir
+from batchmem.units import format_bytes
 
 __all__ = [
     "BatchMeasurement",
@@ -50,16 +51,6 @@ _TREND_RUNS = 5
 _TREND_THRESHOLD = 0.25
 _DEFAULT_OPERATION = "default"
 _PRESSURE_LABELS = ("normal", "warning", "critical", "emergency")
-
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 def _number(value: Any) -> float | None:
@@ -406,7 +397,7 @@ class BatchOptimizer:
         if (t := trend("ewma_bytes_per_item", "bytes_per_item")) and t[1] >= t[0] * (1 + _TREND_THRESHOLD):
             out.append(
                 f"bytes per item grew {100 * (t[1] / t[0] - 1):.0f}% over the last {len(recent)} runs "
-                f"({_fmt_bytes(t[0])} -> {_fmt_bytes(t[1])}): inputs grew, or memory leaks across items"
+                f"({format_bytes(t[0])} -> {format_bytes(t[1])}): inputs grew, or memory leaks across items"
             )
         if (t := trend("items_per_s")) and t[1] <= t[0] * (1 - _TREND_THRESHOLD):
             out.append(
@@ -442,10 +433,10 @@ class BatchOptimizer:
 
         limit = self.memory_limit_bytes
         if batches >= 3 and memory_bound * 2 >= batches:
-            target = f" ({cfg.memory_target_fraction:.0%} of {_fmt_bytes(limit)})" if limit else ""
+            target = f" ({cfg.memory_target_fraction:.0%} of {format_bytes(limit)})" if limit else ""
             out.append(
                 f"batches hit the memory target{target} in {memory_bound} of {batches} batches in {when}: "
-                f"consider a larger memory_limit, or less memory per item ({_fmt_bytes(bpi)})"
+                f"consider a larger memory_limit, or less memory per item ({format_bytes(bpi)})"
             )
         if pressure:
             out.append(
