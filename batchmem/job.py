@@ -27,11 +27,9 @@ Public names: :func:`load_job`, :class:`Job`, :func:`run_job`,
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 import os
 import re
-import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,7 +50,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .errors import ConfigError, JobFileError
+from .backends.worker_setup import accepts_state
+from .callables import REF_RE, import_callable
+from .errors import ConfigError, JobFileError, one_line
 
 __all__ = [
     "BatchingConfig",
@@ -68,9 +68,6 @@ __all__ = [
 
 logger = logging.getLogger("batchmem")
 
-#: ``module:callable`` (the callable part may be dotted: ``module:Class.method``).
-_REF_PATTERN = r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$"
-_REF_RE = re.compile(_REF_PATTERN)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 
 #: Source types inferred from a file name (compression suffixes are stripped first).
@@ -102,9 +99,6 @@ class _FieldError(ValueError):
         self.field = field
 
 
-def _one_line(text: str) -> str:
-    """Collapse whitespace (newlines included) so an error message stays on one line."""
-    return " ".join(str(text).split())
 
 
 def _short_repr(value: Any, limit: int = 40) -> str:
@@ -247,7 +241,7 @@ class SourceConfig(_Section):
                 )
             self.type = inferred  # type: ignore[assignment]
         if self.type == "python":
-            if not _REF_RE.match(self.path):
+            if not REF_RE.match(self.path):
                 raise _FieldError(
                     "path",
                     f"with type: python, path must be 'module:callable' (e.g. 'items:generate'), got {self.path!r}",
@@ -465,7 +459,7 @@ class Job(_Section):
     @field_validator("function", "setup", "teardown")
     @classmethod
     def _check_ref(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and not _REF_RE.match(value):
+        if value is not None and not REF_RE.match(value):
             raise ValueError(f"expected 'module:callable' such as 'transform:clean', got {_short_repr(value)}")
         return value
 
@@ -495,18 +489,18 @@ class Job(_Section):
 
     def load_function(self) -> Any:
         """Import ``function`` (job folder on sys.path) and return the callable; JobFileError naming ``function``."""
-        return import_callable(self.function, field="function", base_dir=self.base_dir)
+        return import_callable(self.function, field="function", base_dir=self.base_dir, error=JobFileError)
 
     def build_source(self) -> Any:
         """The items to process: a lazy pandas reader for csv/jsonl/parquet, the callable's return value for python."""
         src = self.source
         if src.type == "python":
-            factory = import_callable(src.path, field="source.path", base_dir=self.base_dir)
+            factory = import_callable(src.path, field="source.path", base_dir=self.base_dir, error=JobFileError)
             try:
                 return factory(**src.options)
             except TypeError as exc:
                 raise JobFileError(
-                    f"source.options: calling {src.path} failed: {_one_line(exc)}; match the options to its parameters"
+                    f"source.options: calling {src.path} failed: {one_line(exc)}; match the options to its parameters"
                 ) from exc
         from .io import readers
 
@@ -515,7 +509,7 @@ class Job(_Section):
             return reader(src.path, **src.reader_kwargs())
         except TypeError as exc:
             raise JobFileError(
-                f"source.options: the {src.type} reader rejected the options: {_one_line(exc)}; remove or rename the option"
+                f"source.options: the {src.type} reader rejected the options: {one_line(exc)}; remove or rename the option"
             ) from exc
 
     def processor_kwargs(self, progress: bool | None = None) -> dict[str, Any]:
@@ -552,13 +546,13 @@ class Job(_Section):
         kwargs = self.processor_kwargs(progress)
         for key in ("setup", "teardown"):  # imported here: job folder on sys.path, errors naming the key
             if kwargs[key] is not None:
-                kwargs[key] = import_callable(kwargs[key], field=key, base_dir=self.base_dir)
+                kwargs[key] = import_callable(kwargs[key], field=key, base_dir=self.base_dir, error=JobFileError)
         try:
             return BatchProcessor(**kwargs)
         except JobFileError:
             raise
         except ConfigError as exc:  # the processor names its own option; say it is about this job
-            raise JobFileError(_one_line(exc)) from exc
+            raise JobFileError(one_line(exc)) from exc
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that decide what the output lines hold, for the resume check.
@@ -622,7 +616,7 @@ class Job(_Section):
         except JobFileError:
             raise
         except ConfigError as exc:
-            message = _one_line(exc)
+            message = one_line(exc)
             for key in self.source.options:  # the readers name options as source.<key>; say where they are set
                 if message.startswith(f"source.{key}:"):
                     message = f"source.options.{key}:" + message[len(f"source.{key}:"):]
@@ -634,28 +628,17 @@ class Job(_Section):
     def check_imports(self) -> None:
         """Import ``function`` (and a python source's callable) to prove they exist and are callable."""
         if self.source.type == "python":
-            import_callable(self.source.path, field="source.path", base_dir=self.base_dir)
+            import_callable(self.source.path, field="source.path", base_dir=self.base_dir, error=JobFileError)
         fn = self.load_function()
         for key in ("setup", "teardown"):
             ref = getattr(self, key)
             if ref is not None:
-                import_callable(ref, field=key, base_dir=self.base_dir)
-        if self.setup is not None and not _accepts_state(fn):
+                import_callable(ref, field=key, base_dir=self.base_dir, error=JobFileError)
+        if self.setup is not None and not accepts_state(fn):
             raise JobFileError(
                 f"function: with setup, {self.function} must accept the keyword argument state "
                 "(def fn(item, state): ...); add it or remove setup"
             )
-
-
-def _accepts_state(fn: Any) -> bool:
-    """Whether ``fn`` takes a keyword argument ``state`` (or ``**kwargs``); True when it cannot be told."""
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.kind is p.VAR_KEYWORD or (p.name == "state" and p.kind is not p.POSITIONAL_ONLY) for p in params)
 
 
 def _check_writable_folder(path: Path, field: str) -> None:
@@ -670,59 +653,6 @@ def _check_writable_folder(path: Path, field: str) -> None:
 
 
 # --------------------------------------------------------------------------- imports
-
-
-def import_callable(ref: str, *, field: str = "function", base_dir: Path | str | None = None) -> Any:
-    """Import ``module:attr`` (``attr`` may be dotted) and return it if callable.
-
-    ``base_dir`` (the job file's folder) is put first on :data:`sys.path` and
-    left there, so that worker processes unpickling the function by reference
-    can import the same module. Every failure is a one-line JobFileError
-    naming ``field``.
-    """
-    if not isinstance(ref, str) or not _REF_RE.match(ref):
-        raise JobFileError(f"{field}: expected 'module:callable' such as 'transform:clean', got {_short_repr(ref)}")
-    module_name, _, attr_path = ref.partition(":")
-    if base_dir is not None:
-        folder = str(Path(base_dir).resolve())
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-        importlib.invalidate_caches()
-    where = f" (searched {base_dir} and the installed packages)" if base_dir is not None else ""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or module_name
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise JobFileError(
-                f"{field}: cannot import module {missing!r}{where}; fix the module name in {ref!r} or install it"
-            ) from exc
-        raise JobFileError(
-            f"{field}: importing {module_name!r} failed: it needs module {missing!r}, which is not installed; install it"
-        ) from exc
-    except SyntaxError as exc:
-        raise JobFileError(
-            f"{field}: importing {module_name!r} failed: SyntaxError in {exc.filename} line {exc.lineno}: {_one_line(exc.msg)}; fix the module"
-        ) from exc
-    except Exception as exc:  # the user's module raised while importing
-        raise JobFileError(
-            f"{field}: importing {module_name!r} failed: {type(exc).__name__}: {_one_line(exc)}; fix the module"
-        ) from exc
-    obj: Any = module
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; define {part} there or fix the name"
-            owner = module_name if obj is module else f"{module_name}:{attr_path.rsplit('.', 1)[0]}"
-            raise JobFileError(f"{field}: {owner!r} has no attribute {part!r}{hint}") from None
-    if not callable(obj):
-        raise JobFileError(
-            f"{field}: {ref!r} is a {type(obj).__name__}, not a callable; point {field} at a function"
-        )
-    return obj
 
 
 # --------------------------------------------------------------------------- validation errors
@@ -800,7 +730,7 @@ def _one_line_validation_error(exc: ValidationError, where: str) -> JobFileError
             continue
         first_msg = _describe(err, names, dotted)
     more = f" (and {len(seen) - 1} more)" if len(seen) > 1 else ""
-    return JobFileError(_one_line(f"{where}{first_msg}{more}"))
+    return JobFileError(one_line(f"{where}{first_msg}{more}"))
 
 
 _SELF_EXPLAINING = {
@@ -846,7 +776,7 @@ def _read_yaml(path: Path) -> Any:
     except IsADirectoryError:
         raise JobFileError(f"job file {path}: is a folder; pass the path of a .yaml job file") from None
     except UnicodeDecodeError as exc:
-        raise JobFileError(f"job file {path}: not UTF-8 text ({_one_line(exc.reason)}); save it as UTF-8") from None
+        raise JobFileError(f"job file {path}: not UTF-8 text ({one_line(exc.reason)}); save it as UTF-8") from None
     except OSError as exc:
         raise JobFileError(f"job file {path}: cannot read it ({exc.strerror or exc}); check its permissions") from None
     try:
@@ -855,9 +785,9 @@ def _read_yaml(path: Path) -> Any:
         mark = exc.problem_mark or exc.context_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = exc.problem or exc.context or "syntax error"
-        raise JobFileError(f"job file {path}: invalid YAML{at}: {_one_line(problem)}; fix the syntax there") from None
+        raise JobFileError(f"job file {path}: invalid YAML{at}: {one_line(problem)}; fix the syntax there") from None
     except yaml.YAMLError as exc:
-        raise JobFileError(f"job file {path}: invalid YAML: {_one_line(exc)}; fix the syntax") from None
+        raise JobFileError(f"job file {path}: invalid YAML: {one_line(exc)}; fix the syntax") from None
     if data is None:
         raise JobFileError(
             f"job file {path}: is empty; it needs at least source, function and output (see `batchmem validate --help`)"
@@ -883,7 +813,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError as exc:
-        raise JobFileError(f"{where}: the value is not valid YAML ({_one_line(getattr(exc, 'problem', exc))}); quote it") from None
+        raise JobFileError(f"{where}: the value is not valid YAML ({one_line(getattr(exc, 'problem', exc))}); quote it") from None
     model: Any = Job
     node = data
     for i, part in enumerate(parts):
@@ -1062,7 +992,7 @@ def job_reference_markdown() -> str:
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
             key = f"{prefix}{name}"
-            desc = _one_line(field.description or "").replace("|", "\\|")
+            desc = one_line(field.description or "").replace("|", "\\|")
             kind = _type_label(field).replace("|", "\\|")
             rows.append(f"| `{key}` | {kind} | {_default_label(field)} | {desc} |")
             inner = _unwrap(field.annotation)

@@ -205,10 +205,10 @@ def test_function_is_imported_from_the_job_folder_even_from_elsewhere(tmp_path, 
 
 def test_import_callable_errors_name_the_field(tmp_path):
     with pytest.raises(JobFileError) as info:
-        import_callable("os.path:nope_join", field="function")
+        import_callable("os.path:nope_join", field="function", error=JobFileError)
     assert_one_line(info.value, "function:", "'nope_join'")
     with pytest.raises(JobFileError) as info:
-        import_callable("os:sep", field="setup")
+        import_callable("os:sep", field="setup", error=JobFileError)
     assert_one_line(info.value, "setup:", "not a callable")
     assert import_callable("os.path:join") is os.path.join
 
