@@ -56,6 +56,10 @@ class OutputExistsError(BatchmemError, FileExistsError):
     """The output file exists and neither overwrite nor resume was asked for."""
 
 
+class OutputLockedError(BatchmemError):
+    """Another batchmem run is writing the same output (it holds ``<output>.lock``)."""
+
+
 class ItemFailedError(BatchmemError):
     """An item failed under ``on_error="raise"``; names the item index. The original error is ``__cause__``."""
 
