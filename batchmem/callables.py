@@ -21,16 +21,16 @@ from typing import Any
 
 from .errors import ConfigError, one_line
 
-__all__ = ["REF_PATTERN", "import_callable", "is_reference", "short_repr"]
+__all__ = ["REF_PATTERN", "REF_RE", "import_callable", "is_reference", "short_repr"]
 
 #: ``module:callable`` (the callable part may be dotted: ``module:Class.method``).
 REF_PATTERN = r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$"
-_REF_RE = re.compile(REF_PATTERN)
+REF_RE = re.compile(REF_PATTERN)
 
 
 def is_reference(value: object) -> bool:
     """Whether ``value`` is a string of the form ``module:callable``."""
-    return isinstance(value, str) and _REF_RE.match(value) is not None
+    return isinstance(value, str) and REF_RE.match(value) is not None
 
 
 def short_repr(value: Any, limit: int = 40) -> str:

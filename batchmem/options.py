@@ -244,6 +244,14 @@ class Analysis:
         _number("gc_max_time_fraction", self.gc_max_time_fraction, high=1.0)
         if not isinstance(self.analyzer, Mapping):
             raise ConfigError(f"analyzer: {self.analyzer!r} is not a mapping of HeapAnalyzer keyword arguments")
+        import inspect
+
+        from .heap.analyzer import HeapAnalyzer
+
+        known = set(inspect.signature(HeapAnalyzer).parameters) - {"monitor", "trace_allocations", "gc_watch"}
+        for key in self.analyzer:
+            if key not in known:
+                raise ConfigError(f"analyzer.{key}: not an option of HeapAnalyzer; use one of {', '.join(sorted(known))}")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from .backends import BatchOutcome, BatchTask, Executor
 from .backends.auto import AutoExecutor
-from .errors import ItemFailedError, WorkerDiedError
+from .errors import ItemFailedError, WorkerDiedError, one_line
 from .heap.analyzer import Issue
 from .heap.gc_watch import ThrottledCollector
 from .heap.leak_guard import LeakGuard
@@ -322,11 +322,15 @@ class Run:
             return
         index, exc = o.error
         if self.config.errors.on_error == "retry":
-            policy = (f" after {1 + self.config.errors.max_retries} attempts; on_error='retry' with "
-                      "retry_exhausted='raise' stops the run (use retry_exhausted='skip' to record failures and go on)")
+            stops = f" after {1 + self.config.errors.max_retries} attempts; retrying with retry_exhausted raise stops the run"
+            python_fix = " (use retry_exhausted='skip' to record failures and go on)"
+            cli_fix = " (set retry_exhausted: skip, or --set retry_exhausted=skip, to record failures and go on)"
         else:
-            policy = "; on_error='raise' stops the run (use on_error='skip' to record failures and go on)"
-        raise ItemFailedError(f"item {index} failed: {type(exc).__name__}: {exc}{policy}", index) from exc
+            stops = "; on_error raise stops the run"
+            python_fix = " (use on_error='skip' to record failures and go on)"
+            cli_fix = " (set on_error: skip, or --set on_error=skip, to record failures and go on)"
+        message = f"item {index} failed: {type(exc).__name__}: {one_line(exc)}{stops}"
+        raise ItemFailedError(message, index, python_fix=python_fix, cli_fix=cli_fix) from exc
 
     def _write(self, o: BatchOutcome) -> None:
         self.files.write_results(o.payload, o.results, o.start)

@@ -83,7 +83,7 @@ def test_emergency_runs_cleanup_then_stops_with_everything_written(tmp_path):
 
 
 def test_adaptive_thresholds_from_the_baseline():
-    t = adaptive_thresholds(100 * MB, 1000 * MB)  # the seeds' baseline + 50 / 70 (/ 90) MB
+    t = adaptive_thresholds(100 * MB, 1000 * MB)  # baseline + 50 / 70 (/ 90) MB
     assert (t.warning, t.critical, t.emergency) == pytest.approx((0.15, 0.17, 0.19))
     squeezed = adaptive_thresholds(990 * MB, 1000 * MB)
     assert squeezed.warning < squeezed.critical < squeezed.emergency == 1.0

@@ -150,7 +150,7 @@ class PressureGuard:
                  first_utilization: float = 0.0) -> None:
         self.thresholds, self.sample, self.collector = thresholds, sample, collector
         self._stop, self._stopped = stop, stopped
-        self.callbacks = callbacks or PressureCallbacks()
+        self.callbacks = callbacks if callbacks is not None else PressureCallbacks()
         self.min_batch_size, self.max_wait_s = min_batch_size, max_wait_s
         self.last_pressure = thresholds.level(first_utilization)
         self.max_utilization = first_utilization

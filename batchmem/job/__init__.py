@@ -29,7 +29,8 @@ The package has one module per step:
 
 from __future__ import annotations
 
-from .actions import import_callable, run_job
+from ..callables import import_callable
+from .actions import run_job
 from .load import load_job
 from .reference import job_reference_markdown
 from .schema import BatchingConfig, ExecutionConfig, Job, OutputConfig, SourceConfig

@@ -15,23 +15,19 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import callables
 from ..backends.worker_setup import accepts_state
+from ..callables import import_callable
 from ..errors import ConfigError, JobFileError, one_line
 
 if TYPE_CHECKING:
     from .schema import Job
 
-__all__ = ["JobActions", "import_callable", "run_job"]
+__all__ = ["JobActions", "run_job"]
 
 
-def import_callable(ref: str, *, field: str = "function", base_dir: Path | str | None = None) -> Any:
-    """Import ``module:attr`` for a job file (see :func:`batchmem.callables.import_callable`).
-
-    ``base_dir`` (the job file's folder) goes first on :data:`sys.path`. Every
-    failure is a one-line :class:`~batchmem.errors.JobFileError` naming ``field``.
-    """
-    return callables.import_callable(ref, field=field, base_dir=base_dir, error=JobFileError)
+def _import(ref: str, field: str, base_dir: Path) -> Any:
+    """Import a job file's ``module:callable`` with its folder on sys.path; JobFileError naming ``field``."""
+    return import_callable(ref, field=field, base_dir=base_dir, error=JobFileError)
 
 
 class JobActions:
@@ -44,13 +40,13 @@ class JobActions:
 
     def load_function(self: Job) -> Any:
         """Import ``function`` (job folder on sys.path) and return the callable; JobFileError naming ``function``."""
-        return import_callable(self.function, field="function", base_dir=self.base_dir)
+        return _import(self.function, "function", self.base_dir)
 
     def build_source(self: Job) -> Any:
         """The items to process: a lazy pandas reader for csv/jsonl/parquet, the callable's return value for python."""
         src = self.source
         if src.type == "python":
-            factory = import_callable(src.path, field="source.path", base_dir=self.base_dir)
+            factory = _import(src.path, "source.path", self.base_dir)
             try:
                 return factory(**src.options)
             except TypeError as exc:
@@ -106,7 +102,7 @@ class JobActions:
         kwargs = self.processor_kwargs(progress)
         for key in ("setup", "teardown"):  # imported here: job folder on sys.path, errors naming the key
             if kwargs[key] is not None:
-                kwargs[key] = import_callable(kwargs[key], field=key, base_dir=self.base_dir)
+                kwargs[key] = _import(kwargs[key], key, self.base_dir)
         try:
             return BatchProcessor(**kwargs)
         except JobFileError:
@@ -189,12 +185,12 @@ class JobActions:
     def check_imports(self: Job) -> None:
         """Import ``function`` (and a python source's callable) to prove they exist and are callable."""
         if self.source.type == "python":
-            import_callable(self.source.path, field="source.path", base_dir=self.base_dir)
+            _import(self.source.path, "source.path", self.base_dir)
         fn = self.load_function()
         for key in ("setup", "teardown"):
             ref = getattr(self, key)
             if ref is not None:
-                import_callable(ref, field=key, base_dir=self.base_dir)
+                _import(ref, key, self.base_dir)
         if self.setup is not None and not accepts_state(fn):
             raise JobFileError(
                 f"function: with setup, {self.function} must accept the keyword argument state "
@@ -203,9 +199,10 @@ class JobActions:
 
 
 def _check_writable_folder(path: Path, field: str) -> None:
+    """The folder of ``path`` (or its nearest existing parent: missing folders are created) must be writable."""
     folder = path.parent
-    if not folder.exists():
-        raise JobFileError(f"{field}: folder {folder} does not exist; create it or change {field}")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     if not folder.is_dir():
         raise JobFileError(f"{field}: {folder} is not a folder; change {field}")
     if not os.access(folder, os.W_OK | os.X_OK):
