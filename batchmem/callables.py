@@ -50,11 +50,13 @@ def import_callable(ref: str, *, field: str = "function", base_dir: Path | str |
                 f"{field}: cannot import module {missing!r}{where}; fix the module name in {ref!r} or install it"
             ) from exc
         raise error(
-            f"{field}: importing {module_name!r} failed: it needs module {missing!r}, which is not installed; install it"
+            f"{field}: importing {module_name!r} failed: it needs module {missing!r}, which is not installed; "
+            "install it"
         ) from exc
     except SyntaxError as exc:
         raise error(
-            f"{field}: importing {module_name!r} failed: SyntaxError in {exc.filename} line {exc.lineno}: {one_line(exc.msg)}; fix the module"
+            f"{field}: importing {module_name!r} failed: SyntaxError in {exc.filename} line {exc.lineno}: "
+            f"{one_line(exc.msg)}; fix the module"
         ) from exc
     except Exception as exc:  # the user's module raised while importing
         raise error(
