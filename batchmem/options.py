@@ -251,7 +251,8 @@ class Analysis:
         known = set(inspect.signature(HeapAnalyzer).parameters) - {"monitor", "trace_allocations", "gc_watch"}
         for key in self.analyzer:
             if key not in known:
-                raise ConfigError(f"analyzer.{key}: not an option of HeapAnalyzer; use one of {', '.join(sorted(known))}")
+                listed = ", ".join(sorted(known))
+                raise ConfigError(f"analyzer.{key}: not an option of HeapAnalyzer; use one of {listed}")
 
 
 @dataclass(frozen=True)

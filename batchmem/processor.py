@@ -135,7 +135,8 @@ class BatchProcessor:
             import_distributed()  # fail now, naming the extra to install, if dask.distributed is missing
         ex = self.config.execution
         self.worker_setup = make_worker_setup(ex.setup, ex.teardown)
-        self.monitor = MemoryMonitor(self.config.pressure.memory_limit, thresholds=self.config.pressure.pressure_thresholds)
+        p = self.config.pressure
+        self.monitor = MemoryMonitor(p.memory_limit, thresholds=p.pressure_thresholds)
         self.pressure_callbacks = PressureCallbacks()
         b = self.config.batching
         self.optimizer = BatchOptimizer(memory_limit_bytes=self.monitor.limit.bytes, config=b.control_config(),
@@ -161,7 +162,8 @@ class BatchProcessor:
         """
         self.pressure_callbacks.register(level, callback, cooldown_s)
 
-    def _fingerprint(self, fn: Callable[..., Any], given: str | Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def _fingerprint(self, fn: Callable[..., Any],
+                     given: str | Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """The fingerprint of what produces the results, and the fields it hashes (to name a change).
 
         ``given``: a string (used as is) or a mapping of result-affecting settings

@@ -322,7 +322,8 @@ class Run:
             return
         index, exc = o.error
         if self.config.errors.on_error == "retry":
-            stops = f" after {1 + self.config.errors.max_retries} attempts; retrying with retry_exhausted raise stops the run"
+            attempts = 1 + self.config.errors.max_retries
+            stops = f" after {attempts} attempts; retrying with retry_exhausted raise stops the run"
             python_fix = " (use retry_exhausted='skip' to record failures and go on)"
             cli_fix = " (set retry_exhausted: skip, or --set retry_exhausted=skip, to record failures and go on)"
         else:

@@ -6,10 +6,10 @@ import logging
 import pytest
 
 from batchmem import BatchProcessor, MemoryMonitor
-from batchmem.io.checkpoint import Checkpoint, checkpoint_path
 from batchmem.errors import ConfigError
 from batchmem.heap.monitor import PressureLevel
 from batchmem.heap.pressure import PressureCallbacks, adaptive_thresholds
+from batchmem.io.checkpoint import Checkpoint, checkpoint_path
 
 MB = 10**6
 #: Blocks above glibc's largest mmap threshold (32 MiB), so freeing one returns it to the kernel at once.

@@ -90,7 +90,9 @@ def register_backend(name: str, factory: BackendFactory) -> None:
     Raises :class:`~batchmem.errors.ConfigError` when ``factory`` is not callable.
     """
     if not callable(factory):
-        raise ConfigError(f"register_backend: factory for {name!r} is not callable; pass a function returning an Executor")
+        raise ConfigError(
+            f"register_backend: factory for {name!r} is not callable; pass a function returning an Executor"
+        )
     BACKENDS[name] = factory
 
 

@@ -1,4 +1,4 @@
-"""The usual next steps of a new user, through the real CLI: run again, Ctrl-C then run again, --resume a finished job."""
+"""A new user's next steps through the real CLI: run again, Ctrl-C then run again, --resume a finished job."""
 
 from __future__ import annotations
 
