@@ -35,6 +35,7 @@ __all__ = [
     "Pressure",
     "RunConfig",
     "group_options",
+    "option_names",
 ]
 
 #: The Node.js module's option names, accepted as keyword aliases.
@@ -295,6 +296,11 @@ class RunConfig:
     pressure: Pressure = field(default_factory=Pressure)
     analysis: Analysis = field(default_factory=Analysis)
     output: Output = field(default_factory=Output)
+
+
+def option_names() -> frozenset[str]:
+    """Every option's flat keyword name (the fields of all groups)."""
+    return frozenset(_FLAT)
 
 
 def group_options(groups: Mapping[str, Any], flat: Mapping[str, Any], *, process_name: str = "default") -> RunConfig:

@@ -389,13 +389,17 @@ def test_build_processor_maps_the_job(tmp_path):
     )
     job = load_job(make_job(tmp_path, body))
     kwargs = job.processor_kwargs(progress=False)
-    assert kwargs == dict(
+    expected = dict(
         batch_size=20, auto_optimize=False, memory_limit=0.5, detect_memory_issues=False, process_name="mapped",
         n_jobs=2, backend="threading", batched=False, on_error="skip", max_retries=1, progress=False,
         min_batch_size=5, max_batch_size=80, target_batch_seconds=(1.0, 2.0), memory_target_fraction=0.4,
         setup=None, teardown=None, scheduler_address=None,
         retry_exhausted="skip", fsync=True, json_default=None,
     )
+    assert {k: kwargs[k] for k in expected} == expected
+    from batchmem.options import option_names
+
+    assert set(kwargs) == option_names() - {"client"} | {"process_name"}  # every option but a Python object
     assert job.processor_kwargs()["progress"] is True
     proc = job.build_processor(progress=False)
     c = proc.config

@@ -80,3 +80,74 @@ def test_the_constructor_takes_at_most_twelve_parameters():
     import inspect
 
     assert len(inspect.signature(BatchProcessor.__init__).parameters) - 1 <= 12  # without self
+
+
+#: option -> (its value in Python, the same value as a job file writes it).
+BOTH_WAYS = {
+    "batch_size": (7, "7"), "auto_optimize": (False, "false"), "batched": (True, "true"),
+    "min_batch_size": (2, "2"), "max_batch_size": (900, "900"), "target_batch_seconds": ((0.3, 3.0), "[0.3, 3.0]"),
+    "memory_target_fraction": (0.5, "0.5"), "use_history": (False, "false"), "weight": ("optfns:weigh", "optfns:weigh"),
+    "n_jobs": (2, "2"), "backend": ("threading", "threading"), "scheduler_address": ("tcp://127.0.0.1:1", "tcp://127.0.0.1:1"),
+    "connect_timeout": (3.0, "3.0"), "setup": ("optfns:setup", "optfns:setup"),
+    "teardown": ("optfns:teardown", "optfns:teardown"), "max_tasks_per_worker": (5, "5"),
+    "recycle_leaking_workers": (False, "false"), "stop_grace_seconds": (4.0, "4.0"), "on_error": ("retry", "retry"),
+    "max_retries": (1, "1"), "retry_exhausted": ("raise", "raise"), "memory_limit": (512 << 20, "512MiB"),
+    "memory_monitoring": (False, "false"),
+    "pressure_thresholds": (PressureThresholds(0.7, 0.8, 0.9), "{warning: 0.7, critical: 0.8, emergency: 0.9}"),
+    "adaptive_thresholds": (True, "true"), "pressure_max_wait_s": (2.0, "2.0"), "terminate_fraction": (0.9, "0.9"),
+    "detect_memory_issues": (False, "false"), "trace_allocations": (True, "true"),
+    "gc_max_time_fraction": (0.1, "0.1"), "force_gc_on_completion": (True, "true"),
+    "analyzer": ({"window": 20}, "{window: 20}"),
+    "fsync": (False, "false"), "json_default": (str, "str"), "progress": (False, "false"),
+}
+#: Options a job file cannot hold: a live Python object.
+PYTHON_ONLY = {"client"}
+
+
+def _job_key(name: str) -> str:
+    from batchmem.job import Job
+
+    if name in Job.model_fields:
+        return name
+    for section in ("batching", "execution", "pressure", "analysis", "output"):
+        if name in Job.model_fields[section].annotation.model_fields:
+            return f"{section}.{name}"
+    raise AssertionError(f"{name} has no job-file key")
+
+
+def test_every_option_but_a_live_object_is_a_job_file_key():
+    assert BOTH_WAYS.keys() | PYTHON_ONLY == NON_DEFAULT.keys()
+    for name in BOTH_WAYS:
+        _job_key(name)
+
+
+@pytest.mark.parametrize("name", sorted(BOTH_WAYS))
+def test_every_option_can_be_set_in_python_and_in_a_job_file(tmp_path, name):
+    import importlib
+    import sys
+
+    from batchmem.job import load_job
+
+    (tmp_path / "optfns.py").write_text(
+        "def fn(item, state=None):\n    return item\n\n"
+        "def weigh(item):\n    return 1.0\n\n"
+        "def setup():\n    return {}\n\n"
+        "def teardown(state):\n    pass\n"
+    )
+    (tmp_path / "job.yaml").write_text(
+        "source: {type: python, path: 'optfns:fn'}\nfunction: optfns:fn\noutput: {path: out.jsonl}\n"
+        + ("setup: optfns:setup\n" if name == "teardown" else "")
+    )
+    python_value, yaml_value = BOTH_WAYS[name]
+    job = load_job(tmp_path / "job.yaml", (f"{_job_key(name)}={yaml_value}",))
+    from_file = job.build_processor().config
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = importlib.import_module("optfns")
+        value = getattr(module, python_value.split(":")[1]) if name in ("weight", "setup", "teardown") else python_value
+        extra = {"setup": module.setup} if name == "teardown" else {}
+        from_python = BatchProcessor(process_name="job", **extra, **{name: value}).config
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("optfns", None)
+    assert from_file == from_python

@@ -67,33 +67,28 @@ class JobActions:
     def processor_kwargs(self: Job, progress: bool | None = None) -> dict[str, Any]:
         """Keyword arguments of :class:`~batchmem.processor.BatchProcessor` for this job.
 
-        The one mapping from job-file keys to processor options (``progress``
-        overrides the file's ``progress``).
+        The sections pass straight through: every job key named like an option of
+        :mod:`batchmem.options` (in ``batching``, ``execution``, ``pressure``, ``analysis``,
+        ``output`` or at the top level) becomes that option; only the job-file spellings
+        of Python objects are translated (``weight``, ``json_default``; ``setup`` and
+        ``teardown`` are imported by :meth:`build_processor`). ``progress`` overrides the file.
         """
-        b, e = self.batching, self.execution
-        return dict(
-            batch_size=b.batch_size,
-            auto_optimize=b.auto_optimize,
-            memory_limit=b.memory_limit,
-            detect_memory_issues=self.detect_memory_issues,
-            process_name=self.name,
-            n_jobs=e.n_jobs,
-            backend=e.backend,
-            batched=self.batched,
-            on_error=self.on_error,
-            max_retries=self.max_retries,
-            retry_exhausted=self.retry_exhausted,
-            fsync=self.output.fsync,
-            json_default=str if self.output.json_default == "str" else None,
-            progress=self.progress if progress is None else progress,
-            min_batch_size=b.min_batch_size,
-            max_batch_size=b.max_batch_size,
-            target_batch_seconds=tuple(b.target_batch_seconds),
-            memory_target_fraction=b.memory_target_fraction,
-            setup=self.setup,
-            teardown=self.teardown,
-            scheduler_address=e.scheduler_address,
-        )
+        from ..options import option_names
+
+        names = option_names()
+        kwargs: dict[str, Any] = {k: v for k, v in self if k in names}
+        for section in ("batching", "execution", "pressure", "analysis", "output"):
+            kwargs.update((k, v) for k, v in getattr(self, section).model_dump().items() if k in names)
+        kwargs["process_name"] = self.name
+        kwargs["target_batch_seconds"] = tuple(kwargs["target_batch_seconds"])
+        kwargs["json_default"] = str if kwargs["json_default"] == "str" else None
+        if kwargs["weight"] == "none":
+            kwargs["weight"] = None
+        elif kwargs["weight"] != "auto":
+            kwargs["weight"] = _import(kwargs["weight"], "batching.weight", self.base_dir)
+        if progress is not None:
+            kwargs["progress"] = progress
+        return kwargs
 
     def build_processor(self: Job, progress: bool | None = None) -> Any:
         """A :class:`~batchmem.processor.BatchProcessor` configured from this job (``progress`` overrides the file)."""

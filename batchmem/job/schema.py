@@ -257,6 +257,23 @@ class BatchingConfig(_Section):
     memory_target_fraction: float = Field(
         0.6, gt=0.0, le=1.0, description="Share of the free memory under the limit that batches in flight may fill."
     )
+    use_history: bool = Field(
+        True, description="Warm-start from, and record into, the operation's run history (`batchmem stats`)."
+    )
+    weight: str = Field(
+        "auto",
+        description=(
+            "Cost unit of an item, so batches are budgeted in it: `auto` (its size: characters, bytes, file size; "
+            "1 for numbers), `none` (count items), or `module:callable` returning a number >= 0 per item."
+        ),
+    )
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, value: str) -> str:
+        if value not in ("auto", "none") and not is_reference(value):
+            raise ValueError(f"expected auto, none or 'module:callable' such as 'weights:tokens', got {value!r}")
+        return value
 
     @field_validator("memory_limit", mode="before")
     @classmethod
@@ -289,8 +306,12 @@ class BatchingConfig(_Section):
 class ExecutionConfig(_Section):
     """``execution``: where batches run."""
 
-    n_jobs: int = Field(
-        1, description="Batches run at once: 1 runs in-process; -1 uses every CPU (joblib convention). Not 0."
+    n_jobs: int | Literal["auto"] = Field(
+        1,
+        description=(
+            "Batches run at once: 1 runs in-process; -1 uses every CPU (joblib convention); `auto` runs in-process "
+            "until an item costs more than shipping it to a worker, then uses as many workers as fit. Not 0."
+        ),
     )
     backend: Literal["loky", "threading", "multiprocessing", "dask", "sequential"] | None = Field(
         None,
@@ -304,6 +325,20 @@ class ExecutionConfig(_Section):
             "Address of a dask scheduler (`tcp://host:8786`) to connect to; implies backend dask. "
             "Default: none (dask's default client)."
         ),
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to wait for a scheduler address that does not answer (refused fails at once)."
+    )
+    max_tasks_per_worker: int | None = Field(
+        None, ge=1, description="Replace the worker processes after this many batches each. Default: never."
+    )
+    recycle_leaking_workers: bool = Field(
+        True, description="Replace the worker processes when the heap analyzer flags a leak in one."
+    )
+    stop_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="After SIGINT/SIGTERM, seconds the batches in flight may take before they are cancelled.",
     )
 
     @model_validator(mode="after")
@@ -322,6 +357,55 @@ class ExecutionConfig(_Section):
                     "set backend: dask or remove scheduler_address",
                 )
         return self
+
+
+class ThresholdsConfig(_Section):
+    """``pressure.pressure_thresholds``: utilization of the limit at which pressure escalates."""
+
+    warning: float = Field(0.80, gt=0, le=1, description="Shrink batches and collect garbage from here.")
+    critical: float = Field(0.90, gt=0, le=1, description="Pause dispatch (backpressure) from here.")
+    emergency: float = Field(0.95, gt=0, le=1, description="Run cleanup callbacks and stop cleanly from here.")
+
+
+class PressureConfig(_Section):
+    """``pressure``: what happens as memory use nears the limit."""
+
+    memory_monitoring: bool = Field(True, description="Sample the process tree's RSS after every batch.")
+    pressure_thresholds: ThresholdsConfig = Field(
+        default_factory=ThresholdsConfig,
+        description="Escalation levels (mapping; see `pressure.pressure_thresholds.*`).",
+    )
+    adaptive_thresholds: bool | dict[str, float] = Field(
+        False,
+        description=(
+            "true (or a mapping of warning_mb/critical_mb/emergency_mb) puts the levels at the run's starting "
+            "RSS + 50/70/90 MB instead."
+        ),
+    )
+    pressure_max_wait_s: float = Field(
+        10.0, ge=0, description="Longest pause of dispatch at critical pressure, seconds; then min_batch_size."
+    )
+    terminate_fraction: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Share of the limit at which the OOM watchdog kills the worker process holding the most memory.",
+    )
+
+
+class AnalysisConfig(_Section):
+    """``analysis``: heap analysis and garbage collection."""
+
+    trace_allocations: bool = Field(
+        False, description="Trace allocations (tracemalloc) so leak verdicts name source lines; 3-5x slower."
+    )
+    gc_max_time_fraction: float = Field(
+        0.05, gt=0, le=1, description="Share of wall time garbage collection between batches may take."
+    )
+    force_gc_on_completion: bool = Field(False, description="Run gc.collect() once the run ends.")
+    analyzer: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the heap analyzer (window, min_batches, min_confidence, ...)."
+    )
 
 
 class OutputConfig(_Section):
@@ -419,6 +503,12 @@ class Job(JobActions, _Section):
     )
     execution: ExecutionConfig = Field(
         default_factory=ExecutionConfig, description="Parallel execution (mapping; see `execution.*`)."
+    )
+    pressure: PressureConfig = Field(
+        default_factory=PressureConfig, description="Memory pressure escalation (mapping; see `pressure.*`)."
+    )
+    analysis: AnalysisConfig = Field(
+        default_factory=AnalysisConfig, description="Heap analysis and GC (mapping; see `analysis.*`)."
     )
     output: OutputConfig = Field(description="Where results go (mapping; see `output.*`).")
     on_error: Literal["raise", "skip", "retry"] = Field(
