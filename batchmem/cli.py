@@ -195,7 +195,6 @@ def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: b
       batchmem run job.yaml --resume
       batchmem run job.yaml --restart
     """
-    from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
     from .job import load_job, run_job
     from .signals import RunInterrupted
 
@@ -205,14 +204,8 @@ def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: b
     if restart:
         overrides = (*overrides, "output.overwrite=true")
     job = load_job(job_file, overrides, resume=resume_mode is not False)
-    if resume_mode == "auto":  # continue an unfinished run of this job; otherwise the usual checks
-        committed = Checkpoint.load(checkpoint_path(job.output.path)) if job.output.path.exists() else None
-        same = committed is not None and committed.fingerprint == fingerprint(job.fingerprint_fields())[0]
-        resume_mode = same and not committed.complete
-        if resume_mode:
-            click.echo(f"resuming: {committed.items:,} items already committed (--restart to start over)", err=True)
-        else:
-            job.check_files(resume=False)
+    if resume_mode == "auto":
+        resume_mode = _auto_resume(job)
     try:
         result = run_job(job, resume=resume_mode, progress=False if no_progress else None)
     except RunInterrupted as exc:
@@ -242,6 +235,21 @@ def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: b
             return EXIT_FAILED if stats.failed else exc.exit_code
         click.echo(f"report: {job.report}")
     return EXIT_FAILED if stats.failed else EXIT_OK
+
+
+def _auto_resume(job: Any) -> bool:
+    """A plain ``run`` continues an unfinished run of the same job (and says so); otherwise the usual
+    output checks apply (an existing output needs ``output.overwrite``)."""
+    from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
+
+    path = job.output.path
+    committed = Checkpoint.load(checkpoint_path(path)) if path.exists() else None
+    same = committed is not None and committed.fingerprint == fingerprint(job.fingerprint_fields())[0]
+    if same and not committed.complete:
+        click.echo(f"resuming: {committed.items:,} items already committed (--restart to start over)", err=True)
+        return True
+    job.check_files(resume=False)
+    return False
 
 
 def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:

@@ -242,12 +242,8 @@ class BatchProcessor:
             raise ConfigError(f"output.format: {fmt!r} is not supported; use jsonl or parquet")
         errors_path = Path(errors_output) if errors_output else sidecar(path, ".errors.jsonl")
         fingerprint, fingerprint_fields = self._fingerprint(fn, fingerprint)
-        committed = Checkpoint.load(checkpoint_path(path)) if path.exists() else None
-        same_job = committed is not None and committed.fingerprint == fingerprint
-        if resume == "auto":  # continue an unfinished run of the same job; otherwise start as usual
-            resume = same_job and not committed.complete
-        if resume and same_job and committed.complete:
-            logger.debug("already complete: %d items in %s; nothing to do", committed.items, path)
+        resume, complete = _resume_decision(path, fingerprint, resume)
+        if complete:
             return self._complete_result(path, errors_path, fmt)
         check_output(path, overwrite=overwrite, resume=bool(resume))
         source = as_source(items)
@@ -346,3 +342,16 @@ class BatchProcessor:
             batches_path=str(files.batches_path),
             started_at=time.time(),
         )
+
+
+def _resume_decision(path: Path, fingerprint: str, resume: bool | str) -> tuple[bool | str, bool]:
+    """``(resume, already_complete)`` for an output: ``"auto"`` resumes an unfinished run of the same
+    fingerprint and otherwise starts afresh; resuming a finished run of the same fingerprint is a no-op."""
+    committed = Checkpoint.load(checkpoint_path(path)) if path.exists() else None
+    same_job = committed is not None and committed.fingerprint == fingerprint
+    if resume == "auto":
+        resume = same_job and not committed.complete
+    complete = bool(resume) and same_job and committed.complete
+    if complete:
+        logger.debug("already complete: %d items in %s; nothing to do", committed.items, path)
+    return resume, complete
