@@ -84,6 +84,8 @@ class Run:
             stats.memory_limit_bytes, stats.limit_source = limit.bytes, limit.source
         if config.execution.backend == "dask":
             stats.n_jobs = executor.in_flight  # worker threads of the cluster
+        if optimizer.memory_limit_bytes:
+            executor.guard_memory(optimizer.memory_limit_bytes, config.pressure.terminate_fraction)
         self._guards(callbacks)
         baseline, _, in_flight = executor.memory_plan(None, self.last_sample.rss_bytes, self.last_sample.pressure,
                                                       monitor.thresholds)
@@ -274,7 +276,8 @@ class Run:
             subs = [self.executor.run_isolated(h) for h in halves]
         else:
             subs = self.executor.run_now(list(halves))
-        out_of_memory = outcome.split == "memory" or "SIGKILL" in outcome.worker_exit  # SIGKILL: an OOM kill
+        # SIGKILL (the kernel's OOM killer) or the watchdog's kill: out of memory
+        out_of_memory = outcome.split == "memory" or "SIGKILL" in outcome.worker_exit or "OOM" in outcome.worker_exit
         if out_of_memory and not any(sub.split for sub in subs):
             # The batch did not fit and its halves did: a property of the batch size, not of one item.
             with self.lock:
@@ -286,10 +289,13 @@ class Run:
         """The outcome of one item that raised MemoryError or killed its worker on its own."""
         if outcome.split == "worker_died":
             how = outcome.worker_exit
-            err: BaseException = WorkerDiedError(
-                f"worker died ({how}) while running item {task.start} on its own (os._exit, a signal such as "
-                "the OOM killer's SIGKILL, or a crash in a C extension)"
-            )
+            if how.startswith("killed by the OOM watchdog"):
+                err: BaseException = WorkerDiedError(f"item {task.start} alone: worker {how}")
+            else:
+                err = WorkerDiedError(
+                    f"worker died ({how}) while running item {task.start} on its own (os._exit, a signal such as "
+                    "the OOM killer's SIGKILL, or a crash in a C extension)"
+                )
             logger.warning("item %d killed its worker on its own (%s); recorded as failed", task.start, how)
         elif outcome.split == "memory":
             self.stats.memory_errors += 1
@@ -404,6 +410,7 @@ class Run:
         self.bar.close()
         self.executor.close()
         st.worker_deaths = self.executor.worker_deaths
+        st.watchdog_kills = self.executor.watchdog_kills
         if isinstance(self.executor, AutoExecutor):
             st.n_jobs, st.n_jobs_choice = self.executor.in_flight, f"{self.executor.choice}: {self.executor.reason}"
         self.files.close()
