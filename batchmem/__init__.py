@@ -21,9 +21,9 @@ from .errors import (
     SerializationError,
 )
 from .heap import HeapAnalyzer, MemoryMonitor, MemorySample, PeakMemoryTracker, PressureLevel
+from .io.sources import read_csv, read_jsonl, read_parquet
 from .optimizer import BatchOptimizer
 from .processor import BatchProcessor, BatchResult
-from .io.sources import read_csv, read_jsonl, read_parquet
 from .stats import RunStats
 
 try:

@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import BatchFunctionError, BatchmemError, ItemFailedError
+from .errors import BatchmemError, one_line
+from .units import format_bytes
 
-__all__ = ["cli", "main", "verbosity_options", "human_size"]
+__all__ = ["cli", "main", "verbosity_options"]
 
 logger = logging.getLogger("batchmem")
 
@@ -39,15 +40,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def human_size(n: int | float | None) -> str:
-    """Bytes as a binary human size (``"1.5GiB"``) via :meth:`pydantic.ByteSize.human_readable`."""
-    if n is None:
-        return "?"
-    from pydantic import ByteSize
-
-    return ByteSize(int(n)).human_readable()
 
 
 def _version() -> str:
@@ -128,7 +120,7 @@ def cli() -> None:
 # --------------------------------------------------------------------------- validate
 
 
-@cli.command()
+@cli.command(short_help="Check a job file without running it.")
 @click.argument("job_file", metavar="JOB", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
 @click.option("--resume", is_flag=True, help="Accept an existing output (it would be continued by run --resume).")
@@ -151,7 +143,7 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
     job = load_job(job_file, overrides, resume=resume)
     b, e = job.batching, job.execution
     limit = b.memory_limit
-    limit_text = "detected" if limit is None else f"{limit:.0%} of detected" if isinstance(limit, float) else human_size(limit)
+    limit_text = "detected" if limit is None else f"{limit:.0%} of detected" if isinstance(limit, float) else format_bytes(limit)
     batching = (
         f"auto batch size from {b.batch_size} in [{b.min_batch_size}, {b.max_batch_size}]"
         if b.auto_optimize
@@ -168,15 +160,17 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
 # --------------------------------------------------------------------------- run
 
 
-@cli.command()
+@cli.command(short_help="Run a job file and stream its results to the output.")
 @click.argument("job_file", metavar="JOB", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
 @click.option("--no-progress", "no_progress", is_flag=True, help="No progress bar (default: the job file's progress key).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: keep the committed output and skip those items.")
+@click.option("--restart", is_flag=True, help="Start over although the output holds an unfinished run of this job.")
 @click.option("--force-resume", "force_resume", is_flag=True,
               help="Resume even though the job changed (function, source or batched) since the output was written.")
 @verbosity_options
-def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: bool, force_resume: bool) -> int:
+def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: bool, restart: bool,
+        force_resume: bool) -> int:
     """Run a job file: read the source in batches, apply the function, stream results to the output.
 
     Prints a summary when done (items, failures, batch sizes, throughput,
@@ -185,30 +179,38 @@ def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: b
     function stopped the run, 2 on a job-file error, 130 when interrupted.
 
     Crash safety: each batch is appended, fsynced (output.fsync) and then
-    the checkpoint <output>.ckpt.json is replaced atomically. After a crash,
-    kill -9, SIGINT/SIGTERM (exit 130) or a failed write (disk full: exit 1),
-    --resume cuts any torn tail and continues after the committed items; it
-    refuses a job whose function, source or batched setting changed unless
-    --force-resume.
+    the checkpoint <output>.ckpt.json is replaced atomically. Running the same
+    job again continues an unfinished run of it (--restart starts over);
+    --resume also continues after a crash, kill -9, SIGINT/SIGTERM (exit 130)
+    or a failed write (disk full: exit 1), and on a finished output does
+    nothing. A job whose function, source or batched setting changed is
+    refused unless --force-resume; output.overwrite replaces a finished
+    output or another job's.
 
     \b
     Examples:
       batchmem run job.yaml
       batchmem run job.yaml --no-progress -q
-      batchmem run job.yaml --set batching.memory_limit=512MB --set output.overwrite=true
+      batchmem run job.yaml --set batching.memory_limit=512MiB --set output.overwrite=true
       batchmem run job.yaml --resume
-      batchmem run job.yaml --resume --force-resume
+      batchmem run job.yaml --restart
     """
-    from .errors import OutputWriteError
     from .job import load_job, run_job
+    from .signals import RunInterrupted
 
-    resume_mode: bool | str = "force" if force_resume else resume
-    job = load_job(job_file, overrides, resume=bool(resume_mode))
+    if restart and (resume or force_resume):
+        raise click.UsageError("--restart starts over; it cannot be combined with --resume or --force-resume")
+    resume_mode: bool | str = "force" if force_resume else True if resume else False if restart else "auto"
+    if restart:
+        overrides = (*overrides, "output.overwrite=true")
+    job = load_job(job_file, overrides, resume=resume_mode is not False)
+    if resume_mode == "auto":
+        resume_mode = _auto_resume(job)
     try:
         result = run_job(job, resume=resume_mode, progress=False if no_progress else None)
-    except (ItemFailedError, BatchFunctionError, OutputWriteError) as exc:  # the run stopped part-way: exit 1
-        _error(str(exc))
-        return EXIT_FAILED
+    except RunInterrupted as exc:
+        exc.resume_command = f"batchmem run {job_file} --resume"
+        raise
     except BatchmemError:
         raise
     except (KeyboardInterrupt, MemoryError):
@@ -217,20 +219,37 @@ def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: b
         logger.debug("run stopped", exc_info=True)
         _error(f"{job.name}: stopped by {type(exc).__name__}: {exc} (run with -v for the traceback)")
         return EXIT_FAILED
-    stats = getattr(result, "stats", None)
+    if result.already_complete:
+        click.echo(f"already complete: {len(result):,} items in {result.path}")
+        return EXIT_OK
+    stats = result.stats
     for line in _summary_lines(job, result, stats):
         click.echo(line)
-    failed = int(getattr(stats, "failed", 0) or 0)
-    if job.report is not None and getattr(stats, "stats_path", None):
+    if job.report is not None and stats.stats_path:
         from .report import load_report, write_report
 
         try:
             write_report(load_report(stats.stats_path), job.report, "html")
         except BatchmemError as exc:  # e.g. matplotlib missing: the run's output stands, the report does not
-            _error(f"report: {exc}")
-            return EXIT_FAILED if failed else EXIT_USAGE
+            _error(f"report: {exc.cli_message()}")
+            return EXIT_FAILED if stats.failed else exc.exit_code
         click.echo(f"report: {job.report}")
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if stats.failed else EXIT_OK
+
+
+def _auto_resume(job: Any) -> bool:
+    """A plain ``run`` continues an unfinished run of the same job (and says so); otherwise the usual
+    output checks apply (an existing output needs ``output.overwrite``)."""
+    from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
+
+    path = job.output.path
+    committed = Checkpoint.load(checkpoint_path(path)) if path.exists() else None
+    same = committed is not None and committed.fingerprint == fingerprint(job.fingerprint_fields())[0]
+    if same and not committed.complete:
+        click.echo(f"resuming: {committed.items:,} items already committed (--restart to start over)", err=True)
+        return True
+    job.check_files(resume=False)
+    return False
 
 
 def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
@@ -246,12 +265,12 @@ def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
     peak = get("peak_rss_bytes")
     limit = get("memory_limit_bytes")
     source = get("limit_source")
-    limit_text = f" of {human_size(limit)} limit" + (f" ({source})" if source else "") if limit else ""
+    limit_text = f" of {format_bytes(limit)} limit" + (f" ({source})" if source else "") if limit else ""
     share = f", {peak / limit:.0%}" if peak and limit else ""
     lines = [
         f"done: {job.name}: {items:,} items, {failed:,} failed, {batches:,} batch{'' if batches == 1 else 'es'} "
         f"(size {size_range}), {rate:,.0f} items/s in {duration:.1f}s",
-        f"memory: peak RSS {human_size(peak)}{limit_text}{share}",
+        f"memory: peak RSS {format_bytes(peak)}{limit_text}{share}",
         f"output: {getattr(result, 'path', job.output.path)}",
     ]
     stats_path = get("stats_path")
@@ -259,7 +278,7 @@ def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
         lines.append(f"stats:  {stats_path}")
     errors_path = getattr(result, "errors_path", None)
     if failed and errors_path:
-        lines.append(f"errors: {errors_path}")
+        lines.append(_first_failure(failed, errors_path))
     if get("stop_reason"):
         lines.append(f"stopped: {get('stop_reason')}")
     for issue in get("issues", []) or []:  # HeapAnalyzer verdicts (batchmem.heap.analyzer.Issue.to_dict())
@@ -269,10 +288,19 @@ def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
     return lines
 
 
+def _first_failure(failed: int, errors_path: Path) -> str:
+    """``100 failed; first: item 7, ValueError: bad record 7; all in out.jsonl.errors.jsonl``."""
+    from .io.sinks import iter_jsonl
+
+    first = next(iter(iter_jsonl(errors_path)), None) if Path(errors_path).exists() else None
+    what = f"item {first['index']}, {first['error_type']}: {one_line(first['message'])}" if first else "?"
+    return f"{failed:,} failed; first: {what}; all in {errors_path}"
+
+
 # --------------------------------------------------------------------------- stats, report, memory
 
 
-@cli.command()
+@cli.command(short_help="Per-operation figures from the run history.")
 @click.argument("operation", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (for machines).")
 @click.option("--clear", is_flag=True, help="Forget OPERATION's history (its learned batch size and figures).")
@@ -318,7 +346,7 @@ def stats(operation: str | None, as_json: bool, clear: bool) -> int:
     return EXIT_OK
 
 
-@cli.command()
+@cli.command(short_help="Report one run (text, JSON, Markdown or HTML).")
 @click.argument("stats_json", metavar="STATS_JSON", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML report (plots embedded) here.")
@@ -354,24 +382,24 @@ def report(stats_json: Path, html_path: Path | None, markdown_path: Path | None,
     return EXIT_OK
 
 
-@cli.command()
+@cli.command(short_help="Memory now: RSS, the limit and its source, pressure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the readings as JSON.")
+@click.option("--details", is_flag=True, help="Also the garbage collector and heap details.")
 @verbosity_options
-def memory(as_json: bool) -> int:
+def memory(as_json: bool, details: bool) -> int:
     """Memory now: RSS, available memory, the limit and where it came from, pressure level.
 
-    With -v also the garbage collector (counts, thresholds, per-generation
+    With --details also the garbage collector (counts, thresholds, per-generation
     stats) and heap details (tracemalloc, uss/pss/swap where available).
 
     \b
     Examples:
       batchmem memory
-      batchmem memory -v
+      batchmem memory --details --json
     """
     from .report import memory_status, render_memory
 
-    verbose = click.get_current_context().ensure_object(dict).get("verbose", 0) > 0
-    status = memory_status(verbose)
+    status = memory_status(details)
     if as_json:
         import orjson
 
@@ -386,31 +414,42 @@ def memory(as_json: bool) -> int:
 
 def _error(message: str) -> None:
     """One line ``error: ...`` on stderr (newlines in the message are folded)."""
-    click.echo("error: " + " ".join(str(message).split()), err=True)
+    click.echo("error: " + one_line(message), err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run :data:`cli` and turn its outcome into the exit code."""
+    """Console-script entry point: run :data:`cli`; an error's own ``exit_code`` is the exit status."""
     try:
         rv = cli.main(args=argv, prog_name="batchmem", standalone_mode=False)
     except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt/EOF into Abort
-        cause = exc.__cause__ or exc.__context__
-        click.echo(str(cause) if type(cause).__name__ == "RunInterrupted" else "interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted(exc.__cause__ or exc.__context__)
     except KeyboardInterrupt as exc:
-        click.echo(str(exc) if type(exc).__name__ == "RunInterrupted" else "interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except click.ClickException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
+        _interrupted(exc)
+    except click.UsageError as exc:  # the usage line, then the error in batchmem's one style
+        if exc.ctx is not None:
+            click.echo(exc.ctx.get_usage(), err=True)
+            click.echo(f"Try '{exc.ctx.command_path} -h' for help.", err=True)
+        _error(exc.format_message())
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        _error(exc.format_message())
         sys.exit(exc.exit_code)
     except BatchmemError as exc:
         logger.debug("batchmem error", exc_info=True)
-        _error(str(exc))
-        sys.exit(EXIT_USAGE)
+        _error(exc.cli_message())
+        sys.exit(exc.exit_code)
     except MemoryError:
         _error("out of memory; lower batching.memory_limit or batching.max_batch_size, or use fewer execution.n_jobs")
         sys.exit(EXIT_FAILED)
     sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+def _interrupted(exc: BaseException | None) -> None:
+    """Exit 130 with the interrupted run's message (how to continue it), or plain ``interrupted``."""
+    from .signals import RunInterrupted
+
+    click.echo(exc.cli_message() if isinstance(exc, RunInterrupted) else "interrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

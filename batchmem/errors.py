@@ -1,10 +1,37 @@
-"""Errors a user can cause. Each message is one line that names the field and the fix."""
+"""Errors a user can cause. Each message is one line that names the field and the fix.
+
+Like click's exceptions (``click/exceptions.py``), each error carries its
+``exit_code`` (2: a usage or job-file error; 1: the run stopped part-way), so
+the command line only asks the error: ``sys.exit(exc.exit_code)``. An error
+whose fix is spelled differently for a job file than for Python (``on_error:
+skip`` / ``--set on_error=skip`` versus ``on_error="skip"``) carries both:
+``str(exc)`` is the Python form, :meth:`BatchmemError.cli_message` the job-file form.
+"""
 
 from __future__ import annotations
 
 
+def one_line(text: object) -> str:
+    """``text`` (or an exception's message) with its whitespace, newlines included, folded to single
+    spaces; an exception with an empty message gives its type name."""
+    folded = " ".join(str(text).split())
+    if not folded and isinstance(text, BaseException):
+        return type(text).__name__
+    return folded
+
+
 class BatchmemError(Exception):
-    """Base class of every error batchmem raises on purpose; the CLI prints it and exits 2."""
+    """Base class of every error batchmem raises on purpose; the CLI prints it and exits ``exit_code``."""
+
+    exit_code = 2
+
+    def __init__(self, message: str = "", *, cli_fix: str | None = None, python_fix: str | None = None):
+        super().__init__(message + (python_fix or ""))
+        self.base_message, self.cli_fix = message, cli_fix
+
+    def cli_message(self) -> str:
+        """The message for a command-line user: the fix in job-file and ``--set`` syntax where it differs."""
+        return one_line(self.base_message + self.cli_fix) if self.cli_fix is not None else one_line(self)
 
 
 class ConfigError(BatchmemError, ValueError):
@@ -22,16 +49,24 @@ class SerializationError(BatchmemError, TypeError):
 class BatchFunctionError(BatchmemError):
     """The user function broke its contract (e.g. a batched fn returned the wrong number of results)."""
 
+    exit_code = 1
+
 
 class OutputExistsError(BatchmemError, FileExistsError):
     """The output file exists and neither overwrite nor resume was asked for."""
 
 
+class OutputLockedError(BatchmemError):
+    """Another batchmem run is writing the same output (it holds ``<output>.lock``)."""
+
+
 class ItemFailedError(BatchmemError):
     """An item failed under ``on_error="raise"``; names the item index. The original error is ``__cause__``."""
 
-    def __init__(self, message: str, index: int):
-        super().__init__(message)
+    exit_code = 1
+
+    def __init__(self, message: str, index: int, **fixes: str | None):
+        super().__init__(message, **fixes)
         self.index = index
 
 
@@ -48,8 +83,10 @@ class OutputWriteError(BatchmemError, OSError):
     stopped part-way), not 2 (a usage error). ``errno`` is the OS error number.
     """
 
-    def __init__(self, message: str, errno_: int | None = None):
-        super().__init__(message)
+    exit_code = 1
+
+    def __init__(self, message: str, errno_: int | None = None, **fixes: str | None):
+        BatchmemError.__init__(self, message, **fixes)
         self.errno = errno_
 
     def __str__(self) -> str:

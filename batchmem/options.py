@@ -35,6 +35,7 @@ __all__ = [
     "Pressure",
     "RunConfig",
     "group_options",
+    "option_names",
 ]
 
 #: The Node.js module's option names, accepted as keyword aliases.
@@ -244,6 +245,15 @@ class Analysis:
         _number("gc_max_time_fraction", self.gc_max_time_fraction, high=1.0)
         if not isinstance(self.analyzer, Mapping):
             raise ConfigError(f"analyzer: {self.analyzer!r} is not a mapping of HeapAnalyzer keyword arguments")
+        import inspect
+
+        from .heap.analyzer import HeapAnalyzer
+
+        known = set(inspect.signature(HeapAnalyzer).parameters) - {"monitor", "trace_allocations", "gc_watch"}
+        for key in self.analyzer:
+            if key not in known:
+                listed = ", ".join(sorted(known))
+                raise ConfigError(f"analyzer.{key}: not an option of HeapAnalyzer; use one of {listed}")
 
 
 @dataclass(frozen=True)
@@ -286,6 +296,11 @@ class RunConfig:
     pressure: Pressure = field(default_factory=Pressure)
     analysis: Analysis = field(default_factory=Analysis)
     output: Output = field(default_factory=Output)
+
+
+def option_names() -> frozenset[str]:
+    """Every option's flat keyword name (the fields of all groups)."""
+    return frozenset(_FLAT)
 
 
 def group_options(groups: Mapping[str, Any], flat: Mapping[str, Any], *, process_name: str = "default") -> RunConfig:

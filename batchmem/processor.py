@@ -8,7 +8,6 @@ which cuts batches, runs them and commits them in input order.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -20,15 +19,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from .backends import RunOptions, make_executor
 from .backends.worker_setup import make_worker_setup
 from .errors import ConfigError
 from .heap.monitor import MemoryMonitor, PressureLevel
 from .heap.pressure import PressureCallbacks
-from .io.checkpoint import Checkpoint, checkpoint_path
-from .io.output import RunFiles, check_output, prepare_resume, sidecar
+from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
+from .io.output import OutputLock, RunFiles, check_output, prepare_resume, sidecar
 from .io.sinks import iter_jsonl
 from .io.sources import as_source
 from .optimizer import BatchOptimizer
@@ -138,7 +135,8 @@ class BatchProcessor:
             import_distributed()  # fail now, naming the extra to install, if dask.distributed is missing
         ex = self.config.execution
         self.worker_setup = make_worker_setup(ex.setup, ex.teardown)
-        self.monitor = MemoryMonitor(self.config.pressure.memory_limit, thresholds=self.config.pressure.pressure_thresholds)
+        p = self.config.pressure
+        self.monitor = MemoryMonitor(p.memory_limit, thresholds=p.pressure_thresholds)
         self.pressure_callbacks = PressureCallbacks()
         b = self.config.batching
         self.optimizer = BatchOptimizer(memory_limit_bytes=self.monitor.limit.bytes, config=b.control_config(),
@@ -164,7 +162,8 @@ class BatchProcessor:
         """
         self.pressure_callbacks.register(level, callback, cooldown_s)
 
-    def _fingerprint(self, fn: Callable[..., Any], given: str | Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def _fingerprint(self, fn: Callable[..., Any],
+                     given: str | Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """The fingerprint of what produces the results, and the fields it hashes (to name a change).
 
         ``given``: a string (used as is) or a mapping of result-affecting settings
@@ -179,9 +178,7 @@ class BatchProcessor:
                 "batched": self.config.batching.batched,
                 "process_name": self.process_name,
             }
-        fields = {str(k): v for k, v in given.items()}
-        key = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS, default=str)
-        return hashlib.sha256(key).hexdigest()[:16], orjson.loads(key)
+        return fingerprint(dict(given))
 
     def _spool(self) -> Path:
         """A private temporary folder for a run without ``output`` (see :class:`BatchResult`)."""
@@ -245,30 +242,30 @@ class BatchProcessor:
             raise ConfigError(f"output.format: {fmt!r} is not supported; use jsonl or parquet")
         errors_path = Path(errors_output) if errors_output else sidecar(path, ".errors.jsonl")
         fingerprint, fingerprint_fields = self._fingerprint(fn, fingerprint)
-        committed = Checkpoint.load(checkpoint_path(path)) if path.exists() else None
-        same_job = committed is not None and committed.fingerprint == fingerprint
-        if resume == "auto":  # continue an unfinished run of the same job; otherwise start as usual
-            resume = same_job and not committed.complete
-        if resume and same_job and committed.complete:
-            logger.info("already complete: %d items in %s; nothing to do", committed.items, path)
+        resume, complete = _resume_decision(path, fingerprint, resume)
+        if complete:
             return self._complete_result(path, errors_path, fmt)
         check_output(path, overwrite=overwrite, resume=bool(resume))
         source = as_source(items)
         # The executor first: a cluster that cannot be reached must fail before any file is touched.
         executor = self._executor(fn, encode=fmt == "jsonl")
+        lock = None
         try:
+            lock = OutputLock(path)
             ckpt = Checkpoint(fingerprint=fingerprint, fingerprint_fields=fingerprint_fields)
             append = bool(resume) and path.exists()
             if append:
                 ckpt = prepare_resume(path, errors_path, ckpt, fmt, force=resume == "force")
                 if ckpt.source_position:
                     source.skip(ckpt.source_position)
-            files = RunFiles(path, errors_path, fmt, ckpt, append=append, fsync=self.config.output.fsync)
+            files = RunFiles(path, errors_path, fmt, ckpt, append=append, fsync=self.config.output.fsync, lock=lock)
             run = Run(self.config, source=source, executor=executor, files=files, stats=self._new_stats(files),
                       optimizer=self.optimizer, monitor=self.monitor, callbacks=self.pressure_callbacks,
                       stop_requested=self._stop.is_set, request_stop=self.stop)
         except BaseException:
             executor.close()  # e.g. a dask client made from scheduler_address
+            if lock is not None:
+                lock.release()
             raise
         self._execute(run)
         failed = run.stats.failed or files.ckpt.failed
@@ -345,3 +342,16 @@ class BatchProcessor:
             batches_path=str(files.batches_path),
             started_at=time.time(),
         )
+
+
+def _resume_decision(path: Path, fingerprint: str, resume: bool | str) -> tuple[bool | str, bool]:
+    """``(resume, already_complete)`` for an output: ``"auto"`` resumes an unfinished run of the same
+    fingerprint and otherwise starts afresh; resuming a finished run of the same fingerprint is a no-op."""
+    committed = Checkpoint.load(checkpoint_path(path)) if path.exists() else None
+    same_job = committed is not None and committed.fingerprint == fingerprint
+    if resume == "auto":
+        resume = same_job and not committed.complete
+    complete = bool(resume) and same_job and committed.complete
+    if complete:
+        logger.debug("already complete: %d items in %s; nothing to do", committed.items, path)
+    return resume, complete

@@ -27,7 +27,7 @@ from typing import Any
 
 from .backends import BatchOutcome, BatchTask, Executor
 from .backends.auto import AutoExecutor
-from .errors import ItemFailedError, WorkerDiedError
+from .errors import ItemFailedError, WorkerDiedError, one_line
 from .heap.analyzer import Issue
 from .heap.gc_watch import ThrottledCollector
 from .heap.leak_guard import LeakGuard
@@ -37,6 +37,7 @@ from .io.output import RunFiles
 from .io.sinks import NULL_LINE, error_record
 from .io.sources import take_weighted
 from .optimizer import BatchOptimizer
+from .optimizer.advice import RunSettings
 from .optimizer.control import BatchMeasurement
 from .options import RunConfig
 from .stats import RunStats, bytes_per_item, items_per_second, write_json_atomic
@@ -83,6 +84,8 @@ class Run:
             stats.memory_limit_bytes, stats.limit_source = limit.bytes, limit.source
         if config.execution.backend == "dask":
             stats.n_jobs = executor.in_flight  # worker threads of the cluster
+        if optimizer.memory_limit_bytes:
+            executor.guard_memory(optimizer.memory_limit_bytes, config.pressure.terminate_fraction)
         self._guards(callbacks)
         baseline, _, in_flight = executor.memory_plan(None, self.last_sample.rss_bytes, self.last_sample.pressure,
                                                       monitor.thresholds)
@@ -95,6 +98,7 @@ class Run:
         self.weighted = self.weighted and not self._probe
         self._plan = (baseline, in_flight)
         stats.weight_unit = weight_unit(b.weight, frames) if self.weighted else "items"
+        stats.settings = RunSettings.of_config(config).to_dict()
         optimizer.start_run(config.process_name, baseline_bytes=baseline, in_flight=in_flight,
                             weight_unit=stats.weight_unit)
         self.fixed_size = None if b.auto_optimize else b.batch_size
@@ -272,7 +276,8 @@ class Run:
             subs = [self.executor.run_isolated(h) for h in halves]
         else:
             subs = self.executor.run_now(list(halves))
-        out_of_memory = outcome.split == "memory" or "SIGKILL" in outcome.worker_exit  # SIGKILL: an OOM kill
+        # SIGKILL (the kernel's OOM killer) or the watchdog's kill: out of memory
+        out_of_memory = outcome.split == "memory" or "SIGKILL" in outcome.worker_exit or "OOM" in outcome.worker_exit
         if out_of_memory and not any(sub.split for sub in subs):
             # The batch did not fit and its halves did: a property of the batch size, not of one item.
             with self.lock:
@@ -284,10 +289,13 @@ class Run:
         """The outcome of one item that raised MemoryError or killed its worker on its own."""
         if outcome.split == "worker_died":
             how = outcome.worker_exit
-            err: BaseException = WorkerDiedError(
-                f"worker died ({how}) while running item {task.start} on its own (os._exit, a signal such as "
-                "the OOM killer's SIGKILL, or a crash in a C extension)"
-            )
+            if how.startswith("killed by the OOM watchdog"):
+                err: BaseException = WorkerDiedError(f"item {task.start} alone: worker {how}")
+            else:
+                err = WorkerDiedError(
+                    f"worker died ({how}) while running item {task.start} on its own (os._exit, a signal such as "
+                    "the OOM killer's SIGKILL, or a crash in a C extension)"
+                )
             logger.warning("item %d killed its worker on its own (%s); recorded as failed", task.start, how)
         elif outcome.split == "memory":
             self.stats.memory_errors += 1
@@ -320,11 +328,16 @@ class Run:
             return
         index, exc = o.error
         if self.config.errors.on_error == "retry":
-            policy = (f" after {1 + self.config.errors.max_retries} attempts; on_error='retry' with "
-                      "retry_exhausted='raise' stops the run (use retry_exhausted='skip' to record failures and go on)")
+            attempts = 1 + self.config.errors.max_retries
+            stops = f" after {attempts} attempts; retrying with retry_exhausted raise stops the run"
+            python_fix = " (use retry_exhausted='skip' to record failures and go on)"
+            cli_fix = " (set retry_exhausted: skip, or --set retry_exhausted=skip, to record failures and go on)"
         else:
-            policy = "; on_error='raise' stops the run (use on_error='skip' to record failures and go on)"
-        raise ItemFailedError(f"item {index} failed: {type(exc).__name__}: {exc}{policy}", index) from exc
+            stops = "; on_error raise stops the run"
+            python_fix = " (use on_error='skip' to record failures and go on)"
+            cli_fix = " (set on_error: skip, or --set on_error=skip, to record failures and go on)"
+        message = f"item {index} failed: {type(exc).__name__}: {one_line(exc)}{stops}"
+        raise ItemFailedError(message, index, python_fix=python_fix, cli_fix=cli_fix) from exc
 
     def _write(self, o: BatchOutcome) -> None:
         self.files.write_results(o.payload, o.results, o.start)
@@ -397,6 +410,7 @@ class Run:
         self.bar.close()
         self.executor.close()
         st.worker_deaths = self.executor.worker_deaths
+        st.watchdog_kills = self.executor.watchdog_kills
         if isinstance(self.executor, AutoExecutor):
             st.n_jobs, st.n_jobs_choice = self.executor.in_flight, f"{self.executor.choice}: {self.executor.reason}"
         self.files.close()
@@ -427,6 +441,7 @@ class Run:
                 "peak_rss_bytes": st.peak_rss_bytes, "bytes_per_item": st.bytes_per_item,
                 "batches": st.batches, "failed": st.failed,
                 "leaks": sum(1 for i in st.issues if i.get("kind") == "leak"), "finished_at": st.finished_at,
+                "memory_errors": st.memory_errors, "limit_source": st.limit_source, "settings": st.settings,
             })
 
     def _collect_issues(self) -> None:

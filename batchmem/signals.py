@@ -47,14 +47,24 @@ class RunInterrupted(KeyboardInterrupt):
     ``signum`` is the signal, ``items`` the input items committed in total
     (earlier runs included), ``output`` the output path. Everything up to
     ``items`` is on disk with a matching checkpoint: resume continues.
+    ``resume_command`` is what a command-line user types to continue (the
+    ``batchmem run`` command sets it, with the job file as the user typed it).
     """
+
+    exit_code = 130
 
     def __init__(self, signum: int, items: int, output: str):
         self.signum, self.items, self.output = signum, items, output
-        super().__init__(
-            f"interrupted by {signal_name(signum)}: {items:,} items committed to {output}; "
-            "run again with resume (batchmem run --resume) to continue"
-        )
+        self.resume_command: str | None = None
+        super().__init__(self._message("process(..., resume=True)"))
+
+    def _message(self, how: str) -> str:
+        return (f"interrupted by {signal_name(self.signum)}: {self.items:,} items committed to {self.output}; "
+                f"run again with: {how}")
+
+    def cli_message(self) -> str:
+        """The message with the command that continues the run."""
+        return self._message(self.resume_command or "batchmem run JOB --resume")
 
     def __str__(self) -> str:
         return str(self.args[0])

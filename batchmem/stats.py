@@ -86,8 +86,10 @@ class RunStats:
     stop_reason: str | None = None
     resumed_from: int = 0  # items already committed by an earlier run (resume)
     memory_errors: int = 0
+    watchdog_kills: int = 0  # worker processes the OOM watchdog killed above the terminate level
     worker_deaths: int = 0  # worker processes that died during the run (their batches were retried in halves)
     learned_batch_size: int | None = None  # items
+    settings: dict[str, Any] = field(default_factory=dict)  # options advice checks (optimizer.advice.RunSettings)
     weight_unit: str = "items"  # what batches were budgeted in (batchmem.weights.weight_unit)
     weight: float = 0.0  # total weight of the committed items, weight units
     bytes_per_weight: float = 0.0  # peak bytes of a batch over its starting level per weight unit, over all batches

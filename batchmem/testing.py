@@ -1,7 +1,7 @@
 """Memory test utilities and the batchmem pytest plugin (registered through the ``pytest11`` entry point).
 
-The seeds' ``MemoryTestUtils`` (take a snapshot, compare to it, allocate N MB
-under control, print a status), done with :mod:`tracemalloc` and the
+``MemoryTestUtils`` (take a snapshot, compare to it, allocate N MiB under
+control, print a status), done with :mod:`tracemalloc` and the
 kernel's counters, plus a pytest plugin:
 
 * fixture ``memory_utils``: a :class:`MemoryTestUtils` whose allocations are
@@ -33,13 +33,13 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["MemorySnapshot", "SnapshotDiff", "Allocation", "MemoryTestUtils", "LeakCheck", "check_no_leak"]
 
-_MB = 1 << 20  # allocate_mb counts MiB (the seeds' "MB" of a Node heap)
+_MB = 1 << 20  # allocate_mb counts MiB
 
 
 def _fmt(n: float) -> str:
-    from batchmem.heap.analyzer import _fmt_bytes
+    from batchmem.units import format_bytes
 
-    return _fmt_bytes(n)
+    return format_bytes(n)
 
 
 def _rss() -> int:
@@ -116,7 +116,7 @@ class Allocation:
 
 
 class MemoryTestUtils:
-    """Snapshots, comparisons and controlled allocations for memory tests (the seeds' MemoryTestUtils).
+    """Snapshots, comparisons and controlled allocations for memory tests (snapshot, compare, allocate, status).
 
     ``trace=True`` starts tracemalloc (stopped again by :meth:`close` if this
     object started it) so snapshots carry per-line data.
@@ -206,7 +206,7 @@ class MemoryTestUtils:
         }
 
     def format_status(self, label: str = "status") -> str:
-        """One printable line, like the seeds' ``printStatus(label)``."""
+        """One printable line: label, RSS, traced bytes and the live allocations."""
         s = self.summary()
         return (f"[{label}] rss {_fmt(s['rss_bytes'])} (baseline {_fmt(s['baseline_rss_bytes'])}, "
                 f"growth {_fmt(s['growth_bytes'])}, peak {_fmt(s['peak_rss_bytes'])}), "

@@ -65,7 +65,7 @@ def auto_weight(item: Any) -> float:
         n = len(values)
         if n == 0:
             return 1.0
-        head = [_flat_weight(v) for v, _ in zip(values, range(CONTAINER_CAP))]
+        head = [_flat_weight(v) for v, _ in zip(values, range(CONTAINER_CAP), strict=False)]
         total = sum(head)
         if n > len(head):
             total += (n - len(head)) * total / len(head)

@@ -1,4 +1,5 @@
-"""n_jobs="auto" with real loky workers: in-process for cheap items, workers when an item costs more than shipping it."""
+"""n_jobs="auto" with real loky workers: in-process for cheap items, workers when an item costs more than
+shipping it."""
 
 import os
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import re
 import subprocess
 import sys
 import textwrap
@@ -182,13 +183,15 @@ def test_run_with_failed_items_exits_1(job_dir):
     proc = batchmem("run", "job.yaml", "--set", "function=cli_fns:fail_on_seven", "--set", "on_error=skip", "--no-progress", cwd=job_dir)
     assert proc.returncode == 1, proc.stderr
     assert "10 items, 1 failed" in proc.stdout
-    assert "errors:" in proc.stdout
+    assert re.search(r"^1 failed; first: item \d+, ValueError: seven is not allowed; all in \S+errors\.jsonl$",
+                     proc.stdout, re.M), proc.stdout
 
 
 def test_run_stopped_by_the_function_exits_1_with_one_line(job_dir):
     proc = batchmem("run", "job.yaml", "--set", "function=cli_fns:fail_on_seven", "--no-progress", cwd=job_dir)
     assert proc.returncode == 1
-    assert_one_error_line(proc, "seven is not allowed")
+    line = assert_one_error_line(proc, "seven is not allowed", "on_error: skip", "--set on_error=skip")
+    assert "on_error='skip'" not in line  # the job-file form, not the Python keyword
 
 
 def test_run_job_file_error_exits_2(job_dir):

@@ -124,7 +124,7 @@ def test_memory_and_memory_verbose(home):
     for word in ("rss:", "available:", "limit:", "pressure:"):
         assert word in out.stdout
     assert "gc:" not in out.stdout
-    verbose = batchmem(home, "memory", "-v")
+    verbose = batchmem(home, "memory", "--details")
     assert verbose.returncode == 0, verbose.stderr
     assert "gc:" in verbose.stdout and "threshold" in verbose.stdout and "tracemalloc" in verbose.stdout
     js = json.loads(batchmem(home, "memory", "--json").stdout)

@@ -206,6 +206,8 @@ def test_statistics_and_trend_recommendation(home):
                 "items_per_s": 1000 / (1.0 + i * 0.5),
                 "batches": 5,
                 "leaks": 2 if i == 4 else 0,
+                # the run's own settings: advice checks the option it would change
+                "settings": {"batched": False, "target_batch_seconds": [0.2, 2.0]},
             },
         )
     stats = BatchOptimizer(memory_limit_bytes=GB).get_batch_statistics()

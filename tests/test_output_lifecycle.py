@@ -64,3 +64,30 @@ def test_auto_resume_continues_an_unfinished_run_of_the_same_job(tmp_path):
     assert list(result) == [2 * i for i in range(60)]
     other = _proc().process(range(5), abs, out, resume="auto", overwrite=True)  # another job: starts over
     assert other.stats.resumed_from == 0 and list(other) == list(range(5))
+
+
+def test_a_second_run_on_the_same_output_fails_at_once_and_harms_nothing(tmp_path):
+    import pytest
+
+    from batchmem.errors import OutputLockedError
+    from batchmem.io.output import OutputLock
+
+    out = tmp_path / "out.jsonl"
+    _proc().process(range(20), double, out)
+    before = out.read_bytes()
+    held = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from batchmem.io.output import OutputLock
+        lock = OutputLock(Path({str(out)!r}))
+        print("locked", flush=True)
+        sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert held.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputLockedError, match=rf"pid {held.pid}\); wait for it"):
+            _proc().process(range(20), double, out, overwrite=True)
+        assert out.read_bytes() == before
+    finally:
+        held.communicate("\n", timeout=30)
+    OutputLock(out).release()  # free again once the holder exited

@@ -6,10 +6,10 @@ import logging
 import pytest
 
 from batchmem import BatchProcessor, MemoryMonitor
-from batchmem.io.checkpoint import Checkpoint, checkpoint_path
 from batchmem.errors import ConfigError
 from batchmem.heap.monitor import PressureLevel
 from batchmem.heap.pressure import PressureCallbacks, adaptive_thresholds
+from batchmem.io.checkpoint import Checkpoint, checkpoint_path
 
 MB = 10**6
 #: Blocks above glibc's largest mmap threshold (32 MiB), so freeing one returns it to the kernel at once.
@@ -83,7 +83,7 @@ def test_emergency_runs_cleanup_then_stops_with_everything_written(tmp_path):
 
 
 def test_adaptive_thresholds_from_the_baseline():
-    t = adaptive_thresholds(100 * MB, 1000 * MB)  # the seeds' baseline + 50 / 70 (/ 90) MB
+    t = adaptive_thresholds(100 * MB, 1000 * MB)  # baseline + 50 / 70 (/ 90) MB
     assert (t.warning, t.critical, t.emergency) == pytest.approx((0.15, 0.17, 0.19))
     squeezed = adaptive_thresholds(990 * MB, 1000 * MB)
     assert squeezed.warning < squeezed.critical < squeezed.emergency == 1.0

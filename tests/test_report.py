@@ -13,7 +13,6 @@ from batchmem.errors import ConfigError
 from batchmem.report import (
     SHARED_FIGURES,
     batches_path_for,
-    format_bytes,
     load_report,
     render_html,
     render_json,
@@ -21,6 +20,7 @@ from batchmem.report import (
     render_text,
     write_report,
 )
+from batchmem.units import format_bytes
 
 N_ITEMS, BATCH = 1000, 100
 

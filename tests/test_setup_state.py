@@ -123,7 +123,7 @@ def test_function_without_state_is_a_config_error(tmp_path):
 
 
 def test_setup_errors_name_the_field():
-    with pytest.raises(ConfigError, match="^setup: cannot import 'no_such_module_xyz'"):
+    with pytest.raises(ConfigError, match="^setup: cannot import module 'no_such_module_xyz'"):
         BatchProcessor(setup="no_such_module_xyz:load")
     with pytest.raises(ConfigError, match="^setup: expected 'module:callable'"):
         BatchProcessor(setup="just_a_name")

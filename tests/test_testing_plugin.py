@@ -44,7 +44,7 @@ def test_clean_and_noisy_tests_pass_with_fixtures(pytester):
         def test_memory_utils_fixture(memory_utils):
             block = memory_utils.allocate_mb(8)
             assert memory_utils.held_bytes == 8 << 20
-            assert "held 8.0 MiB" in memory_utils.format_status("after")
+            assert "held 8.0MiB" in memory_utils.format_status("after")
             block.release()
             assert memory_utils.held_bytes == 0
         """

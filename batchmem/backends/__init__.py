@@ -5,8 +5,10 @@ Like joblib's ``BACKENDS`` dict and ``register_parallel_backend``
 ``factory(fn, opts, n_jobs, **backend_options) -> Executor``; a user can
 register one more with :func:`register_backend`.
 
-Built in: ``"serial"`` (in this process), ``"loky"``, ``"threading"`` and
-``"multiprocessing"`` (joblib), ``"dask"`` (a dask.distributed cluster).
+Built in: ``"serial"`` (in this process), ``"loky"`` and ``"threading"``
+(batchmem's own pools on joblib's loky executor and on threads,
+:mod:`.pool`), ``"multiprocessing"`` (``joblib.Parallel``), ``"dask"`` (a
+dask.distributed cluster).
 ``backend=None`` means in-process for ``n_jobs=1`` and otherwise joblib's
 current :func:`joblib.parallel_config` backend (loky unless configured); any
 other name is handed to joblib as is, so backends registered with joblib
@@ -21,6 +23,7 @@ from typing import Any
 from ..errors import ConfigError
 from .base import Executor, ExecutorBase
 from .joblib_backend import JoblibExecutor
+from .pool import PoolExecutor
 from .serial import SerialExecutor
 from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
 from .worker_setup import check_accepts_state
@@ -51,6 +54,23 @@ def _joblib(name: str) -> BackendFactory:
     return factory
 
 
+def _pool(kind: str) -> BackendFactory:
+    def factory(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, **_: Any) -> Executor:
+        return PoolExecutor(fn, opts, n_jobs, kind)
+
+    return factory
+
+
+def _configured(fn: Callable[..., Any], opts: RunOptions, n_jobs: int) -> Executor:
+    """``backend=None`` with several jobs: joblib's configured backend (loky unless
+    :func:`joblib.parallel_config` says otherwise); loky and threads run on batchmem's own pools."""
+    import joblib
+
+    active = type(joblib.parallel.get_active_backend()[0]).__name__
+    kind = {"LokyBackend": "loky", "ThreadingBackend": "threading"}.get(active)
+    return PoolExecutor(fn, opts, n_jobs, kind) if kind else JoblibExecutor(fn, opts, n_jobs, None)
+
+
 def _dask(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, **options: Any) -> Executor:
     from .dask_backend import DaskExecutor
 
@@ -67,7 +87,7 @@ def _auto(fn: Callable[..., Any], opts: RunOptions, backend: str, *, memory_room
     if backend not in ("loky", "multiprocessing"):
         raise ConfigError(f"n_jobs: 'auto' chooses loky worker processes; backend {backend!r} needs a number of jobs")
     cores = max(1, joblib.cpu_count(only_physical_cores=False))
-    return AutoExecutor(fn, opts, parallel=lambda workers: JoblibExecutor(fn, opts, workers, backend),
+    return AutoExecutor(fn, opts, parallel=lambda workers: BACKENDS[backend](fn, opts, workers),
                         cores=cores, memory_room=memory_room, aim_s=aim_s)
 
 
@@ -75,8 +95,8 @@ def _auto(fn: Callable[..., Any], opts: RunOptions, backend: str, *, memory_room
 BACKENDS: dict[str, BackendFactory] = {
     "serial": _serial,
     "sequential": _serial,
-    "loky": _joblib("loky"),
-    "threading": _joblib("threading"),
+    "loky": _pool("loky"),
+    "threading": _pool("threading"),
     "multiprocessing": _joblib("multiprocessing"),
     "dask": _dask,
 }
@@ -90,7 +110,9 @@ def register_backend(name: str, factory: BackendFactory) -> None:
     Raises :class:`~batchmem.errors.ConfigError` when ``factory`` is not callable.
     """
     if not callable(factory):
-        raise ConfigError(f"register_backend: factory for {name!r} is not callable; pass a function returning an Executor")
+        raise ConfigError(
+            f"register_backend: factory for {name!r} is not callable; pass a function returning an Executor"
+        )
     BACKENDS[name] = factory
 
 
@@ -108,7 +130,9 @@ def make_executor(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend
     if n_jobs == "auto":
         return _auto(fn, opts, backend or "loky", **backend_options)
     name = backend if backend is not None else ("serial" if n_jobs == 1 else None)
-    factory = BACKENDS.get(name) if name is not None else None
-    if factory is None:
+    if name is None:
+        return _configured(fn, opts, n_jobs)
+    factory = BACKENDS.get(name)
+    if factory is None:  # a backend registered with joblib (register_parallel_backend)
         return JoblibExecutor(fn, opts, n_jobs, backend)
     return factory(fn, opts, n_jobs, **backend_options)

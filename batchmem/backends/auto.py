@@ -133,6 +133,8 @@ class AutoExecutor(ExecutorBase):
                 executor = self._parallel_factory(workers)
                 executor.max_tasks_per_worker = self.max_tasks_per_worker
                 executor.run_isolated(BatchTask(-1, 0, []))
+                if self._guard is not None:
+                    executor.guard_memory(*self._guard)
                 self._starting = executor
             except Exception:  # the run goes on in-process
                 logger.warning("n_jobs='auto': starting worker processes failed; staying in-process", exc_info=True)
@@ -165,6 +167,15 @@ class AutoExecutor(ExecutorBase):
     def cancel(self) -> None:
         if self.active is not None:
             self.active.cancel()
+
+    def guard_memory(self, limit_bytes: int, terminate_fraction: float) -> None:
+        self._guard = (limit_bytes, terminate_fraction)
+
+    @property
+    def watchdog_kills(self) -> int:  # type: ignore[override]
+        return self.active.watchdog_kills if self.active is not None else 0
+
+    _guard: tuple[int, float] | None = None
 
     def close(self) -> None:
         if self._warm is not None:

@@ -35,6 +35,7 @@ class Executor(Protocol):
         recycles: times the worker processes were replaced (count), with
             ``recycle_reasons`` saying why.
         max_tasks_per_worker: replace the workers after this many batches each (None: never).
+        watchdog_kills: worker processes the OOM watchdog killed (count).
         local_memory: True when batches run in this machine's process tree, so its resident
             set size (RSS) is theirs; False for remote workers (dask), whose peaks are measured
             in the worker and reported per worker.
@@ -48,6 +49,7 @@ class Executor(Protocol):
     recycle_reasons: list[str]
     max_tasks_per_worker: int | None
     local_memory: bool
+    watchdog_kills: int
 
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
         """Run ``tasks`` (pulled lazily) and yield their outcomes in task order.
@@ -78,6 +80,12 @@ class Executor(Protocol):
         """Process ids of the live worker processes (empty for in-process backends)."""
         ...
 
+    def guard_memory(self, limit_bytes: int, terminate_fraction: float) -> None:
+        """Kill the worker holding the most memory when the tree passes ``terminate_fraction`` of
+        ``limit_bytes`` (the OOM watchdog, :mod:`batchmem.backends.watchdog`); a no-op where batches
+        run in this process."""
+        ...
+
     def cancel(self) -> None:
         """Abandon the batches in flight now (a stop whose grace period ran out): terminate
         the worker processes or cancel the futures. ``map`` then ends without their outcomes."""
@@ -96,6 +104,7 @@ class ExecutorBase:
     memory_limit: MemoryLimit | None = None
     max_tasks_per_worker: int | None = None
     local_memory: bool = True
+    watchdog_kills: int = 0
 
     def __init__(self) -> None:
         self.worker_deaths = 0
@@ -116,6 +125,9 @@ class ExecutorBase:
 
     def worker_pids(self) -> list[int]:
         return []
+
+    def guard_memory(self, limit_bytes: int, terminate_fraction: float) -> None:
+        return None
 
     def cancel(self) -> None:
         return None

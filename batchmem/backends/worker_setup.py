@@ -8,7 +8,6 @@ process under a token, and torn down when the worker is done with it.
 from __future__ import annotations
 
 import atexit
-import importlib
 import inspect
 import logging
 import os
@@ -18,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..callables import import_callable
 from ..errors import BatchFunctionError, ConfigError
 
 logger = logging.getLogger("batchmem")
 
-__all__ = ["WorkerSetup", "make_worker_setup", "check_accepts_state"]
+__all__ = ["WorkerSetup", "accepts_state", "check_accepts_state", "make_worker_setup"]
 
 
 class _WorkerStates:
@@ -115,29 +115,13 @@ class WorkerSetup:
         return _STATES.release(self.token)
 
 
-def _import_ref(ref: str, field_name: str) -> Callable[..., Any]:
-    """Import ``"module:callable"`` (attribute may be dotted); ConfigError naming ``field_name``."""
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{field_name}: expected 'module:callable' such as 'models:load', got {ref!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{field_name}: cannot import {module_name!r} ({exc}); fix {ref!r} or install the module") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"{field_name}: module {module_name!r} has no attribute {attr!r}; fix {ref!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"{field_name}: {ref!r} is not callable; point it at a function")
-    return obj
-
-
 def _callable_name(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def make_worker_setup(setup: Callable[[], Any] | str | None, teardown: Callable[[Any], Any] | str | None = None) -> WorkerSetup | None:
+def make_worker_setup(
+    setup: Callable[[], Any] | str | None, teardown: Callable[[Any], Any] | str | None = None
+) -> WorkerSetup | None:
     """Build the :class:`WorkerSetup` for ``BatchProcessor(setup=..., teardown=...)``.
 
     Each may be a callable or a ``"module:callable"`` string (imported here,
@@ -154,20 +138,27 @@ def make_worker_setup(setup: Callable[[], Any] | str | None, teardown: Callable[
     resolved = []
     for name, value in (("setup", setup), ("teardown", teardown)):
         if isinstance(value, str):
-            value = _import_ref(value, name)
+            value = import_callable(value, field=name)
         elif value is not None and not callable(value):
             raise ConfigError(f"{name}: {value!r} is not callable; pass a function or 'module:callable'")
         resolved.append(value)
     return WorkerSetup(resolved[0], resolved[1], name=_callable_name(resolved[0]))
 
 
-def check_accepts_state(fn: Callable[..., Any]) -> None:
-    """With a setup, ``fn`` must accept the keyword argument ``state``; ConfigError naming ``function`` otherwise."""
+def accepts_state(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes the keyword argument ``state`` (a parameter of that name that is not
+    positional-only, or ``**kwargs``); True when :func:`inspect.signature` cannot tell (builtins, C
+    callables), so that the call decides."""
     try:
         params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # builtins and C callables: cannot tell, let the call decide
-        return
-    if any(p.kind is p.VAR_KEYWORD or (p.name == "state" and p.kind is not p.POSITIONAL_ONLY) for p in params):
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD or (p.name == "state" and p.kind is not p.POSITIONAL_ONLY) for p in params)
+
+
+def check_accepts_state(fn: Callable[..., Any]) -> None:
+    """With a setup, ``fn`` must accept the keyword argument ``state``; ConfigError naming ``function`` otherwise."""
+    if accepts_state(fn):
         return
     raise ConfigError(
         f"function: {_callable_name(fn)} has no parameter 'state', but a setup is configured; "

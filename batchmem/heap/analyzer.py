@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from batchmem.heap.gc_watch import GcWatch
+from batchmem.units import format_bytes
 from batchmem.heap.monitor import MemoryMonitor, current_rss_bytes
 
 __all__ = ["heap_in_use_bytes", "Issue", "Trend", "theil_sen", "LineGrowth", "top_growth_lines", "HeapAnalyzer"]
@@ -116,16 +117,6 @@ def heap_in_use_bytes() -> int | None:
         return None
     m = _MALLINFO2()
     return int(m.uordblks + m.hblkhd)
-
-
-def _fmt_bytes(n: float) -> str:
-    sign = "-" if n < 0 else ""
-    n = abs(float(n))
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
-        n /= 1024
-    return f"{sign}{n:.1f} GiB"  # pragma: no cover
 
 
 # --- records ----------------------------------------------------------------------
@@ -218,7 +209,7 @@ class LineGrowth:
         return {"line": self.line, "size_bytes": self.size_bytes, "count": self.count}
 
     def __str__(self) -> str:
-        return f"{self.line}: +{_fmt_bytes(self.size_bytes)} in {self.count:+d} blocks"
+        return f"{self.line}: +{format_bytes(self.size_bytes)} in {self.count:+d} blocks"
 
 
 def top_growth_lines(old: tracemalloc.Snapshot, new: tracemalloc.Snapshot, limit: int = 5) -> list[LineGrowth]:
@@ -433,9 +424,9 @@ class HeapAnalyzer:
         where = "this process" if own else f"worker process {pid}"
         metric = s.metric
         message = (
-            f"memory leak suspected in {where}: {metric} grow {_fmt_bytes(per_batch)} per batch "
+            f"memory leak suspected in {where}: {metric} grow {format_bytes(per_batch)} per batch "
             f"({fit.slope:.0f} bytes/item, Theil-Sen over {fit.n} batches, confidence {fit.confidence:.0%}); "
-            f"the limit ({_fmt_bytes(self.monitor.limit.bytes)}) is reached after ~{items_to_limit} more items"
+            f"the limit ({format_bytes(self.monitor.limit.bytes)}) is reached after ~{items_to_limit} more items"
         )
         if culprits:
             message += "; top lines by growth: " + "; ".join(str(c) for c in culprits[:3])

@@ -93,10 +93,9 @@ _SOURCE_ORDER = ("cgroup_v2", "cgroup_v1", "rlimit_as", "rlimit_data", "physical
 class PressureLevel(enum.IntEnum):
     """How close memory use is to the limit; ordered, so ``level >= WARNING`` works.
 
-    The escalation attached to each level comes from the seed documents
-    (see DESIGN.md): shrink batches and collect garbage at ``WARNING``, pause
-    dispatch at ``CRITICAL``, run cleanup callbacks and stop cleanly at
-    ``EMERGENCY``. ``str(level)`` is the lower-case label ("warning").
+    The escalation attached to each level (:mod:`batchmem.heap.pressure`):
+    shrink batches and collect garbage at ``WARNING``, pause dispatch at
+    ``CRITICAL``, run cleanup callbacks and stop cleanly at ``EMERGENCY``. ``str(level)`` is the lower-case label ("warning").
     """
 
     NORMAL = 0
@@ -129,10 +128,12 @@ def _check_fraction(field: str, value: Any) -> float:
 class PressureThresholds:
     """Utilization fractions (usage / limit, dimensionless) at which pressure escalates.
 
-    Defaults 0.80 / 0.90 / 0.95 are the seeds' escalation levels (the Node
-    module's ``MemoryPressureHandler`` steps at 0.8 / 0.9 / 0.95; its
-    ``alertThresholds`` use 0.90 and 0.95 for critical and emergency) as fixed
-    in DESIGN.md.
+    Defaults 0.80 / 0.90 / 0.95: warning where distributed's worker starts to
+    spill (``distributed.worker.memory.spill: 0.70``, raised to leave the
+    optimizer's 0.60 target room), critical where it pauses
+    (``distributed.worker.memory.pause: 0.80``, raised by the same margin) and
+    emergency at its terminate level (``distributed.worker.memory.terminate:
+    0.95``); https://distributed.dask.org/en/stable/worker-memory.html.
 
     Raises:
         ConfigError: naming the field unless ``0 < warning < critical < emergency <= 1``.

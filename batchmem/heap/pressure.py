@@ -104,7 +104,9 @@ class PressureCallbacks:
     def register(self, level: PressureLevel | str | int, callback: Callable[[], Any], cooldown_s: float = 10.0) -> None:
         """Run ``callback()`` when pressure reaches ``level`` or above, at most once per ``cooldown_s`` seconds."""
         if not callable(callback):
-            raise ConfigError(f"on_pressure: callback {callback!r} is not callable; pass a function such as cache.clear")
+            raise ConfigError(
+                f"on_pressure: callback {callback!r} is not callable; pass a function such as cache.clear"
+            )
         if cooldown_s < 0:
             raise ConfigError(f"on_pressure: cooldown_s={cooldown_s!r} must be >= 0 seconds")
         self._callbacks.append(_Callback(parse_level(level), callback, float(cooldown_s)))
@@ -150,7 +152,7 @@ class PressureGuard:
                  first_utilization: float = 0.0) -> None:
         self.thresholds, self.sample, self.collector = thresholds, sample, collector
         self._stop, self._stopped = stop, stopped
-        self.callbacks = callbacks or PressureCallbacks()
+        self.callbacks = callbacks if callbacks is not None else PressureCallbacks()
         self.min_batch_size, self.max_wait_s = min_batch_size, max_wait_s
         self.last_pressure = thresholds.level(first_utilization)
         self.max_utilization = first_utilization
@@ -184,7 +186,8 @@ class PressureGuard:
             f"memory pressure emergency: process tree RSS {format_bytes(sample.rss_bytes)} is "
             f"{sample.utilization:.0%} of the {format_bytes(sample.limit_bytes)} limit ({sample.limit_source}; "
             f"emergency at {thr:.0%}); ran {self.callbacks_run} cleanup callbacks and stopped after "
-            f"{items_written} items: every finished batch is written and checkpointed, rerun with resume=True to continue"
+            f"{items_written} items: every finished batch is written and checkpointed, "
+            "rerun with resume=True to continue"
         )
         logger.error("batchmem: %s", reason)
         self.emergency = Issue(

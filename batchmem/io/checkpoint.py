@@ -22,7 +22,17 @@ import orjson
 
 from ..stats import write_json_atomic
 
-__all__ = ["Checkpoint", "checkpoint_path"]
+__all__ = ["Checkpoint", "checkpoint_path", "fingerprint"]
+
+
+def fingerprint(fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A short hash of the settings that decide what the output holds, and those settings as JSON
+    values (kept in the checkpoint to name what changed when a resume is refused)."""
+    import hashlib
+
+    fields = {str(k): v for k, v in fields.items()}
+    key = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(key).hexdigest()[:16], orjson.loads(key)
 
 
 def checkpoint_path(output: str | os.PathLike[str]) -> Path:

@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, OutputExistsError, OutputWriteError, ResumeMismatchError
+from ..errors import ConfigError, OutputExistsError, OutputLockedError, OutputWriteError, ResumeMismatchError
 from ..stats import BatchRecordWriter
 from .checkpoint import Checkpoint, checkpoint_path
 from .sinks import JsonlSink, encode_results, open_sink
 
-__all__ = ["RunFiles", "check_output", "file_size", "prepare_resume", "sidecar"]
+__all__ = ["OutputLock", "RunFiles", "check_output", "file_size", "prepare_resume", "sidecar"]
 
 logger = logging.getLogger("batchmem")
 
@@ -41,6 +41,41 @@ def file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+class OutputLock:
+    """An exclusive ``flock(2)`` on ``<output>.lock`` for the length of a run, so that a second run on
+    the same output fails at once instead of interleaving its lines with the first's.
+
+    The kernel drops the lock when the process exits, ``kill -9`` included, so a stale lock file
+    never blocks a later run. Raises :class:`~batchmem.errors.OutputLockedError`.
+    """
+
+    def __init__(self, output: Path):
+        import fcntl
+
+        self.path = sidecar(output, ".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a+")
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.seek(0)
+            holder = self._f.read().strip() or "?"
+            self._f.close()
+            raise OutputLockedError(
+                f"output: {output} is being written by another batchmem run (pid {holder}); "
+                "wait for it to finish or choose another output"
+            ) from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(str(os.getpid()))
+        self._f.flush()
+
+    def release(self) -> None:
+        """Unlock (idempotent); the lock file stays, empty locks are harmless."""
+        if not self._f.closed:
+            self._f.close()
 
 
 def check_output(path: Path, *, overwrite: bool, resume: bool) -> Path:
@@ -66,8 +101,8 @@ def writing(what: str, path: Path) -> Iterator[None]:
         reason = f"{exc.strerror or exc}" + (f" ({code})" if code else "")
         raise OutputWriteError(
             f"{what}: writing {path} failed: {reason}; the checkpoint still matches the committed output: "
-            "free space (or fix the device) and resume (resume=True, or batchmem run JOB --resume)",
-            exc.errno,
+            "free space (or fix the device) and resume", exc.errno,
+            python_fix=" (process(..., resume=True))", cli_fix=" (batchmem run JOB --resume)",
         ) from exc
 
 
@@ -117,7 +152,7 @@ def prepare_resume(path: Path, errors_path: Path, new: Checkpoint, fmt: str, *, 
         if p.exists() and p.stat().st_size > keep:
             logger.info("resume: cutting %d bytes of torn or uncommitted tail from %s", p.stat().st_size - keep, p)
             os.truncate(p, keep)
-    logger.info("resuming %s after %d committed items", path, ckpt.items)
+    logger.debug("resuming %s after %d committed items", path, ckpt.items)
     return ckpt
 
 
@@ -128,8 +163,10 @@ class RunFiles:
     returned); ``append`` opens the files for appending (resume).
     """
 
-    def __init__(self, path: Path, errors_path: Path, fmt: str, ckpt: Checkpoint, *, append: bool, fsync: bool):
+    def __init__(self, path: Path, errors_path: Path, fmt: str, ckpt: Checkpoint, *, append: bool, fsync: bool,
+                 lock: OutputLock | None = None):
         self.path, self.errors_path, self.fmt, self.ckpt, self.fsync = path, errors_path, fmt, ckpt, fsync
+        self.lock = lock
         self.ckpt_path = checkpoint_path(path)
         self.batches_path = sidecar(path, ".batches.jsonl")
         self.stats_path = sidecar(path, ".stats.json")
@@ -189,7 +226,10 @@ class RunFiles:
         save_checkpoint(self.ckpt, self.ckpt_path, self.fsync)
 
     def close(self) -> None:
-        """Close every file; after a failed write the first error stands (the checkpoint still matches)."""
+        """Close every file and release the output lock; after a failed write the first error stands
+        (the checkpoint still matches)."""
+        if self.lock is not None:
+            self.lock.release()
         for f in (self.sink, self.records, self.error_sink):
             if f is None:
                 continue

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..errors import ConfigError, SerializationError
+from ..errors import ConfigError, SerializationError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -78,7 +78,7 @@ class ParquetSink:
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
                 col = _failing_column(results, pa)
                 where = f"column {col!r} of " if col else ""
-                raise SerializationError(f"output: {where}items {span} cannot be written as Parquet: {_one_line(exc)}; fix: give the column one type (e.g. astype) or use format jsonl") from exc
+                raise SerializationError(f"output: {where}items {span} cannot be written as Parquet: {one_line(exc)}; fix: give the column one type (e.g. astype) or use format jsonl") from exc
         records = []
         for offset, item in enumerate(results):
             if item is None:
@@ -92,7 +92,7 @@ class ParquetSink:
         try:
             return pa.Table.from_pylist(records), True
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise SerializationError(f"output: items {span} cannot be written as Parquet: {_one_line(exc)}; fix: give each key one type or use format jsonl") from exc
+            raise SerializationError(f"output: items {span} cannot be written as Parquet: {one_line(exc)}; fix: give each key one type or use format jsonl") from exc
 
     def _conform(self, table: pa.Table, from_records: bool, start_index: int) -> pa.Table:
         """Cast ``table`` to the file schema (set by the first batch)."""
@@ -206,6 +206,3 @@ def _failing_column(frame: pd.DataFrame, pa: Any) -> str | None:
     return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 
-from ..errors import ConfigError
+from ..errors import ConfigError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -112,7 +112,7 @@ def _open_input(path: Path, options: dict[str, Any]) -> tuple[Any, dict[str, Any
     try:
         member = _ZipMember(path)
     except zipfile.BadZipFile as exc:
-        raise ConfigError(f"source.path: {path} is not a valid zip archive ({_one_line(exc)}); fix the file or its extension") from exc
+        raise ConfigError(f"source.path: {path} is not a valid zip archive ({one_line(exc)}); fix the file or its extension") from exc
     return member.stream, {**options, "compression": None}, member
 
 
@@ -135,9 +135,6 @@ def _check_kwargs(kwargs: dict[str, Any], func: Callable[..., Any], what: str, r
             raise ConfigError(f"source.{key}: not an option of {what}; fix the name or remove it")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class _FrameSource:
@@ -240,7 +237,7 @@ class _FrameSource:
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise ConfigError(
                 f"source: reading {self.kind} rows from row {self.position} of {self.path} failed: "
-                f"{_one_line(exc)}; fix the reader options (dtype, usecols, ...) or the data"
+                f"{one_line(exc)}; fix the reader options (dtype, usecols, ...) or the data"
             ) from exc
 
     def close(self) -> None:
@@ -281,7 +278,7 @@ class CsvSource(_FrameSource):
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             if self._zip is not None:
                 self._zip.close()
-            raise ConfigError(f"source: cannot read {p} as CSV: {_one_line(exc)}; fix the reader options (usecols, dtype, ...)") from exc
+            raise ConfigError(f"source: cannot read {p} as CSV: {one_line(exc)}; fix the reader options (usecols, dtype, ...)") from exc
 
     def _pull(self, hint: int) -> pd.DataFrame | None:
         try:
@@ -316,7 +313,7 @@ class JsonlSource(_FrameSource):
         except (ValueError, TypeError) as exc:
             if self._zip is not None:
                 self._zip.close()
-            raise ConfigError(f"source: cannot read {p} as JSON Lines: {_one_line(exc)}; fix the reader options") from exc
+            raise ConfigError(f"source: cannot read {p} as JSON Lines: {one_line(exc)}; fix the reader options") from exc
 
     def _pull(self, hint: int) -> pd.DataFrame | None:
         # JsonReader.__next__ reads ``self.chunksize`` lines per call; set it per call so
@@ -365,7 +362,7 @@ class ParquetSource:
             # Reads the footer metadata only.
             self._file = pq.ParquetFile(p, **parquet_kwargs)
         except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError(f"source: cannot read {p} as Parquet: {_one_line(exc)}; fix the path or the file") from exc
+            raise ConfigError(f"source: cannot read {p} as Parquet: {one_line(exc)}; fix the path or the file") from exc
         meta = self._file.metadata
         #: Rows in the file, from its footer metadata (items).
         self.total: int | None = meta.num_rows

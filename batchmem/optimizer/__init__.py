@@ -5,15 +5,19 @@ Life of a run (what :class:`batchmem.BatchProcessor` does)::
     opt = BatchOptimizer(memory_limit_bytes=limit, operation="embed_docs")
     size = opt.start_run()                 # warm start from history: the learned size, or initial_batch_size
     ...  # run a batch of `size` items, measure it
-    size = opt.observe(BatchMeasurement(size, duration_s, peak_bytes), baseline_bytes=rss, pressure=level, in_flight=n_jobs)
+    size = opt.observe(BatchMeasurement(size, duration_s, peak_bytes),
+                       baseline_bytes=rss, pressure=level, in_flight=n_jobs)
     ...  # on MemoryError: size = opt.on_memory_error(size)
     opt.finish_run({"items": ..., "duration_s": ..., "peak_rss_bytes": ...})   # persisted for the next run
 
 The *learned batch size* of a run is the median of the last
 :data:`LEARNED_WINDOW` sizes the controller chose (its steady state, not the
 clipped tail batch), capped by the MemoryError ceiling if one was hit. The
-next run of the same operation starts there, with the bytes-per-item and
-seconds-per-item estimates of the previous run seeded into the EWMAs.
+next run of the same operation starts there, and its EWMAs of bytes and
+seconds per item start from the previous run's estimates.
+
+Recommendations are :mod:`.advice`'s (pure text); this class hands it the
+figures of the live run or of the last stored one, with that run's settings.
 """
 
 from __future__ import annotations
@@ -21,11 +25,20 @@ from __future__ import annotations
 import logging
 import statistics
 from collections import Counter, deque
-from collections.abc import Sized
-from typing import Any, Mapping
+from collections.abc import Mapping, Sized
+from typing import Any
 
+from batchmem.optimizer.advice import (
+    RunFigures,
+    RunSettings,
+    batch_seconds,
+    median_or_none,
+    run_advice,
+    trend_advice,
+)
 from batchmem.optimizer.control import BatchMeasurement, BatchSizeController, ControlConfig, Decision
 from batchmem.optimizer.history import HistoryStore, history_dir
+from batchmem.stats import bytes_per_item
 
 __all__ = [
     "BatchMeasurement",
@@ -44,22 +57,8 @@ logger = logging.getLogger("batchmem")
 LEARNED_WINDOW = 5
 #: Recent batch sizes kept in the live statistics, batches.
 _LIVE_SIZES = 1000
-#: Runs looked at for trends in the recommendations.
-_TREND_RUNS = 5
-#: Relative change over the trend window that earns a recommendation (0.25 = 25 %).
-_TREND_THRESHOLD = 0.25
 _DEFAULT_OPERATION = "default"
 _PRESSURE_LABELS = ("normal", "warning", "critical", "emergency")
-
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 def _number(value: Any) -> float | None:
@@ -81,6 +80,8 @@ class _Run:
         self.busy_s = 0.0  # sum of batch wall times, seconds (not wall time of the run when n_jobs > 1)
         self.max_peak_bytes = 0
         self.sizes: deque[int] = deque(maxlen=_LIVE_SIZES)
+        self.durations: deque[float] = deque(maxlen=_LIVE_SIZES)  # wall s of each batch where it ran
+        self.peak_bytes_sum = 0  # sum of the batches' peak growth, bytes (batchmem.stats.bytes_per_item)
         self.size_min: int | None = None
         self.size_max: int | None = None
         self.decided: deque[int] = deque([first_size], maxlen=LEARNED_WINDOW)
@@ -116,7 +117,9 @@ class BatchOptimizer:
         self.memory_limit_bytes = memory_limit_bytes
         self.operation = operation
         self.use_history = use_history
-        self.history: HistoryStore | None = (history if history is not None else HistoryStore()) if use_history else None
+        self.history: HistoryStore | None = None
+        if use_history:
+            self.history = history if history is not None else HistoryStore()
         # Validates memory_limit_bytes now rather than at the first batch.
         self.controller = BatchSizeController(self.config, memory_limit_bytes)
         self.weight_unit = "items"
@@ -202,6 +205,8 @@ class BatchOptimizer:
         run.busy_s += max(0.0, m.duration_s)
         run.max_peak_bytes = max(run.max_peak_bytes, m.peak_bytes)
         run.sizes.append(m.size)
+        run.durations.append(max(0.0, m.duration_s))
+        run.peak_bytes_sum += max(0, m.peak_bytes)
         run.size_min = m.size if run.size_min is None else min(run.size_min, m.size)
         run.size_max = m.size if run.size_max is None else max(run.size_max, m.size)
         run.decided.append(size)
@@ -262,17 +267,23 @@ class BatchOptimizer:
         out.setdefault("peak_batch_bytes", run.max_peak_bytes)
         out["memory_bound_batches"] = run.reasons.get("memory", 0)
         out["pressure_batches"] = sum(run.pressure.values())
-        out["memory_errors"] = run.memory_errors
+        out.setdefault("memory_errors", run.memory_errors)  # the run's count (RunStats) when given
         out["ceiling"] = self.controller.ceiling
         out["batch_size_min"] = run.size_min
         out["batch_size_max"] = run.size_max
+        out.setdefault("batch_size_median", median_or_none(run.sizes))
+        out.setdefault("batch_s_median", median_or_none(run.durations))
+        out.setdefault("memory_limit_bytes", self.memory_limit_bytes)
+        given = RunSettings.from_dict(out.get("settings"))
+        out["settings"] = given.merged(self._config_settings()).to_dict()
         run.finished = True
         if self.history is None:
             return
         try:
             self.history.record_run(run.operation, out)
         except OSError as exc:
-            logger.warning("batchmem: could not save history of %r (%s); the next run will probe again", run.operation, exc)
+            logger.warning("batchmem: could not save history of %r (%s); the next run will probe again",
+                           run.operation, exc)
 
     # -- queries -------------------------------------------------------------
 
@@ -314,7 +325,9 @@ class BatchOptimizer:
             "batch_sizes": sizes,
             "batch_size_min": run.size_min,
             "batch_size_max": run.size_max,
-            "batch_size_median": statistics.median(sizes) if sizes else None,
+            "batch_size_median": median_or_none(sizes),
+            "batch_s_median": median_or_none(run.durations),
+            "bytes_per_item_measured": bytes_per_item(run.peak_bytes_sum, run.items),
             "next_batch_size": c.next_size(),
             "learned_batch_size": int(statistics.median(run.decided)),
             "last_reason": c.last_decision.reason,
@@ -333,8 +346,6 @@ class BatchOptimizer:
     @staticmethod
     def _figures(record: Mapping[str, Any]) -> dict[str, Any]:
         runs = [r for r in record.get("runs_detail", []) if isinstance(r, dict)]
-        learned = _number(record.get("learned_batch_size"))
-        spi = _number(record.get("seconds_per_item"))
         return {
             "runs": record.get("runs", len(runs)),
             "items": record.get("items"),
@@ -345,7 +356,7 @@ class BatchOptimizer:
             "bytes_per_item": record.get("bytes_per_item"),
             "seconds_per_item": record.get("seconds_per_item"),
             "learned_batch_size": record.get("learned_batch_size"),
-            "typical_batch_s": (learned * spi) if learned and spi is not None else None,
+            "batch_s_median": batch_seconds(runs[-1]) if runs else None,
             "peak_rss_bytes": record.get("peak_rss_bytes"),
             "leaks": record.get("leaks", sum(int(_number(r.get("leaks")) or 0) for r in runs)),
             "first_run_at": record.get("first_run_at"),
@@ -359,8 +370,8 @@ class BatchOptimizer:
         Returns ``{"operations": {name: figures}, "current_run": live or None,
         "recommendations": [str, ...]}``. Figures: runs, items, failed,
         batches, duration_s (s), items_per_s, bytes_per_item (bytes),
-        seconds_per_item (s), learned_batch_size (items), typical_batch_s
-        (s), peak_rss_bytes (bytes), leaks (flagged by the heap analyzer,
+        seconds_per_item (s), learned_batch_size (items), batch_s_median
+        (median wall time of a batch in the last run, s), peak_rss_bytes (bytes), leaks (flagged by the heap analyzer,
         all runs), first/last_run_at (epoch s), last_run,
         and that operation's "recommendations". With ``operation`` only that
         one is reported.
@@ -390,92 +401,30 @@ class BatchOptimizer:
 
     # -- recommendations -----------------------------------------------------
 
-    def _recommend(self, record: Mapping[str, Any] | None, live: Mapping[str, Any] | None) -> list[str]:
+    def _config_settings(self) -> RunSettings:
+        """The settings this optimizer was built with (the run's batch sizes, time band, memory target)."""
         cfg = self.config
-        low, high = cfg.target_batch_seconds
-        out: list[str] = []
+        return RunSettings(
+            batch_size=cfg.initial_batch_size, min_batch_size=cfg.min_batch_size, max_batch_size=cfg.max_batch_size,
+            target_batch_seconds=tuple(cfg.target_batch_seconds), memory_target_fraction=cfg.memory_target_fraction,
+        )
+
+    def _live_figures(self, live: Mapping[str, Any]) -> RunFigures:
+        return RunFigures(
+            when="this run", items=live["items"], failed=live["failed"], batches=live["batches"],
+            batch_size_median=live["batch_size_median"], batch_size_max=live["batch_size_max"],
+            batch_s_median=live["batch_s_median"], bytes_per_item=live["bytes_per_item_measured"],
+            memory_limit_bytes=self.memory_limit_bytes, memory_bound_batches=live["reasons"].get("memory", 0),
+            pressure_batches=sum(live["pressure_batches"].values()), memory_errors=live["memory_errors"],
+            ceiling=live["ceiling"],
+        )
+
+    def _recommend(self, record: Mapping[str, Any] | None, live: Mapping[str, Any] | None) -> list[str]:
+        """Trends over the stored runs, then advice on the live run (else the last stored one)."""
         runs = [r for r in (record or {}).get("runs_detail", []) if isinstance(r, dict)]
-        recent = runs[-_TREND_RUNS:]
-
-        def trend(key: str, alt: str | None = None) -> tuple[float, float] | None:
-            values = [v for r in recent if (v := _number(r.get(key, r.get(alt) if alt else None)))]
-            if len(values) < 3 or values[0] <= 0:
-                return None
-            return values[0], values[-1]
-
-        if (t := trend("ewma_bytes_per_item", "bytes_per_item")) and t[1] >= t[0] * (1 + _TREND_THRESHOLD):
-            out.append(
-                f"bytes per item grew {100 * (t[1] / t[0] - 1):.0f}% over the last {len(recent)} runs "
-                f"({_fmt_bytes(t[0])} -> {_fmt_bytes(t[1])}): inputs grew, or memory leaks across items"
-            )
-        if (t := trend("items_per_s")) and t[1] <= t[0] * (1 - _TREND_THRESHOLD):
-            out.append(
-                f"throughput fell {100 * (1 - t[1] / t[0]):.0f}% over the last {len(recent)} runs "
-                f"({t[0]:.0f} -> {t[1]:.0f} items/s)"
-            )
-
-        # Figures of the run to judge: the live one if there is one, else the last stored run.
+        out = trend_advice(runs)
         if live is not None and live["batches"]:
-            batches = live["batches"]
-            memory_bound = live["reasons"].get("memory", 0)
-            pressure = sum(live["pressure_batches"].values())
-            errors, ceiling = live["memory_errors"], live["ceiling"]
-            items, failed = live["items"], live["failed"]
-            size = live["batch_size_median"]
-            spi, bpi = live["seconds_per_item"], live["bytes_per_item"]
-            leaks = 0
-            when = "this run"
+            out += run_advice(self._live_figures(live), self._config_settings())
         elif runs:
-            last = runs[-1]
-            batches = int(_number(last.get("batches")) or 0)
-            memory_bound = int(_number(last.get("memory_bound_batches")) or 0)
-            pressure = int(_number(last.get("pressure_batches")) or 0)
-            errors, ceiling = int(_number(last.get("memory_errors")) or 0), last.get("ceiling")
-            items, failed = _number(last.get("items")) or 0, _number(last.get("failed")) or 0
-            size = _number(last.get("learned_batch_size"))
-            spi = _number(last.get("ewma_seconds_per_item", last.get("seconds_per_item")))
-            bpi = _number(last.get("ewma_bytes_per_item", last.get("bytes_per_item")))
-            leaks = int(_number(last.get("leaks")) or 0)
-            when = "the last run"
-        else:
-            return out
-
-        limit = self.memory_limit_bytes
-        if batches >= 3 and memory_bound * 2 >= batches:
-            target = f" ({cfg.memory_target_fraction:.0%} of {_fmt_bytes(limit)})" if limit else ""
-            out.append(
-                f"batches hit the memory target{target} in {memory_bound} of {batches} batches in {when}: "
-                f"consider a larger memory_limit, or less memory per item ({_fmt_bytes(bpi)})"
-            )
-        if pressure:
-            out.append(
-                f"memory pressure reached warning or above after {pressure} batches in {when}: batches were cut; "
-                "consider a larger memory_limit or fewer n_jobs"
-            )
-        if errors:
-            out.append(
-                f"{errors} MemoryError(s) in {when}: batch size capped at {ceiling} items; "
-                "consider a larger memory_limit or a smaller max_batch_size"
-            )
-        if size and spi is not None:
-            batch_s = size * spi
-            if batch_s < low and size >= cfg.max_batch_size:
-                out.append(
-                    f"batches are short ({batch_s:.2g} s) at max_batch_size={cfg.max_batch_size}: "
-                    "raise max_batch_size so per-batch overhead is amortised"
-                )
-            elif batch_s < low and batches >= 3 and memory_bound * 2 < batches and not pressure and not errors:
-                out.append(
-                    f"batches are short ({batch_s:.2g} s, target {low:g}-{high:g} s): per-batch overhead is not "
-                    "amortised; use more items per run, batched=True, or a larger initial batch_size"
-                )
-            elif batch_s > high and size <= cfg.min_batch_size:
-                out.append(
-                    f"batches are long ({batch_s:.2g} s) even at min_batch_size={cfg.min_batch_size}: "
-                    "lower min_batch_size or split items, so progress and checkpoints stay frequent"
-                )
-        if items and failed / items > 0.05:
-            out.append(f"{failed / items:.0%} of items failed in {when}: see the errors file")
-        if leaks:
-            out.append(f"the heap analyzer reported {leaks} leak(s) in {when}: see the issues in the stats file")
+            out += run_advice(RunFigures.from_summary(runs[-1]), RunSettings.from_dict(runs[-1].get("settings")))
         return out

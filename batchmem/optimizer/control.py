@@ -86,8 +86,9 @@ a batch at the item that would cross the budget.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from batchmem.errors import ConfigError
 
@@ -474,8 +475,9 @@ class BatchSizeController:
 
         The ceiling rises by an eighth of its starting value after every batch that succeeds (see
         :meth:`_raise_ceiling`) and is dropped once it reaches twice the size that failed (24
-        successful batches); a second error lowers it again. Only batches of two or more items call this: one item that fails on its own
-        is that item's failure and sets no ceiling. Returns the next size.
+        successful batches); a second error lowers it again. Only batches of two or more items
+        call this: one item that fails on its own is that item's failure and sets no ceiling.
+        Returns the next size.
         """
         cap = float(size) / 2 if self.weighted else float(max(self.config.min_batch_size, int(size) // 2))
         self._ceiling = cap if self._ceiling is None else min(self._ceiling, cap)

@@ -22,8 +22,9 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 import platformdirs
@@ -42,8 +43,14 @@ MAX_RUNS = 50
 #: Environment variable that overrides the cache root (read at call time).
 ENV_HOME = "BATCHMEM_HOME"
 
-_SUMMARY_INT_KEYS = ("learned_batch_size", "items", "peak_rss_bytes", "batches", "failed", "leaks")
-_SUMMARY_FLOAT_KEYS = ("bytes_per_item", "seconds_per_item", "duration_s", "items_per_s", "finished_at")
+_SUMMARY_INT_KEYS = (
+    "learned_batch_size", "items", "peak_rss_bytes", "batches", "failed", "leaks", "memory_errors",
+    "memory_bound_batches", "pressure_batches", "memory_limit_bytes",
+)
+_SUMMARY_FLOAT_KEYS = (
+    "bytes_per_item", "seconds_per_item", "duration_s", "items_per_s", "finished_at", "batch_s_median",
+    "batch_size_median",
+)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -149,7 +156,10 @@ class HistoryStore:
         Summary keys (units): learned_batch_size (items), bytes_per_item
         (bytes), seconds_per_item (s), items, duration_s (s), items_per_s,
         peak_rss_bytes (bytes), batches, failed (items), leaks (count),
-        finished_at (epoch s; filled in if missing). Other JSON-able keys are kept.
+        batch_s_median (median wall time of a batch, s), batch_size_median (items),
+        memory_errors, settings (the run's options that advice checks, see
+        :class:`batchmem.optimizer.advice.RunSettings`), finished_at (epoch s;
+        filled in if missing). Other JSON-able keys are kept.
         Raises OSError if the directory cannot be written.
         """
         run = _clean_summary(summary)

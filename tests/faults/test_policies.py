@@ -31,7 +31,7 @@ def proc(**kw) -> BatchProcessor:
 def test_raise_stops_naming_the_item_with_the_checkpoint_intact_then_resume_cuts_a_torn_tail(tmp_path):
     out = tmp_path / "o.jsonl"
     faultfns.FAIL_AT.add(57)
-    with pytest.raises(ItemFailedError, match=r"^item 57 failed: ValueError: item 57 is bad; on_error='raise'") as info:
+    with pytest.raises(ItemFailedError, match=r"^item 57 failed: ValueError: item 57 is bad; on_error raise stops the run \(use on_error='skip'") as info:
         proc().process(range(100), faultfns.fail_some, out)
     assert info.value.index == 57
     ck = assert_committed_prefix(out)
@@ -80,7 +80,7 @@ def test_retry_with_backoff_then_skip(tmp_path):
 def test_retry_then_raise(tmp_path):
     faultfns.FAIL_AT.add(15)
     p = proc(on_error="retry", max_retries=1, retry_exhausted="raise")
-    with pytest.raises(ItemFailedError, match=r"item 15 failed: ConnectionError: .* after 2 attempts; on_error='retry' with retry_exhausted='raise'"):
+    with pytest.raises(ItemFailedError, match=r"item 15 failed: ConnectionError: .* after 2 attempts; retrying with retry_exhausted raise stops"):
         p.process(range(40), faultfns.flaky, tmp_path / "o.jsonl")
     assert checkpoint(tmp_path / "o.jsonl")["items"] == 10
 

@@ -1,0 +1,208 @@
+"""Worker pools on futures batchmem owns: loky processes (``backend="loky"``) or threads (``"threading"``).
+
+Why not ``joblib.Parallel``: its pre-dispatch pulls the next tasks from its
+callback thread as soon as a worker is free, before the main thread has
+committed the batch that finished, so each new batch was sized with
+feedback up to ``pre_dispatch`` batches old. Here the generator :meth:`PoolExecutor.map`
+keeps at most ``in_flight + 1`` batches submitted, waits for the oldest
+(outcomes stay in input order), yields it, and cuts the next batch only
+when the caller asks for the next outcome, that is after the commit. Every
+batch is therefore sized with the measurements of every batch committed
+before it was cut.
+
+Process pools are joblib's shared loky executor (``joblib.executor.get_memmapping_executor``,
+the one ``joblib.Parallel(backend="loky")`` uses), so a program that also
+calls joblib shares the same workers. They are guarded by the OOM watchdog
+(:mod:`batchmem.backends.watchdog`) once :meth:`PoolExecutor.guard_memory` is called.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .base import ExecutorBase
+from .joblib_backend import _died, _worker_death_types, worker_exit
+from .watchdog import OomWatchdog
+from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
+
+__all__ = ["PoolExecutor"]
+
+logger = logging.getLogger("batchmem")
+
+
+class PoolExecutor(ExecutorBase):
+    """``n_jobs`` loky worker processes (``kind="loky"``) or threads (``kind="threading"``).
+
+    Worker death: every batch in flight is stranded; one-item batches are run again alone, larger
+    ones come back as ``split="worker_died"`` (the run loop retries them in halves). Recycling:
+    after ``max_tasks_per_worker`` batches per worker, or after :meth:`request_recycle`, the pool
+    is drained and replaced (loky has no ``max_tasks_per_child``: joblib/loky issue #373).
+    """
+
+    def __init__(self, fn: Callable[..., Any], opts: RunOptions, n_jobs: int, kind: str = "loky"):
+        import joblib
+
+        super().__init__()
+        self.fn, self.opts, self.kind = fn, opts, kind
+        self.in_flight = max(1, joblib.effective_n_jobs(n_jobs))
+        self.processes = kind == "loky"
+        self._pool: Any = None
+        self._recycle_reason: str | None = None
+        self._cancelled = False
+        self.watchdog: OomWatchdog | None = None
+
+    # -- the pool
+    def _get_pool(self) -> Any:
+        if self._pool is None:
+            if self.processes:
+                from joblib.executor import get_memmapping_executor
+
+                self._pool = get_memmapping_executor(self.in_flight)
+            else:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.in_flight, thread_name_prefix="batchmem")
+        return self._pool
+
+    def _drop_pool(self, *, kill: bool) -> None:
+        """Shut the pool down (``kill``: terminate the workers now; else let them finish and exit)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if self.processes:
+            pool.shutdown(wait=not kill, kill_workers=kill)
+        else:
+            pool.shutdown(wait=not kill, cancel_futures=kill)
+
+    def _submit(self, task: BatchTask) -> Any:
+        try:
+            return self._get_pool().submit(run_batch, self.fn, task, self.opts)
+        except _worker_death_types():  # a worker died since the last submit: the pool is broken, the task
+            self._drop_pool(kill=True)  # did not run; the batches it stranded fail through their futures
+            return self._get_pool().submit(run_batch, self.fn, task, self.opts)
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the live worker processes (empty for threads)."""
+        pool = self._pool
+        if pool is None or not self.processes:
+            return []
+        processes = getattr(pool, "_processes", None) or {}  # loky's table of its workers, by pid
+        return [pid for pid, proc in list(processes.items()) if proc.is_alive()]
+
+    def guard_memory(self, limit_bytes: int, terminate_fraction: float) -> None:
+        """Start the OOM watchdog over the worker processes (threads share this process: nothing to guard)."""
+        if self.processes and self.watchdog is None:
+            self.watchdog = OomWatchdog(self.worker_pids, limit_bytes, terminate_fraction).start()
+
+    @property
+    def watchdog_kills(self) -> int:  # type: ignore[override]
+        """Workers the OOM watchdog killed (count)."""
+        return self.watchdog.kills if self.watchdog is not None else 0
+
+    # -- running
+    def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
+        """Outcomes in task order, with at most ``in_flight + 1`` batches cut ahead of them."""
+        it = iter(tasks)
+        window: deque[tuple[BatchTask, Any]] = deque()
+        exhausted = False
+        submitted = 0  # batches given to this generation of workers
+        while not self._cancelled:
+            budget = self.max_tasks_per_worker * self.in_flight if self.max_tasks_per_worker else None
+            while (not exhausted and len(window) < self.in_flight + 1 and self._recycle_reason is None
+                   and (budget is None or submitted < budget)):
+                task = next(it, None)
+                if task is None:
+                    exhausted = True
+                    break
+                window.append((task, self._submit(task)))
+                submitted += 1
+            if not window:
+                carry = None if exhausted else next(it, None)  # a source that ends here needs no new workers
+                if carry is None:
+                    return
+                self._recycle(self._recycle_reason or f"after {self.max_tasks_per_worker} batches per worker")
+                window.append((carry, self._submit(carry)))
+                submitted = 1
+                continue
+            task, future = window.popleft()
+            try:
+                outcome = future.result()
+            except Exception as exc:
+                if self._cancelled:  # the pool was terminated on purpose: no outcome for these
+                    return
+                if not isinstance(exc, _worker_death_types()):
+                    raise
+                stranded = [task] + [t for t, _ in window]
+                window.clear()
+                submitted = 0
+                yield from self._after_death(stranded, exc)
+                continue
+            yield outcome
+
+    def _after_death(self, stranded: list[BatchTask], exc: BaseException) -> Iterator[BatchOutcome]:
+        how = self._exit_reason(exc)
+        self.worker_deaths += 1
+        self._drop_pool(kill=True)
+        logger.warning("a worker process died (%s) with %d batch(es) in flight (items %s..); retrying them "
+                       "in halves in fresh workers", how, len(stranded), stranded[0].start)
+        for task in stranded:  # a 1-item task may be innocent: run it alone to tell
+            yield self.run_isolated(task) if len(task) == 1 else _died(task, how)
+
+    def _exit_reason(self, exc: BaseException) -> str:
+        """The watchdog's reason when it killed a worker since the last death, else loky's exit code or signal."""
+        if self.watchdog is not None and self.watchdog.kills > self._kills_seen:
+            self._kills_seen = self.watchdog.kills
+            return self.watchdog.last_reason() or worker_exit(exc)
+        return worker_exit(exc)
+
+    _kills_seen = 0
+
+    def _recycle(self, reason: str) -> None:
+        """Replace the workers: those of the drained pool exit (running their atexit teardown)."""
+        self._recycle_reason = None
+        self._drop_pool(kill=False)
+        self.recycles += 1
+        self.recycle_reasons.append(reason)
+        logger.warning("batchmem: replaced the worker processes (%s)", reason)
+
+    def request_recycle(self, reason: str) -> bool:
+        """Replace the worker processes once the batches in flight finish (thread-safe); False for threads."""
+        if self.processes and self._recycle_reason is None:
+            self._recycle_reason = reason
+        return self.processes
+
+    def run_now(self, tasks: list[BatchTask]) -> list[BatchOutcome]:
+        """Run a few tasks (the halves of a split batch) at once; outcomes in order. If a worker
+        dies, each is run again alone, so a ``"worker_died"`` outcome names a task that killed it alone."""
+        futures = [self._submit(t) for t in tasks]
+        try:
+            return [f.result() for f in futures]
+        except _worker_death_types() as exc:
+            self.worker_deaths += 1
+            self._drop_pool(kill=True)
+            logger.warning("a worker process died (%s) running %d split batch(es); running each alone",
+                           self._exit_reason(exc), len(tasks))
+            return [self.run_isolated(t) for t in tasks]
+
+    def run_isolated(self, task: BatchTask) -> BatchOutcome:
+        """Run ``task`` alone; if its worker dies, a ``split="worker_died"`` outcome with the exit reason."""
+        try:
+            return self._submit(task).result()
+        except _worker_death_types() as exc:
+            self.worker_deaths += 1
+            self._drop_pool(kill=True)
+            return _died(task, self._exit_reason(exc))
+
+    def cancel(self) -> None:
+        """Abandon the batches in flight: terminate the worker processes; ``map`` ends without them."""
+        self._cancelled = True
+        self._drop_pool(kill=True)
+
+    def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if not self.processes:
+            self._drop_pool(kill=False)
+        self._release_setup()  # threading: the state lives here; loky workers keep theirs while they live

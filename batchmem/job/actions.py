@@ -1,0 +1,232 @@
+"""What a validated job does: import its function, build its source and processor, check its files, run.
+
+:class:`JobActions` is mixed into :class:`batchmem.job.Job`, so these are
+``Job`` methods; they read the job's fields and never change them. Every
+problem a user can cause raises a one-line
+:class:`~batchmem.errors.JobFileError` naming the job-file key.
+
+:meth:`JobActions.processor_kwargs` is the one place that maps the job's
+keys to :class:`~batchmem.BatchProcessor` options.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..backends.worker_setup import accepts_state
+from ..callables import import_callable
+from ..errors import ConfigError, JobFileError, one_line
+
+if TYPE_CHECKING:
+    from .schema import Job
+
+__all__ = ["JobActions", "run_job"]
+
+
+def _import(ref: str, field: str, base_dir: Path) -> Any:
+    """Import a job file's ``module:callable`` with its folder on sys.path; JobFileError naming ``field``."""
+    return import_callable(ref, field=field, base_dir=base_dir, error=JobFileError)
+
+
+class JobActions:
+    """The behaviour of :class:`~batchmem.job.Job` (its fields are declared in :mod:`batchmem.job.schema`)."""
+
+    @property
+    def base_dir(self: Job) -> Path:
+        """Folder of the job file: relative paths were resolved against it; it goes on sys.path for imports."""
+        return self._base_dir
+
+    def load_function(self: Job) -> Any:
+        """Import ``function`` (job folder on sys.path) and return the callable; JobFileError naming ``function``."""
+        return _import(self.function, "function", self.base_dir)
+
+    def build_source(self: Job) -> Any:
+        """The items to process: a lazy pandas reader for csv/jsonl/parquet, the callable's return value for python."""
+        src = self.source
+        if src.type == "python":
+            factory = _import(src.path, "source.path", self.base_dir)
+            try:
+                return factory(**src.options)
+            except TypeError as exc:
+                raise JobFileError(
+                    f"source.options: calling {src.path} failed: {one_line(exc)}; match the options to its parameters"
+                ) from exc
+        from ..io import readers
+
+        reader = {"csv": readers.read_csv, "jsonl": readers.read_jsonl, "parquet": readers.read_parquet}[src.type]
+        try:
+            return reader(src.path, **src.reader_kwargs())
+        except TypeError as exc:
+            raise JobFileError(
+                f"source.options: the {src.type} reader rejected the options: {one_line(exc)}; "
+                "remove or rename the option"
+            ) from exc
+
+    def processor_kwargs(self: Job, progress: bool | None = None) -> dict[str, Any]:
+        """Keyword arguments of :class:`~batchmem.processor.BatchProcessor` for this job.
+
+        The sections pass straight through: every job key named like an option of
+        :mod:`batchmem.options` (in ``batching``, ``execution``, ``pressure``, ``analysis``,
+        ``output`` or at the top level) becomes that option; only the job-file spellings
+        of Python objects are translated (``weight``, ``json_default``; ``setup`` and
+        ``teardown`` are imported by :meth:`build_processor`). ``progress`` overrides the file.
+        """
+        from ..options import option_names
+
+        names = option_names()
+        kwargs: dict[str, Any] = {k: v for k, v in self if k in names}
+        for section in ("batching", "execution", "pressure", "analysis", "output"):
+            kwargs.update((k, v) for k, v in getattr(self, section).model_dump().items() if k in names)
+        kwargs["process_name"] = self.name
+        kwargs["target_batch_seconds"] = tuple(kwargs["target_batch_seconds"])
+        kwargs["json_default"] = str if kwargs["json_default"] == "str" else None
+        if kwargs["weight"] == "none":
+            kwargs["weight"] = None
+        elif kwargs["weight"] != "auto":
+            kwargs["weight"] = _import(kwargs["weight"], "batching.weight", self.base_dir)
+        if progress is not None:
+            kwargs["progress"] = progress
+        return kwargs
+
+    def build_processor(self: Job, progress: bool | None = None) -> Any:
+        """A :class:`~batchmem.processor.BatchProcessor` configured from this job (``progress`` overrides the file)."""
+        from ..processor import BatchProcessor
+
+        kwargs = self.processor_kwargs(progress)
+        for key in ("setup", "teardown"):  # imported here: job folder on sys.path, errors naming the key
+            if kwargs[key] is not None:
+                kwargs[key] = _import(kwargs[key], key, self.base_dir)
+        try:
+            return BatchProcessor(**kwargs)
+        except JobFileError:
+            raise
+        except ConfigError as exc:  # the processor names its own option; say it is about this job
+            raise JobFileError(one_line(exc)) from exc
+
+    def fingerprint_fields(self: Job) -> dict[str, Any]:
+        """The settings that decide what the output lines hold, for the resume check.
+
+        ``batchmem run --resume`` refuses (unless ``--force-resume``) to continue an
+        output whose checkpoint was written with different values: the function and
+        setup references, ``batched``, the source (type, path, reader options and the
+        file's size in bytes) and the output encoding (format, json_default). Batch
+        sizes, memory limits, execution and ``on_error`` may change between runs.
+        """
+        src = self.source
+        fields: dict[str, Any] = {"function": self.function, "setup": self.setup, "batched": self.batched}
+        for key, value in src.model_dump(mode="json").items():
+            fields[f"source.{key}"] = value
+        if src.type != "python":
+            try:
+                fields["source.size_bytes"] = Path(src.path).stat().st_size
+            except OSError:
+                fields["source.size_bytes"] = None
+        fields["output.format"] = self.output.format
+        fields["output.json_default"] = self.output.json_default
+        return fields
+
+    # ----------------------------------------------------------------- checks
+
+    def check_files(self: Job, *, resume: bool = False) -> None:
+        """Check what validation cannot: the source file is readable, the output folders are writable,
+        an existing output has ``overwrite: true`` (or ``resume``). Raises JobFileError naming the field."""
+        src = self.source
+        if src.type != "python":
+            path = Path(src.path)
+            if not path.exists():
+                raise JobFileError(
+                    f"source.path: file not found: {path}; fix the path "
+                    f"(relative paths resolve against {self.base_dir})"
+                )
+            if not path.is_file():
+                raise JobFileError(f"source.path: {path} is not a file; point source.path at a {src.type} file")
+            if not os.access(path, os.R_OK):
+                raise JobFileError(f"source.path: {path} is not readable; fix its permissions")
+        _check_writable_folder(self.output.path, "output.path")
+        if self.output.errors is not None:
+            _check_writable_folder(self.output.errors, "output.errors")
+        if self.report is not None:
+            _check_writable_folder(self.report, "report")
+        out = self.output.path
+        if out.is_dir():
+            raise JobFileError(f"output.path: {out} is a folder; name a file such as {out / 'results.jsonl'}")
+        if out.exists() and not self.output.overwrite and not resume:
+            raise JobFileError(
+                f"output.path: {out} already exists; set output.overwrite: true (or --set output.overwrite=true) "
+                "to replace it, or run with --resume to continue it"
+            )
+
+    def check_source(self: Job) -> None:
+        """Open a csv/jsonl/parquet source and close it again (reads the header or footer only),
+        so bad reader options (``usecols`` naming a missing column, ...) show up before a run."""
+        if self.source.type == "python":
+            return
+        try:
+            source = self.build_source()
+        except JobFileError:
+            raise
+        except ConfigError as exc:
+            message = one_line(exc)
+            for key in self.source.options:  # the readers name options as source.<key>; say where they are set
+                if message.startswith(f"source.{key}:"):
+                    message = f"source.options.{key}:" + message[len(f"source.{key}:"):]
+            raise JobFileError(message) from exc
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+    def check_imports(self: Job) -> None:
+        """Import ``function`` (and a python source's callable) to prove they exist and are callable."""
+        if self.source.type == "python":
+            _import(self.source.path, "source.path", self.base_dir)
+        fn = self.load_function()
+        for key in ("setup", "teardown"):
+            ref = getattr(self, key)
+            if ref is not None:
+                _import(ref, key, self.base_dir)
+        if self.setup is not None and not accepts_state(fn):
+            raise JobFileError(
+                f"function: with setup, {self.function} must accept the keyword argument state "
+                "(def fn(item, state): ...); add it or remove setup"
+            )
+
+
+def _check_writable_folder(path: Path, field: str) -> None:
+    """The folder of ``path`` (or its nearest existing parent: missing folders are created) must be writable."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise JobFileError(f"{field}: {folder} is not a folder; change {field}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise JobFileError(f"{field}: folder {folder} is not writable; fix its permissions or change {field}")
+
+
+def run_job(job: Job, resume: bool | str = False, *, progress: bool | None = None) -> Any:
+    """Run ``job`` and return the processor's BatchResult.
+
+    Checks the files again (the output may have appeared since loading),
+    imports the function, builds the source and the processor, and calls
+    ``processor.process(source, fn, output=..., output_format=...,
+    errors_output=..., overwrite=..., resume=..., fingerprint=...)``; the
+    fingerprint is :meth:`Job.fingerprint_fields`, so resuming a changed job is
+    refused unless ``resume="force"``. Errors the user can cause raise
+    :class:`~batchmem.errors.BatchmemError` subclasses; an item failing under
+    ``on_error: raise`` raises :class:`~batchmem.errors.ItemFailedError`.
+    """
+    job.check_files(resume=bool(resume))
+    fn = job.load_function()
+    processor = job.build_processor(progress=progress)
+    source = job.build_source()
+    return processor.process(
+        source,
+        fn,
+        output=job.output.path,
+        output_format=job.output.format,
+        errors_output=job.output.errors,
+        overwrite=job.output.overwrite,
+        resume=resume,
+        fingerprint=job.fingerprint_fields(),
+    )

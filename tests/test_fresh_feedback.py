@@ -1,0 +1,38 @@
+"""Parallel runs size every batch with the measurements of the batches committed before it was cut:
+at most n_jobs + 1 batches are cut ahead of the results (real loky workers and threads)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from batchmem import BatchProcessor
+
+
+def slowish(x):
+    time.sleep(0.002)
+    return x
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_batches_are_cut_at_most_n_jobs_plus_one_ahead_of_the_commits(tmp_path, backend):
+    proc = BatchProcessor(batch_size=5, n_jobs=2, backend=backend, progress=False, use_history=False,
+                          max_batch_size=20)
+    opt = proc.optimizer
+    observed, lags = [0], []
+    real_observe, real_next = opt.observe, opt.next_batch_size
+
+    def observe(*a, **kw):
+        observed[0] += 1
+        return real_observe(*a, **kw)
+
+    def next_size():
+        lags.append(len(lags) - observed[0])  # batches cut before this one minus batches committed
+        return real_next()
+
+    opt.observe, opt.next_batch_size = observe, next_size
+    result = proc.process(range(600), slowish, tmp_path / "out.jsonl")
+    assert list(result) == list(range(600))
+    assert len(lags) >= 20
+    assert max(lags) <= 2 + 1, lags  # n_jobs + 1
