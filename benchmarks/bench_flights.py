@@ -5,13 +5,15 @@ Systems (each a fresh subprocess, so imports and interpreter start are counted f
   batchmem        ``batchmem run examples/flights/flights_job.yaml`` as shipped (fsync on,
                   ``memory_limit: 1GiB``), output redirected to a temporary folder
   batchmem-nosync the same with ``--set output.fsync=false`` (what the per-batch fsync costs)
+  batchmem-inproc the same with ``--set execution.backend=null``: batches run in this process
+                  (the job file's ``backend: loky`` with ``n_jobs: 1`` runs them in one loky worker)
   loop            ``pandas.read_csv(chunksize=50_000)``, the example's own ``transform``,
                   ``df.to_json(orient="records", lines=True)`` appended to a file
 
 Repeats are interleaved (batchmem, loop, batchmem, loop, ...). Wall time is from spawn to
 exit; peak RSS is the highest sum of resident bytes over the process and its children,
 polled with psutil every 10 ms from this process. batchmem keeps its history in a
-temporary ``BATCHMEM_HOME`` and gets one untimed warm-up run first, so the timed runs
+temporary ``BATCHMEM_HOME`` and each variant gets one untimed warm-up run first, so the timed runs
 start from a learned batch size as a user's second run does (``--cold`` skips the warm-up
 and gives every batchmem run a fresh home).
 
@@ -63,6 +65,10 @@ def command(system: str, out: Path) -> list[str]:
             "--set", f"output.path={out}", "--set", f"output.errors={out}.errors"]
     if system == "batchmem-nosync":
         argv += ["--set", "output.fsync=false"]
+    elif system == "batchmem-inproc":
+        argv += ["--set", "execution.backend=null"]
+    elif system != "batchmem":
+        raise SystemExit(f"unknown system {system!r}; choose from batchmem, batchmem-nosync, batchmem-inproc, loop")
     return argv
 
 
@@ -104,7 +110,7 @@ def digest(path: Path) -> tuple[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--systems", default="batchmem,batchmem-nosync,loop")
+    ap.add_argument("--systems", default="batchmem,batchmem-nosync,batchmem-inproc,loop")
     ap.add_argument("--cold", action="store_true", help="no warm-up; a fresh BATCHMEM_HOME for every batchmem run")
     args = ap.parse_args()
     systems = args.systems.split(",")
@@ -115,7 +121,9 @@ def main() -> None:
     digests: dict[str, set[tuple[str, int]]] = {s: set() for s in systems}
     try:
         if not args.cold and any(s.startswith("batchmem") for s in systems):
-            run_watched(command("batchmem", tmp / "warmup.jsonl"), env)
+            for s in systems:  # one untimed warm-up per batchmem variant
+                if s.startswith("batchmem"):
+                    run_watched(command(s, tmp / "warmup.jsonl"), env)
         for r in range(args.repeats):
             for s in systems:
                 out = tmp / f"{s}-{r}.jsonl"
