@@ -149,6 +149,10 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
         if b.auto_optimize
         else f"fixed batch size {b.batch_size}"
     )
+    if e.scheduler_address:  # connect now: a run would fail the same way
+        from .backends.dask_backend import describe_cluster
+
+        click.echo(f"cluster: {e.scheduler_address}: {describe_cluster(e.scheduler_address, e.connect_timeout)}")
     click.echo(
         f"ok: {job.name}: {job.source.type} source {job.source.path} -> {job.function}"
         f"{' (batched)' if job.batched else ''} -> {job.output.format} {job.output.path}; "

@@ -319,7 +319,8 @@ class BatchProcessor:
                           peak_by_sampling=ex.n_jobs != 1 and ex.backend == "threading")
         options: dict[str, Any] = {}
         if ex.backend == "dask":
-            options = {"client": ex.client, "scheduler_address": ex.scheduler_address}
+            options = {"client": ex.client, "scheduler_address": ex.scheduler_address,
+                       "connect_timeout": ex.connect_timeout}
         elif ex.n_jobs == "auto":
             target = c.batching.memory_target_fraction * self.monitor.limit.bytes
             options = {"memory_room": lambda: target - self.monitor.rss_bytes(),

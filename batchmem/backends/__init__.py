@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import ConfigError
 from .base import Executor, ExecutorBase
 from .joblib_backend import JoblibExecutor
+from .pickling import check_picklable
 from .pool import PoolExecutor
 from .serial import SerialExecutor
 from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
@@ -116,6 +117,13 @@ def register_backend(name: str, factory: BackendFactory) -> None:
     BACKENDS[name] = factory
 
 
+def _pickles(backend: str | None, n_jobs: int | str) -> bool:
+    """Whether the function travels to worker processes (pickled) with this backend."""
+    if backend in ("serial", "sequential", "threading"):
+        return False
+    return backend is not None or n_jobs != 1
+
+
 def make_executor(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend: str | None,
                   **backend_options: Any) -> Executor:
     """The executor for ``backend`` (see the module docstring for how a name is chosen).
@@ -127,6 +135,9 @@ def make_executor(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend
     """
     if opts.setup is not None:
         check_accepts_state(fn)
+    if _pickles(backend, n_jobs):
+        setup = opts.setup
+        check_picklable(fn, ("setup", setup.setup if setup else None), ("teardown", setup.teardown if setup else None))
     if n_jobs == "auto":
         return _auto(fn, opts, backend or "loky", **backend_options)
     name = backend if backend is not None else ("serial" if n_jobs == 1 else None)

@@ -1,23 +1,24 @@
-"""Run batches on a dask.distributed cluster through joblib's dask backend.
+"""Run batches on a dask.distributed cluster, as futures batchmem owns.
 
-batchmem does not schedule anything itself on a cluster: each batch is one
-joblib task, and joblib's ``"dask"`` backend (``joblib.parallel_config("dask",
-client=...)``) submits it to the cluster's scheduler. What this module adds:
+Each batch is one task submitted with ``client.submit``; :meth:`DaskExecutor.map`
+keeps at most ``in_flight + 1`` of them ahead of the results and waits for the
+oldest, so outcomes come back in input order, each batch is sized with fresh
+feedback, and a failed or lost task always comes back as an outcome, never as
+an endless wait. What this module adds to that:
 
 * which ``Client`` to use (:func:`resolve_client`): the one passed in, one
-  connected to ``scheduler_address``, or the default client
-  (:func:`distributed.default_client`);
+  connected to ``scheduler_address`` (checked first with a plain TCP connect, so
+  a refused connection fails at once and only a silent address waits for
+  ``connect_timeout``), or the default client;
 * the limit the optimizer plans against (:func:`cluster_memory`): the
-  smallest ``memory_limit`` the scheduler reports for its workers
-  (``Client.scheduler_info()["workers"][address]["memory_limit"]``, bytes,
-  the limit each worker's nanny enforces), with source ``"dask_worker"``;
-* per-worker setup as a dask :class:`~distributed.WorkerPlugin`, so the setup
-  runs on every worker when the run starts (and on workers that join later),
-  and its teardown when the run ends;
-* :class:`DaskExecutor`, the executor the run loop uses for ``backend="dask"``.
-
-Peak bytes are measured by :func:`batchmem.backends.worker.run_batch` inside the
-worker process that runs the batch, exactly as for loky workers.
+  smallest worker ``memory_limit`` the scheduler reports (source ``"dask_worker"``);
+* worker death handled as on loky: the scheduler's ``allowed-failures`` is set to 0
+  for the run, so a task whose worker dies comes back as ``KilledWorker`` at once
+  and goes through the worker-death path (halves, each alone); a worker lost under
+  a running batch (SIGKILL from outside) is counted in ``worker_deaths`` too;
+* per-worker setup as a :class:`~distributed.WorkerPlugin`;
+* quiet by default: distributed's warnings about lost workers and rescheduling
+  are held back during a run (shown with ``-v``), and batchmem logs one line per death.
 
 Requires the ``dask`` extra (``pip install "batchmem[dask]"``); without it
 :func:`import_distributed` raises a one-line :class:`~batchmem.errors.ConfigError`.
@@ -26,15 +27,21 @@ Requires the ``dask`` extra (``pip install "batchmem[dask]"``); without it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from ..errors import ConfigError
-from .joblib_backend import BatchOutcome, JoblibExecutor, RunOptions
-from .worker_setup import WorkerSetup
+from ..errors import ConfigError, one_line
 from ..heap.monitor import MemoryLimit, PressureLevel, PressureThresholds
+from .base import ExecutorBase
+from .joblib_backend import _died
+from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
+from .worker_setup import WorkerSetup
 
 __all__ = ["ClusterMemory", "DaskExecutor", "cluster_memory", "import_distributed", "resolve_client"]
 
@@ -58,15 +65,31 @@ def import_distributed() -> Any:
     return distributed
 
 
-def resolve_client(client: Any = None, scheduler_address: str | None = None) -> tuple[Any, bool]:
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Open (and close) a TCP connection to ``address`` (``tcp://host:port``): a refused connection fails
+    at once, a silent address after ``timeout_s`` seconds. Raises a one-line ConfigError naming
+    ``scheduler_address``. Other protocols (``inproc://``, ``tls://``...) are left to distributed."""
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
+        return
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else one_line(exc.strerror or exc)
+        raise ConfigError(
+            f"scheduler_address: cannot connect to {address} ({reason}); start `dask scheduler` there or fix the address"
+        ) from None
+
+
+def resolve_client(client: Any = None, scheduler_address: str | None = None,
+                   connect_timeout: float = CONNECT_TIMEOUT_S) -> tuple[Any, bool]:
     """The dask ``Client`` to run on, and whether batchmem created it (and must close it).
 
-    Order: ``client`` if given; else a client connected to
-    ``scheduler_address`` (the default client is reused when it is already
-    connected there); else :func:`distributed.default_client`.
-
-    Raises ConfigError when the scheduler cannot be reached within
-    :data:`CONNECT_TIMEOUT_S` seconds, or when there is no client at all.
+    Order: ``client`` if given; else a client connected to ``scheduler_address``
+    (:func:`check_reachable` first; the default client is reused when it is already
+    connected there); else :func:`distributed.default_client`. Raises ConfigError
+    when the scheduler cannot be reached, or when there is no client at all.
     """
     distributed = import_distributed()
     if client is not None:
@@ -78,13 +101,13 @@ def resolve_client(client: Any = None, scheduler_address: str | None = None) -> 
                 return default, False
         except ValueError:
             pass
+        check_reachable(scheduler_address, connect_timeout)
         try:
-            return distributed.Client(scheduler_address, timeout=CONNECT_TIMEOUT_S, set_as_default=False), True
+            return distributed.Client(scheduler_address, timeout=connect_timeout, set_as_default=False), True
         except (OSError, TimeoutError, ValueError) as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
             raise ConfigError(
-                f"scheduler_address: cannot connect to {scheduler_address} within {CONNECT_TIMEOUT_S:g} s ({reason}); "
-                "start `dask scheduler` there or fix the address"
+                f"scheduler_address: cannot connect to {scheduler_address} within {connect_timeout:g} s "
+                f"({one_line(exc)}); start `dask scheduler` there or fix the address"
             ) from None
     try:
         return distributed.default_client(), False
@@ -93,6 +116,21 @@ def resolve_client(client: Any = None, scheduler_address: str | None = None) -> 
             'backend: "dask" needs a dask.distributed Client; create one first (Client(...)), '
             "or pass client= or scheduler_address="
         ) from None
+
+
+def describe_cluster(address: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> str:
+    """``"2 workers, 2 threads, worker memory limit 1.0GiB"`` for the scheduler at ``address``
+    (``batchmem validate``); the same one-line ConfigError as a run when it cannot be reached."""
+    from ..units import format_bytes
+
+    client, owned = resolve_client(None, address, connect_timeout)
+    try:
+        info = cluster_memory(client, wait_s=connect_timeout)
+    finally:
+        if owned:
+            client.close()
+    limit = format_bytes(info.limit.bytes) if info.limit else "none"
+    return f"{info.workers} workers, {info.threads} threads, worker memory limit {limit}"
 
 
 @dataclass(frozen=True)
@@ -166,55 +204,155 @@ def _setup_plugin(setup: WorkerSetup) -> Any:
     return BatchmemSetup(setup)
 
 
-class DaskExecutor(JoblibExecutor):
-    """Runs each batch as one joblib task on a dask cluster (joblib's ``"dask"`` backend).
+def _run_on_worker(fn: Callable[..., Any], task: BatchTask, opts: RunOptions) -> BatchOutcome:
+    """:func:`run_batch` on a dask worker; the outcome names the worker's address."""
+    from distributed import get_worker
 
-    ``in_flight`` is the cluster's total worker threads (batches at once).
-    The optimizer plans one worker's memory: limit = smallest worker
-    ``memory_limit`` from the scheduler (unless the user set
-    ``memory_limit``), baseline = the largest worker resident bytes seen at
-    the start of a batch, batches sharing it = that worker's threads (see
-    :meth:`memory_plan`). Results come back in task order.
+    out = run_batch(fn, task, opts)
+    out.worker = get_worker().address
+    return out
+
+
+#: How a batch whose worker died is described (distributed does not report the exit code to clients).
+_KILLED = "its dask worker died (KilledWorker)"
+
+#: Loggers whose warnings about lost workers, rescheduling and gathering are held back during a run.
+_NOISY_LOGGERS = ("distributed.scheduler", "distributed.nanny", "distributed.worker", "distributed.core",
+                  "distributed.client", "distributed.comm", "distributed.utils_perf", "distributed.protocol")
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """Raise distributed's loggers to ERROR for the run unless batchmem logs at DEBUG (``-v``)."""
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    for name in saved:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+class DaskExecutor(ExecutorBase):
+    """Runs each batch as one task on a dask cluster (``client.submit``), outcomes in task order.
+
+    ``in_flight`` is the cluster's total worker threads (batches at once). The
+    optimizer plans one worker's memory: limit = smallest worker ``memory_limit``
+    (unless the user set ``memory_limit``), baseline = the largest worker resident
+    bytes seen at the start of a batch, batches sharing it = that worker's threads
+    (see :meth:`memory_plan`).
     """
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        opts: RunOptions,
-        client: Any = None,
-        scheduler_address: str | None = None,
-        pre_dispatch: str = "2*n_jobs",
-    ):
-        import joblib
+    local_memory = False
 
-        self.opts = opts
-        self.client, self._owns_client = resolve_client(client, scheduler_address)
+    def __init__(self, fn: Callable[..., Any], opts: RunOptions, client: Any = None,
+                 scheduler_address: str | None = None, connect_timeout: float = CONNECT_TIMEOUT_S):
+        super().__init__()
+        self.fn, self.opts = fn, opts
+        self.client, self._owns_client = resolve_client(client, scheduler_address, connect_timeout)
         self._plugin_name: str | None = None
+        self._saved_allowed_failures: int | None = None
+        self._futures: deque[tuple[BatchTask, Any]] = deque()
+        self._cancelled = False
         try:
             self.cluster = cluster_memory(self.client)
-            with joblib.parallel_config(backend="dask", client=self.client):
-                super().__init__(fn, opts, n_jobs=-1, backend=None, pre_dispatch=pre_dispatch)
             if opts.setup is not None:
                 plugin = _setup_plugin(opts.setup)
                 self.client.register_plugin(plugin, name=plugin.name)
                 self._plugin_name = plugin.name
+            self._saved_allowed_failures = self.client.run_on_scheduler(_set_allowed_failures, 0)
         except BaseException:
             self.close()
             raise
-        self.backend = "dask"
-        self.n_jobs = self.in_flight = self.cluster.threads
+        self.in_flight = self.cluster.threads
         self.memory_limit = self.cluster.limit
+        self._workers = self._worker_addresses()
         self._worker_rss: dict[int, int] = {}  # worker pid -> resident bytes at its last batch start
-        logger.info(
-            "dask: %d workers, %d threads, worker memory limit %s bytes",
-            self.cluster.workers, self.cluster.threads, self.memory_limit.bytes if self.memory_limit else "none",
-        )
+        self._quiet = _quiet_distributed()
+        self._quiet.__enter__()
+        logger.info("dask: %d workers, %d threads, worker memory limit %s bytes", self.cluster.workers,
+                    self.cluster.threads, self.memory_limit.bytes if self.memory_limit else "none")
 
-    def _parallel(self, **kw: Any) -> Any:
-        import joblib
+    def _worker_addresses(self) -> set[str]:
+        return set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
 
-        with joblib.parallel_config(backend="dask", client=self.client):
-            return joblib.Parallel(n_jobs=-1, batch_size=1, return_as="generator", **kw)
+    def _count_lost_workers(self) -> None:
+        """Workers that left the cluster since the last look count as deaths (the scheduler re-runs
+        their tasks elsewhere; with allowed-failures 0 a task that was running fails as KilledWorker)."""
+        now = self._worker_addresses()
+        lost = self._workers - now
+        for address in sorted(lost):
+            self.worker_deaths += 1
+            logger.warning("batchmem: dask worker %s died; its batches are re-run", address)
+        self._workers = now
+
+    def _submit(self, task: BatchTask) -> Any:
+        return self.client.submit(_run_on_worker, self.fn, task, self.opts, pure=False,
+                                  key=f"batchmem-batch-{task.index}-{task.start}-{len(task)}-{id(task):x}")
+
+    def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
+        """Outcomes in task order, with at most ``in_flight + 1`` batches submitted ahead of them."""
+        from distributed import KilledWorker
+
+        it = iter(tasks)
+        window = self._futures
+        exhausted = False
+        while not self._cancelled:
+            while not exhausted and len(window) < self.in_flight + 1:
+                task = next(it, None)
+                if task is None:
+                    exhausted = True
+                    break
+                window.append((task, self._submit(task)))
+            if not window:
+                return
+            task, future = window[0]  # stays in the window while awaited, so cancel() reaches it
+            try:
+                outcome = future.result()
+            except KilledWorker:
+                window.popleft()
+                self._count_lost_workers()
+                yield from self._after_death(task)
+                continue
+            except Exception:
+                if self._cancelled:
+                    return
+                raise
+            window.popleft()
+            self._count_lost_workers()
+            yield outcome
+
+    def _after_death(self, task: BatchTask) -> Iterator[BatchOutcome]:
+        if len(task) == 1:  # it may be innocent: run it alone to tell
+            yield self.run_isolated(task)
+        else:
+            logger.warning("a dask worker died running a batch of %d items (items %d..); retrying it in halves",
+                           len(task), task.start)
+            yield _died(task, _KILLED)
+
+    def run_now(self, tasks: list[BatchTask]) -> list[BatchOutcome]:
+        return [self.run_isolated(t) for t in tasks]
+
+    def run_isolated(self, task: BatchTask) -> BatchOutcome:
+        """Run ``task`` alone; a ``KilledWorker`` comes back as a ``split="worker_died"`` outcome."""
+        from distributed import KilledWorker
+
+        try:
+            return self._submit(task).result()
+        except KilledWorker:
+            self._count_lost_workers()
+            return _died(task, _KILLED)
+
+    def cancel(self) -> None:
+        """Cancel the futures in flight; ``map`` ends without their outcomes."""
+        self._cancelled = True
+        futures = [f for _, f in self._futures]
+        if futures:
+            self.client.cancel(futures, force=True)
 
     def memory_plan(
         self, outcome: BatchOutcome | None, rss_bytes: int, pressure: PressureLevel, thresholds: PressureThresholds
@@ -238,8 +376,14 @@ class DaskExecutor(JoblibExecutor):
         return baseline, pressure, self.cluster.threads_per_worker
 
     def close(self) -> None:
-        """Remove the setup plugin (its teardown runs on every worker) and close a client batchmem created."""
+        """Restore the scheduler's allowed-failures, remove the setup plugin (its teardown runs on every
+        worker) and close a client batchmem created."""
+        quiet = getattr(self, "_quiet", None)
         try:
+            if self._saved_allowed_failures is not None:
+                with contextlib.suppress(Exception):
+                    self.client.run_on_scheduler(_set_allowed_failures, self._saved_allowed_failures)
+                self._saved_allowed_failures = None
             if self._plugin_name is not None:
                 try:
                     self.client.unregister_worker_plugin(self._plugin_name)
@@ -248,6 +392,17 @@ class DaskExecutor(JoblibExecutor):
                 self._plugin_name = None
             self._release_setup()  # a client sharing this process with its workers (processes=False)
         finally:
+            if quiet is not None:
+                quiet.__exit__(None, None, None)
+                self._quiet = None
             if self._owns_client:
                 self.client.close()
                 self._owns_client = False
+
+
+def _set_allowed_failures(value: int, dask_scheduler: Any = None) -> int:
+    """On the scheduler: set how often a task may kill its worker before it fails (KilledWorker);
+    returns the previous value (``distributed.scheduler.allowed-failures``, default 3)."""
+    previous = dask_scheduler.allowed_failures
+    dask_scheduler.allowed_failures = value
+    return previous

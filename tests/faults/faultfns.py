@@ -63,3 +63,19 @@ def oom_when_big(batch: list) -> list:
     if len(batch) > 4:
         os.kill(os.getpid(), signal.SIGKILL)
     return [expected(x) for x in batch]
+
+
+def poison_500(x: int) -> dict:
+    """Item 500 kills the worker running it (``os._exit(1)``)."""
+    if x == 500:
+        os._exit(1)
+    return expected(x)
+
+
+def forever(x: int) -> dict:
+    """Item 300 never returns (a hung call); the others take about 1 ms."""
+    if x == 300:
+        while True:
+            time.sleep(1)
+    time.sleep(0.001)
+    return expected(x)
