@@ -359,7 +359,7 @@ class Run:
             "batch_size": self.asked.pop(o.start, o.size), "duration_s": o.duration_s, "peak_bytes": o.peak_bytes,
             "rss_after_bytes": r.rss_bytes, "pressure": r.pressure.label, "failed": o.failed,
             "gc_collections": o.gc_collections, "pid": o.pid, "weight": o.weight,
-            **({"worker": o.worker} if o.worker else {}),
+            **({"worker": o.worker, "worker_peak_bytes": o.start_rss_bytes + o.peak_bytes} if o.worker else {}),
         })
 
     def _account(self, o: BatchOutcome, r: _Reading) -> None:

@@ -75,7 +75,14 @@ def _memory_panel(ax: Any, report: Report, x: Any) -> None:
     """RSS after each batch, the run's peak, the limit and the pressure bands."""
     df, limit, t, peak = report.batches, report.stats.memory_limit_bytes, report.thresholds, report.stats.peak_rss_bytes
     if len(df):
-        ax.plot(x, df["rss_after_bytes"], marker="o", ms=3.5, lw=1.6, color="#1f4e9c", label="RSS after each batch")
+        if "worker_peak_bytes" in df and "worker" in df:  # remote workers: each worker's batch peaks
+            for worker, rows in df.groupby("worker"):
+                ax.plot(x[rows.index], rows["worker_peak_bytes"], marker=".", ms=4, lw=1.0,
+                        label=f"peak in worker {worker}")
+            label = "RSS of this machine after each batch"
+        else:
+            label = "RSS after each batch"
+        ax.plot(x, df["rss_after_bytes"], marker="o", ms=3.5, lw=1.6, color="#1f4e9c", label=label)
     if peak:
         ax.axhline(peak, color="#1f4e9c", ls=":", lw=1, label=f"run peak RSS {format_bytes(peak)}")
     top = max([peak or 0] + ([float(df["rss_after_bytes"].max())] if len(df) else []))
