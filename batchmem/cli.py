@@ -75,18 +75,29 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> in
 def verbosity_options(f: F) -> F:
     """``-v/--verbose`` and ``-q/--quiet`` for a command (use it on every subcommand)."""
     f = click.option(
-        "-q", "--quiet", count=True, expose_value=False, callback=_set_verbosity,
+        "-q",
+        "--quiet",
+        count=True,
+        expose_value=False,
+        callback=_set_verbosity,
         help="Less logging: warnings and errors only.",
     )(f)
     f = click.option(
-        "-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity,
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_set_verbosity,
         help="More logging (debug).",
     )(f)
     return f
 
 
 _set_option = click.option(
-    "--set", "overrides", metavar="KEY=VALUE", multiple=True,
+    "--set",
+    "overrides",
+    metavar="KEY=VALUE",
+    multiple=True,
     help="Override a job-file key by its dotted path, e.g. --set batching.memory_limit=1GB "
     "--set execution.n_jobs=4 (value parsed as YAML). Repeatable.",
 )
@@ -143,7 +154,9 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
     job = load_job(job_file, overrides, resume=resume)
     b, e = job.batching, job.execution
     limit = b.memory_limit
-    limit_text = "detected" if limit is None else f"{limit:.0%} of detected" if isinstance(limit, float) else format_bytes(limit)
+    limit_text = (
+        "detected" if limit is None else f"{limit:.0%} of detected" if isinstance(limit, float) else format_bytes(limit)
+    )
     batching = (
         f"auto batch size from {b.batch_size} in [{b.min_batch_size}, {b.max_batch_size}]"
         if b.auto_optimize
@@ -167,14 +180,23 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
 @cli.command(short_help="Run a job file and stream its results to the output.")
 @click.argument("job_file", metavar="JOB", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
-@click.option("--no-progress", "no_progress", is_flag=True, help="No progress bar (default: the job file's progress key).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run: keep the committed output and skip those items.")
+@click.option(
+    "--no-progress", "no_progress", is_flag=True, help="No progress bar (default: the job file's progress key)."
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run: keep the committed output and skip those items."
+)
 @click.option("--restart", is_flag=True, help="Start over although the output holds an unfinished run of this job.")
-@click.option("--force-resume", "force_resume", is_flag=True,
-              help="Resume even though the job changed (function, source or batched) since the output was written.")
+@click.option(
+    "--force-resume",
+    "force_resume",
+    is_flag=True,
+    help="Resume even though the job changed (function, source or batched) since the output was written.",
+)
 @verbosity_options
-def run(job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: bool, restart: bool,
-        force_resume: bool) -> int:
+def run(
+    job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: bool, restart: bool, force_resume: bool
+) -> int:
     """Run a job file: read the source in batches, apply the function, stream results to the output.
 
     Prints a summary when done (items, failures, batch sizes, throughput,
@@ -263,7 +285,9 @@ def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
     failed = int(get("failed", 0) or 0)
     batches = int(get("batches", 0) or 0)
     sizes = list(get("batch_sizes", []) or [])
-    size_range = "-" if not sizes else f"{min(sizes):,}" if min(sizes) == max(sizes) else f"{min(sizes):,}–{max(sizes):,}"
+    size_range = (
+        "-" if not sizes else f"{min(sizes):,}" if min(sizes) == max(sizes) else f"{min(sizes):,}–{max(sizes):,}"
+    )
     duration = float(get("duration_s", 0.0) or 0.0)
     rate = float(get("items_per_s", 0.0) or 0.0)
     peak = get("peak_rss_bytes")
@@ -333,8 +357,10 @@ def stats(operation: str | None, as_json: bool, clear: bool) -> int:
         record = store.load(operation)
         if store.clear(operation):
             runs = int((record or {}).get("runs") or 0)
-            click.echo(f"cleared the history of {operation!r} ({runs} run{'s' if runs != 1 else ''}); "
-                       "its next run starts from the initial batch size")
+            click.echo(
+                f"cleared the history of {operation!r} ({runs} run{'s' if runs != 1 else ''}); "
+                "its next run starts from the initial batch size"
+            )
         else:
             click.echo(f"no history for {operation!r}: nothing to clear")
         return EXIT_OK
@@ -352,10 +378,18 @@ def stats(operation: str | None, as_json: bool, clear: bool) -> int:
 
 @cli.command(short_help="Report one run (text, JSON, Markdown or HTML).")
 @click.argument("stats_json", metavar="STATS_JSON", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a self-contained HTML report (plots embedded) here.")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a Markdown report here (plots as a PNG beside it).")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a self-contained HTML report (plots embedded) here.",
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a Markdown report here (plots as a PNG beside it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text.")
 @verbosity_options
 def report(stats_json: Path, html_path: Path | None, markdown_path: Path | None, as_json: bool) -> int:

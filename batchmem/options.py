@@ -39,14 +39,16 @@ __all__ = [
 ]
 
 #: The Node.js module's option names, accepted as keyword aliases.
-NODE_ALIASES = MappingProxyType({
-    "batchSize": "batch_size",
-    "autoOptimize": "auto_optimize",
-    "memoryMonitoring": "memory_monitoring",
-    "detectMemoryIssues": "detect_memory_issues",
-    "processName": "process_name",
-    "forceGCOnCompletion": "force_gc_on_completion",
-})
+NODE_ALIASES = MappingProxyType(
+    {
+        "batchSize": "batch_size",
+        "autoOptimize": "auto_optimize",
+        "memoryMonitoring": "memory_monitoring",
+        "detectMemoryIssues": "detect_memory_issues",
+        "processName": "process_name",
+        "forceGCOnCompletion": "force_gc_on_completion",
+    }
+)
 
 
 def _one_of(name: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -273,14 +275,16 @@ class Output:
 
 
 #: The option groups by their job-file section name.
-GROUPS: Mapping[str, type] = MappingProxyType({
-    "batching": Batching,
-    "execution": Execution,
-    "errors": ErrorPolicy,
-    "pressure": Pressure,
-    "analysis": Analysis,
-    "output": Output,
-})
+GROUPS: Mapping[str, type] = MappingProxyType(
+    {
+        "batching": Batching,
+        "execution": Execution,
+        "errors": ErrorPolicy,
+        "pressure": Pressure,
+        "analysis": Analysis,
+        "output": Output,
+    }
+)
 #: Flat keyword -> the group (section name) that holds it.
 _FLAT = MappingProxyType({f.name: section for section, cls in GROUPS.items() for f in fields(cls)})
 

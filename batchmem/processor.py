@@ -52,8 +52,16 @@ class BatchResult:
     collected, or at interpreter exit; pass ``output=`` to keep the files.
     """
 
-    def __init__(self, path: Path, stats: RunStats, errors_path: Path | None, output_format: str = "jsonl", *,
-                 spool: Path | None = None, already_complete: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        stats: RunStats,
+        errors_path: Path | None,
+        output_format: str = "jsonl",
+        *,
+        spool: Path | None = None,
+        already_complete: bool = False,
+    ):
         self.path, self.stats, self.errors_path, self.output_format = path, stats, errors_path, output_format
         #: True when ``resume`` found the output complete and touched nothing.
         self.already_complete = already_complete
@@ -126,8 +134,14 @@ class BatchProcessor:
     ):
         if batch_size is not None:
             options["batch_size"] = batch_size
-        groups = {"batching": batching, "execution": execution, "errors": errors, "pressure": pressure,
-                  "analysis": analysis, "output": output}
+        groups = {
+            "batching": batching,
+            "execution": execution,
+            "errors": errors,
+            "pressure": pressure,
+            "analysis": analysis,
+            "output": output,
+        }
         self.config = group_options(groups, options, process_name=process_name)
         if self.config.execution.backend == "dask":
             from .backends.dask_backend import import_distributed
@@ -139,8 +153,12 @@ class BatchProcessor:
         self.monitor = MemoryMonitor(p.memory_limit, thresholds=p.pressure_thresholds)
         self.pressure_callbacks = PressureCallbacks()
         b = self.config.batching
-        self.optimizer = BatchOptimizer(memory_limit_bytes=self.monitor.limit.bytes, config=b.control_config(),
-                                        operation=self.config.process_name, use_history=b.use_history)
+        self.optimizer = BatchOptimizer(
+            memory_limit_bytes=self.monitor.limit.bytes,
+            config=b.control_config(),
+            operation=self.config.process_name,
+            use_history=b.use_history,
+        )
         self._stop = threading.Event()
         self._run: Run | None = None
 
@@ -162,8 +180,9 @@ class BatchProcessor:
         """
         self.pressure_callbacks.register(level, callback, cooldown_s)
 
-    def _fingerprint(self, fn: Callable[..., Any],
-                     given: str | Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def _fingerprint(
+        self, fn: Callable[..., Any], given: str | Mapping[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """The fingerprint of what produces the results, and the fields it hashes (to name a change).
 
         ``given``: a string (used as is) or a mapping of result-affecting settings
@@ -259,9 +278,18 @@ class BatchProcessor:
                 if ckpt.source_position:
                     source.skip(ckpt.source_position)
             files = RunFiles(path, errors_path, fmt, ckpt, append=append, fsync=self.config.output.fsync, lock=lock)
-            run = Run(self.config, source=source, executor=executor, files=files, stats=self._new_stats(files),
-                      optimizer=self.optimizer, monitor=self.monitor, callbacks=self.pressure_callbacks,
-                      stop_requested=self._stop.is_set, request_stop=self.stop)
+            run = Run(
+                self.config,
+                source=source,
+                executor=executor,
+                files=files,
+                stats=self._new_stats(files),
+                optimizer=self.optimizer,
+                monitor=self.monitor,
+                callbacks=self.pressure_callbacks,
+                stop_requested=self._stop.is_set,
+                request_stop=self.stop,
+            )
         except BaseException:
             executor.close()  # e.g. a dask client made from scheduler_address
             if lock is not None:
@@ -313,18 +341,29 @@ class BatchProcessor:
     def _executor(self, fn: Callable[..., Any], *, encode: bool) -> Any:
         c = self.config
         ex = c.execution
-        opts = RunOptions(c.batching.batched, c.errors.on_error, c.errors.max_retries,
-                          retry_exhausted=c.errors.retry_exhausted, encode=encode,
-                          json_default=c.output.json_default, setup=self.worker_setup,
-                          peak_by_sampling=ex.n_jobs != 1 and ex.backend == "threading")
+        opts = RunOptions(
+            c.batching.batched,
+            c.errors.on_error,
+            c.errors.max_retries,
+            retry_exhausted=c.errors.retry_exhausted,
+            encode=encode,
+            json_default=c.output.json_default,
+            setup=self.worker_setup,
+            peak_by_sampling=ex.n_jobs != 1 and ex.backend == "threading",
+        )
         options: dict[str, Any] = {}
         if ex.backend == "dask":
-            options = {"client": ex.client, "scheduler_address": ex.scheduler_address,
-                       "connect_timeout": ex.connect_timeout}
+            options = {
+                "client": ex.client,
+                "scheduler_address": ex.scheduler_address,
+                "connect_timeout": ex.connect_timeout,
+            }
         elif ex.n_jobs == "auto":
             target = c.batching.memory_target_fraction * self.monitor.limit.bytes
-            options = {"memory_room": lambda: target - self.monitor.rss_bytes(),
-                       "aim_s": c.batching.control_config().aim_s}
+            options = {
+                "memory_room": lambda: target - self.monitor.rss_bytes(),
+                "aim_s": c.batching.control_config().aim_s,
+            }
         executor = make_executor(fn, opts, ex.n_jobs, ex.backend, **options)
         executor.max_tasks_per_worker = ex.max_tasks_per_worker
         return executor

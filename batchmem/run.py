@@ -66,9 +66,20 @@ class Run:
     always :meth:`finish` (also after an error), which writes the stats.
     """
 
-    def __init__(self, config: RunConfig, *, source: Any, executor: Executor, files: RunFiles, stats: RunStats,
-                 optimizer: BatchOptimizer, monitor: MemoryMonitor, callbacks: PressureCallbacks,
-                 stop_requested: Callable[[], bool], request_stop: Callable[[], None]):
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        source: Any,
+        executor: Executor,
+        files: RunFiles,
+        stats: RunStats,
+        optimizer: BatchOptimizer,
+        monitor: MemoryMonitor,
+        callbacks: PressureCallbacks,
+        stop_requested: Callable[[], bool],
+        request_stop: Callable[[], None],
+    ):
         self.config, self.source, self.executor, self.files, self.stats = config, source, executor, files, stats
         self.optimizer, self.monitor = optimizer, monitor
         self.stop_requested, self._request_stop = stop_requested, request_stop
@@ -87,8 +98,9 @@ class Run:
         if optimizer.memory_limit_bytes:
             executor.guard_memory(optimizer.memory_limit_bytes, config.pressure.terminate_fraction)
         self._guards(callbacks)
-        baseline, _, in_flight = executor.memory_plan(None, self.last_sample.rss_bytes, self.last_sample.pressure,
-                                                      monitor.thresholds)
+        baseline, _, in_flight = executor.memory_plan(
+            None, self.last_sample.rss_bytes, self.last_sample.pressure, monitor.thresholds
+        )
         b = config.batching
         self.weigher = make_weigher(b.weight)
         frames = callable(getattr(source, "bytes_per_row", None))
@@ -99,8 +111,9 @@ class Run:
         self._plan = (baseline, in_flight)
         stats.weight_unit = weight_unit(b.weight, frames) if self.weighted else "items"
         stats.settings = RunSettings.of_config(config).to_dict()
-        optimizer.start_run(config.process_name, baseline_bytes=baseline, in_flight=in_flight,
-                            weight_unit=stats.weight_unit)
+        optimizer.start_run(
+            config.process_name, baseline_bytes=baseline, in_flight=in_flight, weight_unit=stats.weight_unit
+        )
         self.fixed_size = None if b.auto_optimize else b.batch_size
         self.asked: dict[int, int] = {}  # input index of a batch's first item -> size asked at the cut (items)
         self.peak_bytes_sum = 0
@@ -112,16 +125,31 @@ class Run:
         if p.adaptive_thresholds:
             opts = dict(p.adaptive_thresholds) if not isinstance(p.adaptive_thresholds, bool) else {}
             self.monitor.thresholds = adaptive_thresholds(self.last_sample.rss_bytes, self.monitor.limit.bytes, **opts)
-            logger.info("adaptive pressure thresholds from a %s baseline: %s",
-                        format_bytes(self.last_sample.rss_bytes), self.monitor.thresholds)
+            logger.info(
+                "adaptive pressure thresholds from a %s baseline: %s",
+                format_bytes(self.last_sample.rss_bytes),
+                self.monitor.thresholds,
+            )
         collector = ThrottledCollector(a.gc_max_time_fraction)
         recycle = self.executor.request_recycle if self.config.execution.recycle_leaking_workers else None
-        self.leaks = LeakGuard(self.monitor, collector, analyze=a.detect_memory_issues,
-                               trace_allocations=a.trace_allocations, recycle=recycle, analyzer_options=a.analyzer)
+        self.leaks = LeakGuard(
+            self.monitor,
+            collector,
+            analyze=a.detect_memory_issues,
+            trace_allocations=a.trace_allocations,
+            recycle=recycle,
+            analyzer_options=a.analyzer,
+        )
         self.pressure = PressureGuard(
-            self.monitor.thresholds, self.monitor.sample, collector=collector, stop=self._emergency_stop,
-            stopped=self.stop_requested, callbacks=callbacks, min_batch_size=self.config.batching.min_batch_size,
-            max_wait_s=p.pressure_max_wait_s, first_utilization=self.last_sample.utilization,
+            self.monitor.thresholds,
+            self.monitor.sample,
+            collector=collector,
+            stop=self._emergency_stop,
+            stopped=self.stop_requested,
+            callbacks=callbacks,
+            min_batch_size=self.config.batching.min_batch_size,
+            max_wait_s=p.pressure_max_wait_s,
+            first_utilization=self.last_sample.utilization,
         )
 
     def _emergency_stop(self, reason: str) -> None:
@@ -134,8 +162,13 @@ class Run:
         total = self.source.total
         if total is not None:
             total -= self.stats.resumed_from
-        return tqdm(total=total, disable=not self.config.output.progress, unit="item",
-                    desc=self.config.process_name, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            disable=not self.config.output.progress,
+            unit="item",
+            desc=self.config.process_name,
+            dynamic_ncols=True,
+        )
 
     # ------------------------------------------------------------------ stops
     def stop_with_grace(self) -> None:
@@ -149,8 +182,10 @@ class Run:
 
     def _cancel(self) -> None:
         self.cancelled = True
-        logger.warning("batchmem: batches in flight did not finish within stop_grace_seconds=%s; cancelling them",
-                       self.config.execution.stop_grace_seconds)
+        logger.warning(
+            "batchmem: batches in flight did not finish within stop_grace_seconds=%s; cancelling them",
+            self.config.execution.stop_grace_seconds,
+        )
         self.executor.cancel()
 
     # ------------------------------------------------------------------ cut
@@ -203,8 +238,9 @@ class Run:
         the first weighted batch, whose weight seeds the budget): ``asked`` items."""
         if budget is not None:
             b = self.config.batching
-            batch, weight, weights = take_weighted(self.source, budget, self.weigher,
-                                                   min_items=min(b.min_batch_size, asked), max_items=asked)
+            batch, weight, weights = take_weighted(
+                self.source, budget, self.weigher, min_items=min(b.min_batch_size, asked), max_items=asked
+            )
         else:
             batch = self.source.take(asked)
             weight, weights = float(len(batch)) if batch is not None else 0.0, None
@@ -225,8 +261,9 @@ class Run:
         self.stats.weight_unit = "auto"
         baseline, in_flight = self._plan
         with self.lock:
-            self.optimizer.start_run(self.config.process_name, baseline_bytes=baseline, in_flight=in_flight,
-                                     weight_unit="auto")
+            self.optimizer.start_run(
+                self.config.process_name, baseline_bytes=baseline, in_flight=in_flight, weight_unit="auto"
+            )
 
     def _weigh(self, batch: Any) -> tuple[float, list[float] | None]:
         """Weight of a batch cut by count: its items' weights, or rows x bytes per row for a DataFrame chunk."""
@@ -266,11 +303,16 @@ class Run:
             return
         if outcome.split == "memory":
             self.stats.memory_errors += 1
-            logger.warning("MemoryError in a batch of %d items (items %d..); retrying it in halves",
-                           len(task), task.start)
+            logger.warning(
+                "MemoryError in a batch of %d items (items %d..); retrying it in halves", len(task), task.start
+            )
         elif outcome.split == "worker_died":
-            logger.warning("worker died (%s) running a batch of %d items (items %d..); retrying it in halves "
-                           "in fresh workers", outcome.worker_exit, len(task), task.start)
+            logger.warning(
+                "worker died (%s) running a batch of %d items (items %d..); retrying it in halves in fresh workers",
+                outcome.worker_exit,
+                len(task),
+                task.start,
+            )
         halves = task.halves()
         if outcome.split == "worker_died":  # each half alone in a worker: a death names its half
             subs = [self.executor.run_isolated(h) for h in halves]
@@ -354,13 +396,23 @@ class Run:
         return _Reading(sample, sample.rss_bytes, sample.pressure)
 
     def _record(self, o: BatchOutcome, r: _Reading) -> None:
-        self.files.write_record({
-            "index": self.stats.batches, "start_time": time.time() - o.duration_s, "items": o.size,
-            "batch_size": self.asked.pop(o.start, o.size), "duration_s": o.duration_s, "peak_bytes": o.peak_bytes,
-            "rss_after_bytes": r.rss_bytes, "pressure": r.pressure.label, "failed": o.failed,
-            "gc_collections": o.gc_collections, "pid": o.pid, "weight": o.weight,
-            **({"worker": o.worker, "worker_peak_bytes": o.start_rss_bytes + o.peak_bytes} if o.worker else {}),
-        })
+        self.files.write_record(
+            {
+                "index": self.stats.batches,
+                "start_time": time.time() - o.duration_s,
+                "items": o.size,
+                "batch_size": self.asked.pop(o.start, o.size),
+                "duration_s": o.duration_s,
+                "peak_bytes": o.peak_bytes,
+                "rss_after_bytes": r.rss_bytes,
+                "pressure": r.pressure.label,
+                "failed": o.failed,
+                "gc_collections": o.gc_collections,
+                "pid": o.pid,
+                "weight": o.weight,
+                **({"worker": o.worker, "worker_peak_bytes": o.start_rss_bytes + o.peak_bytes} if o.worker else {}),
+            }
+        )
 
     def _account(self, o: BatchOutcome, r: _Reading) -> None:
         st = self.stats
@@ -381,13 +433,21 @@ class Run:
             self.last_sample = r.sample
 
     def _feed_optimizer(self, o: BatchOutcome, r: _Reading) -> None:
-        plan_bytes, plan_pressure, in_flight = self.executor.memory_plan(o, r.rss_bytes, r.pressure,
-                                                                         self.monitor.thresholds)
+        plan_bytes, plan_pressure, in_flight = self.executor.memory_plan(
+            o, r.rss_bytes, r.pressure, self.monitor.thresholds
+        )
         with self.lock:
             self.optimizer.observe(
-                BatchMeasurement(size=o.size, duration_s=o.duration_s, peak_bytes=o.peak_bytes, failed=o.failed,
-                                 weight=o.weight if self.weighted else None),
-                baseline_bytes=plan_bytes, pressure=plan_pressure, in_flight=in_flight,
+                BatchMeasurement(
+                    size=o.size,
+                    duration_s=o.duration_s,
+                    peak_bytes=o.peak_bytes,
+                    failed=o.failed,
+                    weight=o.weight if self.weighted else None,
+                ),
+                baseline_bytes=plan_bytes,
+                pressure=plan_pressure,
+                in_flight=in_flight,
             )
 
     def _guard(self, o: BatchOutcome, r: _Reading) -> None:
@@ -398,8 +458,9 @@ class Run:
     def _tick(self, o: BatchOutcome, r: _Reading) -> None:
         self.bar.update(o.size)
         if self.config.output.progress:
-            self.bar.set_postfix_str(f"batch={o.size} rss={format_bytes(r.rss_bytes)} {r.pressure.label}",
-                                     refresh=False)
+            self.bar.set_postfix_str(
+                f"batch={o.size} rss={format_bytes(r.rss_bytes)} {r.pressure.label}", refresh=False
+            )
 
     # ------------------------------------------------------------------ end
     def finish(self) -> None:
@@ -435,26 +496,38 @@ class Run:
         except OSError as exc:  # e.g. the disk is full: the run's own error (if any) is the one to report
             logger.warning("writing the stats %s failed: %s", st.stats_path, exc)
         if self.config.batching.use_history and st.items:  # fixed-size runs are recorded too
-            self.optimizer.finish_run({
-                "learned_batch_size": st.learned_batch_size,
-                "items": st.items, "duration_s": st.duration_s, "items_per_s": st.items_per_s,
-                "peak_rss_bytes": st.peak_rss_bytes, "bytes_per_item": st.bytes_per_item,
-                "batches": st.batches, "failed": st.failed,
-                "leaks": sum(1 for i in st.issues if i.get("kind") == "leak"), "finished_at": st.finished_at,
-                "memory_errors": st.memory_errors, "limit_source": st.limit_source, "settings": st.settings,
-            })
+            self.optimizer.finish_run(
+                {
+                    "learned_batch_size": st.learned_batch_size,
+                    "items": st.items,
+                    "duration_s": st.duration_s,
+                    "items_per_s": st.items_per_s,
+                    "peak_rss_bytes": st.peak_rss_bytes,
+                    "bytes_per_item": st.bytes_per_item,
+                    "batches": st.batches,
+                    "failed": st.failed,
+                    "leaks": sum(1 for i in st.issues if i.get("kind") == "leak"),
+                    "finished_at": st.finished_at,
+                    "memory_errors": st.memory_errors,
+                    "limit_source": st.limit_source,
+                    "settings": st.settings,
+                }
+            )
 
     def _collect_issues(self) -> None:
         """Issues of the analyzer, the pressure escalation and worker recycling, and GC figures, into the stats."""
         st, ex = self.stats, self.executor
         found = [*self.leaks.finish(), *self.pressure.issues()]
         if ex.recycles:
-            found.append(Issue(
-                kind="worker_recycling", severity="info",
-                message=f"worker processes were replaced {ex.recycles} times ({'; '.join(ex.recycle_reasons[:3])})",
-                evidence={"recycles": ex.recycles, "max_tasks_per_worker": ex.max_tasks_per_worker},
-                recommendation="Fix the leak in the function, or keep max_tasks_per_worker to bound worker memory",
-            ))
+            found.append(
+                Issue(
+                    kind="worker_recycling",
+                    severity="info",
+                    message=f"worker processes were replaced {ex.recycles} times ({'; '.join(ex.recycle_reasons[:3])})",
+                    evidence={"recycles": ex.recycles, "max_tasks_per_worker": ex.max_tasks_per_worker},
+                    recommendation="Fix the leak in the function, or keep max_tasks_per_worker to bound worker memory",
+                )
+            )
         issues = [i.to_dict() if hasattr(i, "to_dict") else i for i in found]
         st.issues.extend(issues)
         for i in issues:
@@ -464,4 +537,3 @@ class Run:
         w = self.leaks.gc_watch
         st.gc_collections_by_generation = list(w.collections)
         st.gc_pause_s, st.gc_max_pause_s = w.pause_s, w.max_pause_s
-

@@ -59,8 +59,10 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(self._message("process(..., resume=True)"))
 
     def _message(self, how: str) -> str:
-        return (f"interrupted by {signal_name(self.signum)}: {self.items:,} items committed to {self.output}; "
-                f"run again with: {how}")
+        return (
+            f"interrupted by {signal_name(self.signum)}: {self.items:,} items committed to {self.output}; "
+            f"run again with: {how}"
+        )
 
     def cli_message(self) -> str:
         """The message with the command that continues the run."""
@@ -112,8 +114,11 @@ class StopOnSignals:
             return
         if self.signum is None:
             self.signum = signum
-            logger.warning("%s received: finishing the batches in flight, then stopping "
-                           "(send it again to abandon them; resume continues either way)", name)
+            logger.warning(
+                "%s received: finishing the batches in flight, then stopping "
+                "(send it again to abandon them; resume continues either way)",
+                name,
+            )
             self._stop()
             return
         logger.warning("%s received again: abandoning the batches in flight", name)

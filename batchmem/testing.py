@@ -79,8 +79,10 @@ class SnapshotDiff:
     def format(self) -> str:
         """A few printable lines."""
         traced = "n/a" if self.traced_delta_bytes is None else _fmt(self.traced_delta_bytes)
-        out = [f"{self.label}: rss {_fmt(self.rss_delta_bytes)}, traced {traced}, "
-               f"gc objects {self.gc_objects_delta:+d} in {self.elapsed_s:.3f} s"]
+        out = [
+            f"{self.label}: rss {_fmt(self.rss_delta_bytes)}, traced {traced}, "
+            f"gc objects {self.gc_objects_delta:+d} in {self.elapsed_s:.3f} s"
+        ]
         out += [f"  {line}" for line in self.top_lines]
         return "\n".join(out)
 
@@ -156,8 +158,14 @@ class MemoryTestUtils:
         traced = None
         if snapshot.traced_bytes is not None and now.traced_bytes is not None:
             traced = now.traced_bytes - snapshot.traced_bytes
-        return SnapshotDiff(now.label, now.timestamp - snapshot.timestamp, now.rss_bytes - snapshot.rss_bytes,
-                            traced, now.gc_objects - snapshot.gc_objects, lines)
+        return SnapshotDiff(
+            now.label,
+            now.timestamp - snapshot.timestamp,
+            now.rss_bytes - snapshot.rss_bytes,
+            traced,
+            now.gc_objects - snapshot.gc_objects,
+            lines,
+        )
 
     def allocate_mb(self, mb: float) -> Allocation:
         """Hold ``mb`` MiB (resident: every page written) until ``release()`` or :meth:`release_all`."""
@@ -208,9 +216,11 @@ class MemoryTestUtils:
     def format_status(self, label: str = "status") -> str:
         """One printable line: label, RSS, traced bytes and the live allocations."""
         s = self.summary()
-        return (f"[{label}] rss {_fmt(s['rss_bytes'])} (baseline {_fmt(s['baseline_rss_bytes'])}, "
-                f"growth {_fmt(s['growth_bytes'])}, peak {_fmt(s['peak_rss_bytes'])}), "
-                f"held {_fmt(s['held_bytes'])} in {s['allocations']} blocks")
+        return (
+            f"[{label}] rss {_fmt(s['rss_bytes'])} (baseline {_fmt(s['baseline_rss_bytes'])}, "
+            f"growth {_fmt(s['growth_bytes'])}, peak {_fmt(s['peak_rss_bytes'])}), "
+            f"held {_fmt(s['held_bytes'])} in {s['allocations']} blocks"
+        )
 
 
 # --- leak check ------------------------------------------------------------------------
@@ -231,16 +241,25 @@ class LeakCheck:
 
     @property
     def message(self) -> str:
-        head = (f"memory kept growing: +{_fmt(self.growth_bytes)} over {self.iterations} iterations "
-                f"({_fmt(self.slope_bytes)} per iteration, Theil-Sen trend, {self.confidence:.0%} of pairwise slopes "
-                f"positive; allowed {_fmt(self.max_growth_bytes)})")
+        head = (
+            f"memory kept growing: +{_fmt(self.growth_bytes)} over {self.iterations} iterations "
+            f"({_fmt(self.slope_bytes)} per iteration, Theil-Sen trend, {self.confidence:.0%} of pairwise slopes "
+            f"positive; allowed {_fmt(self.max_growth_bytes)})"
+        )
         if not self.top_lines:
             return head
         return head + "\ntop lines by growth:\n" + "\n".join(f"  {line}" for line in self.top_lines)
 
 
-def check_no_leak(fn: Callable[[], Any], *, iterations: int = 50, max_growth: int | str = "1MB",
-                  warmup: int = 3, min_confidence: float = 0.7, top: int = 5) -> LeakCheck:
+def check_no_leak(
+    fn: Callable[[], Any],
+    *,
+    iterations: int = 50,
+    max_growth: int | str = "1MB",
+    warmup: int = 3,
+    min_confidence: float = 0.7,
+    top: int = 5,
+) -> LeakCheck:
     """Call ``fn()`` ``warmup`` + ``iterations`` times under tracemalloc and judge the trend of traced bytes.
 
     Objects alive before the measured iterations are frozen (:func:`gc.freeze`)

@@ -36,7 +36,13 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
-        print("| " + " | ".join(f"{c:,.3f}" if isinstance(c, float) else f"{c:,}" if isinstance(c, int) else str(c) for c in row) + " |")
+        print(
+            "| "
+            + " | ".join(
+                f"{c:,.3f}" if isinstance(c, float) else f"{c:,}" if isinstance(c, int) else str(c) for c in row
+            )
+            + " |"
+        )
     sys.stdout.flush()
 
 
@@ -57,7 +63,9 @@ class ExternalPeak:
             "    peak = max(peak, int(open(path).read().split()[1]) * page)\n"
             "print(peak)\n"
         )
-        self._p = subprocess.Popen([sys.executable, "-c", code, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._p = subprocess.Popen(
+            [sys.executable, "-c", code, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         time.sleep(0.2)  # let the watcher start polling
         return self
 
@@ -104,8 +112,12 @@ def overhead(n: int = 1_000_000, repeats: int = 3) -> None:
             del os.environ["BATCHMEM_HOME"]
 
     best: dict[str, tuple] = {}
-    runs = (("hand-written loop", naive), ("floor: fn + orjson.dumps", floor), ("batchmem (serial)", framework),
-            ("batchmem (serial, cold: no history)", cold))
+    runs = (
+        ("hand-written loop", naive),
+        ("floor: fn + orjson.dumps", floor),
+        ("batchmem (serial)", framework),
+        ("batchmem (serial, cold: no history)", cold),
+    )
     for _ in range(repeats):  # interleaved, best of N
         for name, fn in runs:
             r = timed(fn)
@@ -113,7 +125,11 @@ def overhead(n: int = 1_000_000, repeats: int = 3) -> None:
                 best[name] = r
     base = best["hand-written loop"][0]
     rows = [[k, v[0], v[1], v[2], v[3], v[0] / base] for k, v in best.items()]
-    table(f"overhead: {n:,} trivial items to JSONL (best of {repeats})", ["run", "wall s", "user s", "sys s", "minor faults", "ratio vs loop"], rows)
+    table(
+        f"overhead: {n:,} trivial items to JSONL (best of {repeats})",
+        ["run", "wall s", "user s", "sys s", "minor faults", "ratio vs loop"],
+        rows,
+    )
     stats = best["batchmem (serial)"][4].stats
     print(f"\nbatchmem batches: {stats.batches}, sizes {stats.batch_sizes[:8]}{' ...' if stats.batches > 8 else ''}")
 
@@ -138,7 +154,9 @@ def parallel(n: int = 2_000, repeats: int = 3) -> None:
 
     def joblib_auto():
         with open(out, "wb") as f:
-            for r in joblib.Parallel(n_jobs=2, batch_size="auto", return_as="generator")(joblib.delayed(cpu_2ms)(x) for x in range(n)):
+            for r in joblib.Parallel(n_jobs=2, batch_size="auto", return_as="generator")(
+                joblib.delayed(cpu_2ms)(x) for x in range(n)
+            ):
                 f.write(orjson.dumps(r) + b"\n")
 
     runs = {"n1": run(1), "n2": run(2), "joblib": joblib_auto}
@@ -147,8 +165,16 @@ def parallel(n: int = 2_000, repeats: int = 3) -> None:
         for k, fn in runs.items():
             best[k] = min(best[k], timed(fn)[0])
     t1, t2, tj = best["n1"], best["n2"], best["joblib"]
-    rows = [["batchmem n_jobs=1", t1, 1.0, ""], ["batchmem n_jobs=2", t2, t1 / t2, t2 / tj], ["joblib.Parallel(2, batch_size='auto')", tj, t1 / tj, 1.0]]
-    table(f"parallel: {n:,} items of ~2 ms pure Python (best of {repeats})", ["run", "wall s", "speedup vs n_jobs=1", "time vs joblib"], rows)
+    rows = [
+        ["batchmem n_jobs=1", t1, 1.0, ""],
+        ["batchmem n_jobs=2", t2, t1 / t2, t2 / tj],
+        ["joblib.Parallel(2, batch_size='auto')", tj, t1 / tj, 1.0],
+    ]
+    table(
+        f"parallel: {n:,} items of ~2 ms pure Python (best of {repeats})",
+        ["run", "wall s", "speedup vs n_jobs=1", "time vs joblib"],
+        rows,
+    )
 
 
 def adaptivity(n: int = 20_000, fixed=(16, 32, 64, 128, 192, 256, 320)) -> None:
@@ -164,9 +190,22 @@ def adaptivity(n: int = 20_000, fixed=(16, 32, 64, 128, 192, 256, 320)) -> None:
 
     def one(name, **kw):
         with ExternalPeak() as peak:
-            w, _, _, _, res = timed(lambda: BatchProcessor(batched=True, memory_limit=limit, progress=False, use_history=False, **kw).process(range(n), hold_4mb))
+            w, _, _, _, res = timed(
+                lambda: BatchProcessor(
+                    batched=True, memory_limit=limit, progress=False, use_history=False, **kw
+                ).process(range(n), hold_4mb)
+            )
         sizes = res.stats.batch_sizes
-        rows.append([name, w, n / w, peak.peak_rss_bytes // MB, "yes" if peak.peak_rss_bytes < limit else "NO", f"{min(sizes)}..{max(sizes)}"])
+        rows.append(
+            [
+                name,
+                w,
+                n / w,
+                peak.peak_rss_bytes // MB,
+                "yes" if peak.peak_rss_bytes < limit else "NO",
+                f"{min(sizes)}..{max(sizes)}",
+            ]
+        )
         return n / w, peak.peak_rss_bytes < limit
 
     auto_tp, auto_ok = one("batchmem auto (start 8)", batch_size=8, max_batch_size=4096)
@@ -175,9 +214,15 @@ def adaptivity(n: int = 20_000, fixed=(16, 32, 64, 128, 192, 256, 320)) -> None:
         tp, ok = one(f"fixed {size}", batch_size=size, auto_optimize=False)
         if ok:
             best = max(best, tp)
-    table(f"adaptivity: {n:,} items x 4 MB, limit = baseline {baseline // MB} MB + 1024 MB = {limit // MB} MB",
-          ["run", "wall s", "items/s", "peak RSS MB", "under limit", "batch sizes"], rows)
-    print(f"\nbatchmem throughput / best fixed size under the limit: {auto_tp / best:.3f} (target >= 0.9); batchmem under limit: {auto_ok}")
+    table(
+        f"adaptivity: {n:,} items x 4 MB, limit = baseline {baseline // MB} MB + 1024 MB = {limit // MB} MB",
+        ["run", "wall s", "items/s", "peak RSS MB", "under limit", "batch sizes"],
+        rows,
+    )
+    print(
+        f"\nbatchmem throughput / best fixed size under the limit: {auto_tp / best:.3f} (target >= 0.9); batchmem "
+        f"under limit: {auto_ok}"
+    )
 
 
 def streaming(n: int = 2_000_000) -> None:
@@ -189,12 +234,18 @@ def streaming(n: int = 2_000_000) -> None:
     rows = []
     base = current_rss_bytes()
     with ExternalPeak() as p:
-        w = timed(lambda: BatchProcessor(progress=False, use_history=False).process(range(n), kb, TMP / "stream.jsonl", overwrite=True))[0]
+        w = timed(
+            lambda: BatchProcessor(progress=False, use_history=False).process(
+                range(n), kb, TMP / "stream.jsonl", overwrite=True
+            )
+        )[0]
     rows.append(["batchmem to JSONL", w, (p.peak_rss_bytes - base) // MB])
     (TMP / "stream.jsonl").unlink()
     base = current_rss_bytes()
     with ExternalPeak() as p:
-        w = timed(lambda: [orjson.loads(orjson.dumps(kb(x))) for x in range(n)])[0]  # results materialised, as a list collector holds them
+        w = timed(lambda: [orjson.loads(orjson.dumps(kb(x))) for x in range(n)])[
+            0
+        ]  # results materialised, as a list collector holds them
     rows.append(["collect into a list", w, (p.peak_rss_bytes - base) // MB])
     table(f"streaming: {n:,} results of ~1 KB", ["run", "wall s", "peak RSS growth MB"], rows)
 

@@ -51,11 +51,19 @@ def cpu_2ms(x):
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n## {title}\n\n{os.cpu_count()} CPUs, load average after the runs {load} (other processes skew the times)\n")
+    print(
+        f"\n## {title}\n\n{os.cpu_count()} CPUs, load average after the runs {load} (other processes skew the times)\n"
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
-        print("| " + " | ".join(f"{c:,.2f}" if isinstance(c, float) else f"{c:,}" if isinstance(c, int) else str(c) for c in row) + " |")
+        print(
+            "| "
+            + " | ".join(
+                f"{c:,.2f}" if isinstance(c, float) else f"{c:,}" if isinstance(c, int) else str(c) for c in row
+            )
+            + " |"
+        )
     sys.stdout.flush()
 
 
@@ -83,7 +91,9 @@ def cpu(client, n: int = 2_000, npartitions: int = 20) -> None:
     t_serial, r_serial = best_of(lambda: batchmem_run(items, cpu_2ms, out["serial"]), repeats=1)
     batchmem_run(items[:50], cpu_2ms, TMP / "warm.jsonl", n_jobs=2, backend="loky")  # spawn the loky workers
     t_loky, r_loky = best_of(lambda: batchmem_run(items, cpu_2ms, out["loky"], n_jobs=2, backend="loky"))
-    batchmem_run(items[:50], cpu_2ms, TMP / "warm.jsonl", backend="dask", client=client)  # import batchmem on the workers
+    batchmem_run(
+        items[:50], cpu_2ms, TMP / "warm.jsonl", backend="dask", client=client
+    )  # import batchmem on the workers
     t_dask, r_dask = best_of(lambda: batchmem_run(items, cpu_2ms, out["dask"], backend="dask", client=client))
 
     bag_dir = TMP / "bag"
@@ -102,12 +112,29 @@ def cpu(client, n: int = 2_000, npartitions: int = 20) -> None:
     assert [orjson.loads(line) for p in parts for line in p.read_bytes().splitlines()] == [
         orjson.loads(line) for line in expected.splitlines()
     ]
-    for name, t, r in (("batchmem serial (n_jobs=1)", t_serial, r_serial), ("batchmem loky n_jobs=2", t_loky, r_loky),
-                       ("batchmem dask, 2-worker LocalCluster", t_dask, r_dask)):
-        rows.append([name, t, n / t, t / t_loky, r.stats.batches, f"{r.stats.memory_limit_bytes / 2**30:.1f} GiB ({r.stats.limit_source})"])
-    rows.append([f"dask.bag map + to_textfiles ({npartitions} partitions)", t_bag, n / t_bag, t_bag / t_loky, npartitions, "-"])
-    table(f"cpu: {n:,} items of ~2 ms pure Python, results to JSONL (best of {REPEATS}; {os.cpu_count()} CPUs)",
-          ["run", "wall s", "items/s", "time vs loky", "batches", "limit planned against"], rows)
+    for name, t, r in (
+        ("batchmem serial (n_jobs=1)", t_serial, r_serial),
+        ("batchmem loky n_jobs=2", t_loky, r_loky),
+        ("batchmem dask, 2-worker LocalCluster", t_dask, r_dask),
+    ):
+        rows.append(
+            [
+                name,
+                t,
+                n / t,
+                t / t_loky,
+                r.stats.batches,
+                f"{r.stats.memory_limit_bytes / 2**30:.1f} GiB ({r.stats.limit_source})",
+            ]
+        )
+    rows.append(
+        [f"dask.bag map + to_textfiles ({npartitions} partitions)", t_bag, n / t_bag, t_bag / t_loky, npartitions, "-"]
+    )
+    table(
+        f"cpu: {n:,} items of ~2 ms pure Python, results to JSONL (best of {REPEATS}; {os.cpu_count()} CPUs)",
+        ["run", "wall s", "items/s", "time vs loky", "batches", "limit planned against"],
+        rows,
+    )
 
 
 def flights(client) -> None:
@@ -135,28 +162,53 @@ def flights(client) -> None:
     times = {}
     for name, extra in runs:
         out = outs[name] = TMP / f"flights-{len(outs)}.jsonl"
-        batchmem_run(lambda: flights_etl.flights_source(nrows=20_000), flights_etl.transform, TMP / "warm.jsonl", **kw, **extra)
-        t, r = best_of(lambda: batchmem_run(flights_etl.flights_source, flights_etl.transform, out, **kw, **extra), repeats=1)
+        batchmem_run(
+            lambda: flights_etl.flights_source(nrows=20_000), flights_etl.transform, TMP / "warm.jsonl", **kw, **extra
+        )
+        t, r = best_of(
+            lambda out=out, extra=extra: batchmem_run(
+                flights_etl.flights_source, flights_etl.transform, out, **kw, **extra
+            ),
+            repeats=1,
+        )
         times[name] = (t, r)
     t_loky = times["batchmem loky n_jobs=2"][0]
     for name, (t, r) in times.items():
         sizes = r.stats.batch_sizes
-        rows.append([name, t, r.stats.items / t, t / t_loky, r.stats.batches, int(statistics.median(sizes)),
-                     f"{r.stats.memory_limit_bytes / 2**30:.1f} GiB ({r.stats.limit_source})"])
+        rows.append(
+            [
+                name,
+                t,
+                r.stats.items / t,
+                t / t_loky,
+                r.stats.batches,
+                int(statistics.median(sizes)),
+                f"{r.stats.memory_limit_bytes / 2**30:.1f} GiB ({r.stats.limit_source})",
+            ]
+        )
     first = outs["batchmem serial (n_jobs=1)"].read_bytes()
     assert all(p.read_bytes() == first for p in outs.values())
-    table(f"flights: transform() over {flights_etl.N_FLIGHTS:,} rows, CSV chunks to JSONL ({os.cpu_count()} CPUs)",
-          ["run", "wall s", "rows/s", "time vs loky", "batches", "median batch rows", "limit planned against"], rows)
+    table(
+        f"flights: transform() over {flights_etl.N_FLIGHTS:,} rows, CSV chunks to JSONL ({os.cpu_count()} CPUs)",
+        ["run", "wall s", "rows/s", "time vs loky", "batches", "median batch rows", "limit planned against"],
+        rows,
+    )
 
 
 def main(which: list[str]) -> None:
     import distributed
 
     t0 = time.perf_counter()
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB",
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        print(f"LocalCluster(2 workers x 1 thread, 4 GiB each) started in {time.perf_counter() - t0:.1f} s "
-              f"(not counted); dask {distributed.__version__}")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        print(
+            f"LocalCluster(2 workers x 1 thread, 4 GiB each) started in {time.perf_counter() - t0:.1f} s "
+            f"(not counted); dask {distributed.__version__}"
+        )
         if "cpu" in which:
             cpu(client)
         if "flights" in which:

@@ -61,8 +61,19 @@ def command(system: str, out: Path) -> list[str]:
     """The argv of one run of ``system`` writing ``out``."""
     if system == "loop":
         return [sys.executable, "-c", LOOP.format(example_dir=str(EXAMPLE_DIR), out=str(out))]
-    argv = [sys.executable, "-m", "batchmem.cli", "run", str(JOB), "--no-progress", "-q",
-            "--set", f"output.path={out}", "--set", f"output.errors={out}.errors"]
+    argv = [
+        sys.executable,
+        "-m",
+        "batchmem.cli",
+        "run",
+        str(JOB),
+        "--no-progress",
+        "-q",
+        "--set",
+        f"output.path={out}",
+        "--set",
+        f"output.errors={out}.errors",
+    ]
     if system == "batchmem-nosync":
         argv += ["--set", "output.fsync=false"]
     elif system == "batchmem-inproc":
@@ -115,8 +126,11 @@ def main() -> None:
     args = ap.parse_args()
     systems = args.systems.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="bench_flights_"))
-    env = {**os.environ, "BATCHMEM_HOME": str(tmp / "home"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "BATCHMEM_HOME": str(tmp / "home"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     results: dict[str, list[tuple[float, int]]] = {s: [] for s in systems}
     digests: dict[str, set[tuple[str, int]]] = {s: set() for s in systems}
     try:
@@ -140,14 +154,18 @@ def main() -> None:
         return statistics.median(x[i] for x in results[s])
 
     base = "loop" if "loop" in systems else systems[-1]
-    print(f"\nflights ETL -> JSONL, {N_FLIGHTS:,} rows, median of {args.repeats} interleaved repeats"
-          f" ({'cold' if args.cold else 'warm'} batchmem history), {os.cpu_count()} CPUs\n")
+    print(
+        f"\nflights ETL -> JSONL, {N_FLIGHTS:,} rows, median of {args.repeats} interleaved repeats"
+        f" ({'cold' if args.cold else 'warm'} batchmem history), {os.cpu_count()} CPUs\n"
+    )
     print(f"| system | wall s (median) | min-max s | peak RSS MB (median) | time / {base} | peak / {base} |")
     print("| --- | --- | --- | --- | --- | --- |")
     for s in systems:
         walls = [x[0] for x in results[s]]
-        print(f"| {s} | {med(s, 0):.2f} | {min(walls):.2f}-{max(walls):.2f} | {med(s, 1) / 1e6:.0f} | "
-              f"{med(s, 0) / med(base, 0):.2f}x | {med(s, 1) / med(base, 1):.2f}x |")
+        print(
+            f"| {s} | {med(s, 0):.2f} | {min(walls):.2f}-{max(walls):.2f} | {med(s, 1) / 1e6:.0f} | "
+            f"{med(s, 0) / med(base, 0):.2f}x | {med(s, 1) / med(base, 1):.2f}x |"
+        )
     lines = {n for d in digests.values() for _, n in d}
     same = len({h for d in digests.values() for h, _ in d}) == 1
     print(f"\noutputs: {sorted(lines)} lines; byte-identical across systems and repeats: {'yes' if same else 'NO'}")

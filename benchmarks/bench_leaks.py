@@ -63,8 +63,9 @@ def false_positives(runs: int, batches: int = 60) -> tuple[int, int]:
 
 
 def run(fn, n: int, size: int, trace: bool):
-    proc = BatchProcessor(batch_size=size, auto_optimize=False, batched=True, progress=False, use_history=False,
-                          trace_allocations=trace)
+    proc = BatchProcessor(
+        batch_size=size, auto_optimize=False, batched=True, progress=False, use_history=False, trace_allocations=trace
+    )
     t0 = time.perf_counter()
     result = proc.process(range(n), fn)
     return time.perf_counter() - t0, result.stats
@@ -97,14 +98,25 @@ def main() -> None:
     plain_delay = detection_delay(False)
     traced_delay = detection_delay(True)
     rows = [
-        ("false positives, clean noisy runs (malloc in-use bytes)", f"{heap_fp}/{args.runs} = {heap_fp / args.runs:.0%}"),
+        (
+            "false positives, clean noisy runs (malloc in-use bytes)",
+            f"{heap_fp}/{args.runs} = {heap_fp / args.runs:.0%}",
+        ),
         ("false positives, same runs judged on RSS", f"{rss_fp}/{args.runs} = {rss_fp / args.runs:.0%}"),
-        ("detection delay, 100 KB/batch leak (batches)", f"median {statistics.median(plain_delay)}, max {max(plain_delay)}  {plain_delay}"),
-        ("detection delay, traced (batches)", f"median {statistics.median(traced_delay)}, max {max(traced_delay)}  {traced_delay}"),
+        (
+            "detection delay, 100 KB/batch leak (batches)",
+            f"median {statistics.median(plain_delay)}, max {max(plain_delay)}  {plain_delay}",
+        ),
+        (
+            "detection delay, traced (batches)",
+            f"median {statistics.median(traced_delay)}, max {max(traced_delay)}  {traced_delay}",
+        ),
     ]
-    for name, fn, n, size in (("allocation-heavy (3 objects/item)", dicts, 200_000, 1000),
-                              ("noisy blocks", noisy, 600, 10),
-                              ("light (int arithmetic)", light, 1_000_000, 10_000)):
+    for name, fn, n, size in (
+        ("allocation-heavy (3 objects/item)", dicts, 200_000, 1000),
+        ("noisy blocks", noisy, 600, 10),
+        ("light (int arithmetic)", light, 1_000_000, 10_000),
+    ):
         plain, traced = overhead(fn, n, size)
         rows.append((f"tracemalloc overhead, {name}", f"{traced / plain:.2f}x  ({plain:.2f} s -> {traced:.2f} s)"))
     width = max(len(r[0]) for r in rows)

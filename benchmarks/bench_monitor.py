@@ -19,7 +19,7 @@ import multiprocessing as mp
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import psutil
 
@@ -53,7 +53,7 @@ def _tracker(force_sampling: bool) -> Callable[[], None]:
     def enter_exit() -> None:
         with t:
             pass
-        t.peak_delta_bytes
+        _ = t.peak_delta_bytes
 
     return enter_exit
 
@@ -84,9 +84,7 @@ def main() -> None:
         n_children = len(psutil.Process().children(recursive=True))
         label = f"MemoryMonitor.rss_bytes(), {n_children} children"
         results.append((label, *_time_us(tree.rss_bytes, 2000, args.repeat)))
-        results.append(
-            (f"MemoryMonitor.sample(), {n_children} children", *_time_us(tree.sample, 2000, args.repeat))
-        )
+        results.append((f"MemoryMonitor.sample(), {n_children} children", *_time_us(tree.sample, 2000, args.repeat)))
     finally:
         stop.set()
         for c in children:

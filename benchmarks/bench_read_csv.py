@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     chunks = [int(c) for c in args.chunks.split(",")]
 
-    print(f"python {sys.version.split()[0]}, file: flights.csv.zip (336,776 rows x 19 cols, 31 MB unzipped); "
-          f"median of {args.repeats} fresh processes\n")
+    print(
+        f"python {sys.version.split()[0]}, file: flights.csv.zip (336,776 rows x 19 cols, 31 MB unzipped); "
+        f"median of {args.repeats} fresh processes\n"
+    )
     print("| work | reader | chunk rows | peak above baseline (MiB) | wall (s) | whole / chunked |")
     print("|---|---|---:|---:|---:|---:|")
     for do_transform in (False, True):
@@ -103,8 +105,13 @@ def main(argv: list[str] | None = None) -> None:
         for chunk in chunks:
             r = measure("chunked", chunk, do_transform, args.repeats)
             ratio = whole["peak_mib"] / r["peak_mib"] if r["peak_mib"] > 0 else float("inf")
-            print(f"| {work} | batchmem.read_csv | {chunk:,} | {r['peak_mib']:.1f} | {r['wall_s']:.2f} | {ratio:.1f}x |")
-        print(f"| {work} | pandas.read_csv (whole file) | {whole['rows']:,} | {whole['peak_mib']:.1f} | {whole['wall_s']:.2f} | 1.0x |")
+            print(
+                f"| {work} | batchmem.read_csv | {chunk:,} | {r['peak_mib']:.1f} | {r['wall_s']:.2f} | {ratio:.1f}x |"
+            )
+        print(
+            f"| {work} | pandas.read_csv (whole file) | {whole['rows']:,} | {whole['peak_mib']:.1f} | "
+            f"{whole['wall_s']:.2f} | 1.0x |"
+        )
     print(f"\npost-import baseline RSS: {whole['base_mib']:.0f} MiB (pandas + batchmem + example module)")
 
 

@@ -55,8 +55,12 @@ print(result.stats.items, result.stats.status, flush=True)
 def run(workload: str, mode: str, n_jobs: int) -> dict:
     out = TMP / f"{workload}-{mode}-{n_jobs}.jsonl"
     t0 = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, workload, mode, str(n_jobs), str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, workload, mode, str(n_jobs), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     limit = int(child.stdout.readline() or 0)
     watched, peak = psutil.Process(child.pid), 0
     while child.poll() is None:
@@ -82,9 +86,18 @@ def main() -> None:
             for label, r in [(f"fixed {s}", fixed[s]) for s in fixed] + [("batchmem weighted", weighted)]:
                 ratio = safe[best_size]["wall"] / r["wall"] if best_size else float("nan")
                 mark = "" if r["peak"] <= r["limit"] and r["ok"] else " ✘"
-                rows.append([workload, n_jobs, label, f"{r['wall']:.2f}", f"{r['peak'] / r['limit']:.2f}{mark}",
-                             "yes" if r["ok"] else "no", f"{ratio:.2f}",
-                             f"best safe: fixed {best_size}" if label == "batchmem weighted" else ""])
+                rows.append(
+                    [
+                        workload,
+                        n_jobs,
+                        label,
+                        f"{r['wall']:.2f}",
+                        f"{r['peak'] / r['limit']:.2f}{mark}",
+                        "yes" if r["ok"] else "no",
+                        f"{ratio:.2f}",
+                        f"best safe: fixed {best_size}" if label == "batchmem weighted" else "",
+                    ]
+                )
     print("\n| workload | n_jobs | run | wall s | peak / limit | every item once | throughput vs best safe fixed | |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:

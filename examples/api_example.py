@@ -52,8 +52,10 @@ def main(n: int = 200_000) -> None:
     for counts in result:  # read back lazily from result.path, one line per input item
         totals.update(counts)
     s = result.stats
-    print(f"{s.items:,} sentences in {s.batches} batches ({min(s.batch_sizes)}-{max(s.batch_sizes)} items), "
-          f"{s.items_per_s:,.0f} items/s, peak RSS {s.peak_rss_bytes / 2**20:.0f} MiB")
+    print(
+        f"{s.items:,} sentences in {s.batches} batches ({min(s.batch_sizes)}-{max(s.batch_sizes)} items), "
+        f"{s.items_per_s:,.0f} items/s, peak RSS {s.peak_rss_bytes / 2**20:.0f} MiB"
+    )
     print("top words:", ", ".join(f"{w} {c:,}" for w, c in totals.most_common(5)))
     print("results:", result.path)
 

@@ -31,8 +31,17 @@ DECIMAL_SIZE = re.compile(r"\d\s?[kKMGT]B\b")
 
 def short_run(**figures) -> RunFigures:
     """10 batches of 20 items that took 1 ms each: far below the 0.2 s band."""
-    base = dict(items=200, batches=10, batch_size_median=20, batch_size_max=20, batch_s_median=0.001,
-                memory_bound_batches=0, pressure_batches=0, memory_limit_bytes=2**30, limit_source="user")
+    base = dict(
+        items=200,
+        batches=10,
+        batch_size_median=20,
+        batch_size_max=20,
+        batch_s_median=0.001,
+        memory_bound_batches=0,
+        pressure_batches=0,
+        memory_limit_bytes=2**30,
+        limit_source="user",
+    )
     return RunFigures(**{**base, **figures})
 
 
@@ -50,10 +59,13 @@ def test_a_batched_run_is_never_told_to_set_batched():
 
 
 def test_an_unbatched_run_is_told_to_batch_and_the_figure_is_quoted():
-    recs = run_advice(short_run(), RunSettings(batched=False, auto_optimize=True, max_batch_size=1000,
-                                               target_batch_seconds=BAND))
-    assert recs == ["batches are short in this run (median batch time 0.001 s, target 0.2-2 s): per-batch "
-                    "overhead is not amortised; use batched=True (fn called once per batch)"]
+    recs = run_advice(
+        short_run(), RunSettings(batched=False, auto_optimize=True, max_batch_size=1000, target_batch_seconds=BAND)
+    )
+    assert recs == [
+        "batches are short in this run (median batch time 0.001 s, target 0.2-2 s): per-batch "
+        "overhead is not amortised; use batched=True (fn called once per batch)"
+    ]
 
 
 def test_fixed_size_runs_get_batch_size_not_max_batch_size():
@@ -100,8 +112,9 @@ def test_memory_rules_check_n_jobs_max_batch_size_and_quote_iec_sizes():
 def test_trends_quote_iec_sizes_and_the_report_throughput():
     runs = [{"bytes_per_item": b, "items_per_s": r} for b, r in [(1000, 500.0), (1100, 400.0), (2048, 300.0)]]
     grew, fell = trend_advice(runs)
-    assert grew == ("bytes per item grew 105% over the last 3 runs (1000B -> 2.0KiB): inputs grew, "
-                    "or memory leaks across items")
+    assert grew == (
+        "bytes per item grew 105% over the last 3 runs (1000B -> 2.0KiB): inputs grew, or memory leaks across items"
+    )
     assert fell == "throughput fell 40% over the last 3 runs (500.0 -> 300.0 items/s)"
 
 
@@ -126,14 +139,19 @@ def home(tmp_path, monkeypatch):
 def _runs(tmp_path, batched: bool):
     """3,000 cheap items in batches capped at 30: every batch far below 0.2 s."""
     fn = triple_batch if batched else triple
-    proc = BatchProcessor(batch_size=30, max_batch_size=30, batched=batched, progress=False,
-                          process_name=f"cheap_{'batched' if batched else 'items'}")
+    proc = BatchProcessor(
+        batch_size=30,
+        max_batch_size=30,
+        batched=batched,
+        progress=False,
+        process_name=f"cheap_{'batched' if batched else 'items'}",
+    )
     return proc.process(range(3000), fn, output=tmp_path / f"{batched}.jsonl")
 
 
 def _figure_row(text: str, label: str) -> str:
     (line,) = [ln for ln in text.splitlines() if ln.strip().startswith(label)]
-    return line.strip()[len(label):].strip()
+    return line.strip()[len(label) :].strip()
 
 
 @pytest.mark.parametrize("batched", [True, False])
@@ -159,8 +177,13 @@ def test_real_run_advice_checks_batched_and_quotes_the_report_figure(home, tmp_p
 def test_cli_report_of_a_batched_run_has_no_batched_advice(home, tmp_path):
     result = _runs(tmp_path, batched=True)
     env = dict(os.environ, BATCHMEM_HOME=str(home))
-    out = subprocess.run([sys.executable, "-m", "batchmem.cli", "report", result.stats.stats_path],
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "batchmem.cli", "report", result.stats.stats_path],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     shown = _figure_row(out.stdout, "median batch time (fn only)")
     assert f"(median batch time {shown}, target 0.2-2 s)" in out.stdout

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,17 +20,23 @@ JOBS_BAD = Path(__file__).parent / "jobs_bad"
 BAD_FILES = sorted(JOBS_BAD.glob("*.yaml"))
 
 
-def batchmem(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def batchmem(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "batchmem.cli", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def expected_of(path: Path) -> str:
     first = path.read_bytes().split(b"\n", 1)[0].decode("utf-8")
     assert first.startswith("# expect: ")
-    return first[len("# expect: "):].strip()
+    return first[len("# expect: ") :].strip()
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -124,7 +130,9 @@ def test_validate_ok(job_dir, tmp_path_factory):
 
 
 def test_validate_with_overrides(job_dir):
-    proc = batchmem("validate", "job.yaml", "--set", "batching.memory_limit=1GiB", "--set", "execution.n_jobs=2", cwd=job_dir)
+    proc = batchmem(
+        "validate", "job.yaml", "--set", "batching.memory_limit=1GiB", "--set", "execution.n_jobs=2", cwd=job_dir
+    )
     assert proc.returncode == 0, proc.stderr
     assert "memory limit 1.0GiB" in proc.stdout and "n_jobs 2" in proc.stdout
     proc = batchmem("validate", "job.yaml", "--set", "batching.memory_limt=1GB", cwd=job_dir)
@@ -143,7 +151,7 @@ def corpus_results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     env = dict(os.environ, BATCHMEM_HOME=str(tmp_path_factory.mktemp("corpus_home")))
     with ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2))) as pool:
         procs = pool.map(lambda p: batchmem("validate", str(p), cwd=cwd, env=env), BAD_FILES)
-        return {p.name: proc for p, proc in zip(BAD_FILES, procs)}
+        return {p.name: proc for p, proc in zip(BAD_FILES, procs, strict=True)}
 
 
 @pytest.mark.parametrize("path", BAD_FILES, ids=[p.stem for p in BAD_FILES])
@@ -180,11 +188,21 @@ def test_run_end_to_end(job_dir):
 
 
 def test_run_with_failed_items_exits_1(job_dir):
-    proc = batchmem("run", "job.yaml", "--set", "function=cli_fns:fail_on_seven", "--set", "on_error=skip", "--no-progress", cwd=job_dir)
+    proc = batchmem(
+        "run",
+        "job.yaml",
+        "--set",
+        "function=cli_fns:fail_on_seven",
+        "--set",
+        "on_error=skip",
+        "--no-progress",
+        cwd=job_dir,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "10 items, 1 failed" in proc.stdout
-    assert re.search(r"^1 failed; first: item \d+, ValueError: seven is not allowed; all in \S+errors\.jsonl$",
-                     proc.stdout, re.M), proc.stdout
+    assert re.search(
+        r"^1 failed; first: item \d+, ValueError: seven is not allowed; all in \S+errors\.jsonl$", proc.stdout, re.M
+    ), proc.stdout
 
 
 def test_run_stopped_by_the_function_exits_1_with_one_line(job_dir):
@@ -207,7 +225,10 @@ def test_interrupt_exits_130(job_dir):
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchmem.cli", "run", "forever.yaml"],
-        cwd=job_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=job_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         # A shell may start background jobs with SIGINT ignored; give the child the default.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )

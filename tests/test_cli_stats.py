@@ -128,7 +128,11 @@ def test_memory_and_memory_verbose(home):
     assert verbose.returncode == 0, verbose.stderr
     assert "gc:" in verbose.stdout and "threshold" in verbose.stdout and "tracemalloc" in verbose.stdout
     js = json.loads(batchmem(home, "memory", "--json").stdout)
-    assert js["limit_bytes"] > 0 and js["limit_source"] and js["pressure"] in ("normal", "warning", "critical", "emergency")
+    assert (
+        js["limit_bytes"] > 0
+        and js["limit_source"]
+        and js["pressure"] in ("normal", "warning", "critical", "emergency")
+    )
 
 
 def test_job_file_report_key_writes_the_html_report(home, tmp_path):

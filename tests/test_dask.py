@@ -23,9 +23,12 @@ GIB = 1024**3
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as c:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
         yield c
 
 
@@ -115,8 +118,12 @@ def test_batches_are_measured_in_the_worker_processes(client, tmp_path):
 def test_setup_runs_once_per_worker_not_per_batch(client, tmp_path):
     log = tmp_path / "setup.log"
     proc = processor(
-        batch_size=5, auto_optimize=False, backend="dask", client=client,
-        setup=functools.partial(load_table, str(log)), teardown=functools.partial(drop_table, str(log)),
+        batch_size=5,
+        auto_optimize=False,
+        backend="dask",
+        client=client,
+        setup=functools.partial(load_table, str(log)),
+        teardown=functools.partial(drop_table, str(log)),
     )
     result = proc.process(range(300), scale)
     assert list(result) == [3 * x for x in range(300)]

@@ -76,19 +76,35 @@ def test_delay_category_boundaries():
     n = len(delays)
     df = pd.DataFrame(
         {
-            "year": [2013] * n, "month": [12] * n, "day": [31] * n, "hour": [23] * n, "minute": [59] * n,
+            "year": [2013] * n,
+            "month": [12] * n,
+            "day": [31] * n,
+            "hour": [23] * n,
+            "minute": [59] * n,
             "dep_time": pd.array([1 if d is not None else None for d in delays], dtype="Int64"),
             "dep_delay": pd.array(delays, dtype="Int64"),
             "arr_delay": pd.array([None] * n, dtype="Int64"),
             "air_time": pd.array([None] * n, dtype="Int64"),
             "carrier": pd.array(["AA"] * (n - 1) + ["ZZ"], dtype="str"),
-            "flight": [1] * n, "tailnum": pd.array([None] * n, dtype="str"),
-            "origin": ["JFK"] * n, "dest": ["LAX"] * n, "distance": [2475] * n,
+            "flight": [1] * n,
+            "tailnum": pd.array([None] * n, dtype="str"),
+            "origin": ["JFK"] * n,
+            "dest": ["LAX"] * n,
+            "distance": [2475] * n,
         },
         index=pd.RangeIndex(100, 100 + n),
     )
     out = flights_etl.transform(df)
-    assert out["delay_category"].tolist() == ["early", "early", "on_time", "on_time", "late", "late", "very_late", "cancelled"]
+    assert out["delay_category"].tolist() == [
+        "early",
+        "early",
+        "on_time",
+        "on_time",
+        "late",
+        "late",
+        "very_late",
+        "cancelled",
+    ]
     assert out.index.equals(df.index)
     assert out["dep_actual"].iloc[-2] == "2014-01-01T01:00:00"  # delays cross midnight and year end
     assert pd.isna(out["carrier_name"].iloc[-1])  # unknown carrier code: null, row kept

@@ -144,7 +144,7 @@ def test_flights_example_output_encodes_like_the_row_path(flights_example):
     """Whole, and a chunk that starts mid-frame (as read_csv chunks do)."""
     out, reference = flights_example
     assert_same(out, old=reference)
-    assert_same(out.iloc[123_456:123_456 + 50_000])
+    assert_same(out.iloc[123_456 : 123_456 + 50_000])
 
 
 # -- edge cases ----------------------------------------------------------------------------------
@@ -156,54 +156,112 @@ def edge_frame() -> pd.DataFrame:
         values = list(values)
         return (values * n)[:n]
 
-    ts = pd.to_datetime(["2013-01-01 05:15", None, "1969-12-31 23:59:59.999999999", "2013-01-01 05:15:00.123",
-                         "2013-01-01 05:15:00.000000123", "2262-04-11", "1677-09-22", "2000-02-29 23:59:59.5"],
-                        format="ISO8601")
-    df = pd.DataFrame({
-        "float": col([0.1, np.nan, 1e-300, 5e-324, 1e16, -0.0, np.inf, -np.inf, 1.5e300, 1e-7, 123456.789, 2.0]),
-        "float32": np.array(col([0.1, np.nan, 3.4e38, 1e-45, 16777217.0, -2.5]), dtype="float32"),
-        "int": col([0, -1, np.iinfo(np.int64).max, np.iinfo(np.int64).min, 42]),
-        "uint64": np.array(col([np.iinfo(np.uint64).max, 0, 2**63]), dtype="uint64"),
-        "int8": np.array(col([-128, 127, 0]), dtype="int8"),
-        "bool": col([True, False, True]),
-        "Int64": pd.array(col([1, None, 2**62, -(2**63), pd.NA]), dtype="Int64"),
-        "UInt64": pd.array(col([2**64 - 1, None, 0]), dtype="UInt64"),
-        "Float64": pd.array(col([1.5, None, 0.1, 1e-300]), dtype="Float64"),
-        "boolean": pd.array(col([True, None, False]), dtype="boolean"),
-        "str": pd.array(col(["plain", None, 'quote " back \\ slash', "tab\tnew\nline\r\x01\x1f\x7f", "é日本🎉",
-                             "\u2028\u2029", "", "%s %d {}", "a,b", '","']), dtype="str"),
-        "str_python": pd.array(col(["x", pd.NA, "ü", "\x00nul"]), dtype=pd.StringDtype("python")),
-        "object_str": col(["a", None, np.nan, pd.NA, pd.NaT, "b", np.str_("numpy str")]),
-        "object_mixed": col([1, "a", None, {"k": [1, 2.5, "x"]}, [1, 2], 2**64 - 1, np.int64(7), np.float32(0.5),
-                             np.datetime64("2020-01-01T00:00:01"), dt.date(2020, 1, 2), True, np.nan]),
-        "object_ints": col([1, 2**63, -5, None]),
-        "object_ts": col([pd.Timestamp("2020-01-01 00:00:00.5"), pd.NaT, pd.Timestamp("2021-06-01", tz="UTC")]),
-        "ts_ns": col(ts),
-        "ts_s": pd.Series(np.array(col(["2013-01-01T05:15", "NaT", "1900-01-01", "9999-12-31T23:59:59"]),
-                                   dtype="datetime64[s]")),
-        "ts_ms": pd.Series(np.array(col(["2013-01-01T05:15:00.001", "NaT", "1950-06-01T12:00:00.999"]),
-                                    dtype="datetime64[ms]")),
-        "ts_old": pd.Series(col([np.datetime64("0900-01-01T00:00:00"), np.datetime64("NaT")]),
-                            dtype="datetime64[s]"),
-        "tz_paris": col(ts.tz_localize("Europe/Paris", nonexistent="shift_forward", ambiguous="NaT")),
-        "tz_utc": col(ts.tz_localize("UTC")),
-        "tz_new_york": col(pd.to_datetime(["2013-01-01 10:15", None, "2013-07-01 16:00:00.25", "2013-11-03 05:30",
-                                           "2013-11-03 06:30:00.000000001", "2013-03-10 07:00"], format="ISO8601")
-                           .tz_localize("UTC").tz_convert("America/New_York")),  # EST, EDT and both sides of DST
-        "tz_fixed": col(ts.tz_localize(dt.timezone(dt.timedelta(hours=5, minutes=30)))),
-        "tz_kolkata_us": pd.Series(col(ts.tz_localize("Asia/Kolkata"))).astype("datetime64[us, Asia/Kolkata]"),
-        "timedelta": pd.to_timedelta(col([1.5, None, 0, -3, 86400.000001]), unit="s"),
-        "date": col([dt.date(2020, 1, 1), None]),
-        "cat_str": pd.Categorical(col(["a", None, "b", "é\"", "a"])),
-        "cat_int": pd.Categorical(col([1, None, 3])),
-        "cat_ts": pd.Categorical(col(pd.to_datetime(["2020-01-01", None, "2020-01-02 03:04:05.6"], format="ISO8601"))),
-        "cat_unused": pd.Categorical(col(["z"]), categories=["y", "z", "never"]),
-        "rand": rng.random(n),
-        0: col([1, 2]),
-        "per%cent": col([3]),
-        'quo"te\n': col([4]),
-        "dup": col([5]),
-    })
+    ts = pd.to_datetime(
+        [
+            "2013-01-01 05:15",
+            None,
+            "1969-12-31 23:59:59.999999999",
+            "2013-01-01 05:15:00.123",
+            "2013-01-01 05:15:00.000000123",
+            "2262-04-11",
+            "1677-09-22",
+            "2000-02-29 23:59:59.5",
+        ],
+        format="ISO8601",
+    )
+    df = pd.DataFrame(
+        {
+            "float": col([0.1, np.nan, 1e-300, 5e-324, 1e16, -0.0, np.inf, -np.inf, 1.5e300, 1e-7, 123456.789, 2.0]),
+            "float32": np.array(col([0.1, np.nan, 3.4e38, 1e-45, 16777217.0, -2.5]), dtype="float32"),
+            "int": col([0, -1, np.iinfo(np.int64).max, np.iinfo(np.int64).min, 42]),
+            "uint64": np.array(col([np.iinfo(np.uint64).max, 0, 2**63]), dtype="uint64"),
+            "int8": np.array(col([-128, 127, 0]), dtype="int8"),
+            "bool": col([True, False, True]),
+            "Int64": pd.array(col([1, None, 2**62, -(2**63), pd.NA]), dtype="Int64"),
+            "UInt64": pd.array(col([2**64 - 1, None, 0]), dtype="UInt64"),
+            "Float64": pd.array(col([1.5, None, 0.1, 1e-300]), dtype="Float64"),
+            "boolean": pd.array(col([True, None, False]), dtype="boolean"),
+            "str": pd.array(
+                col(
+                    [
+                        "plain",
+                        None,
+                        'quote " back \\ slash',
+                        "tab\tnew\nline\r\x01\x1f\x7f",
+                        "é日本🎉",
+                        "\u2028\u2029",
+                        "",
+                        "%s %d {}",
+                        "a,b",
+                        '","',
+                    ]
+                ),
+                dtype="str",
+            ),
+            "str_python": pd.array(col(["x", pd.NA, "ü", "\x00nul"]), dtype=pd.StringDtype("python")),
+            "object_str": col(["a", None, np.nan, pd.NA, pd.NaT, "b", np.str_("numpy str")]),
+            "object_mixed": col(
+                [
+                    1,
+                    "a",
+                    None,
+                    {"k": [1, 2.5, "x"]},
+                    [1, 2],
+                    2**64 - 1,
+                    np.int64(7),
+                    np.float32(0.5),
+                    np.datetime64("2020-01-01T00:00:01"),
+                    dt.date(2020, 1, 2),
+                    True,
+                    np.nan,
+                ]
+            ),
+            "object_ints": col([1, 2**63, -5, None]),
+            "object_ts": col([pd.Timestamp("2020-01-01 00:00:00.5"), pd.NaT, pd.Timestamp("2021-06-01", tz="UTC")]),
+            "ts_ns": col(ts),
+            "ts_s": pd.Series(
+                np.array(col(["2013-01-01T05:15", "NaT", "1900-01-01", "9999-12-31T23:59:59"]), dtype="datetime64[s]")
+            ),
+            "ts_ms": pd.Series(
+                np.array(col(["2013-01-01T05:15:00.001", "NaT", "1950-06-01T12:00:00.999"]), dtype="datetime64[ms]")
+            ),
+            "ts_old": pd.Series(
+                col([np.datetime64("0900-01-01T00:00:00"), np.datetime64("NaT")]), dtype="datetime64[s]"
+            ),
+            "tz_paris": col(ts.tz_localize("Europe/Paris", nonexistent="shift_forward", ambiguous="NaT")),
+            "tz_utc": col(ts.tz_localize("UTC")),
+            "tz_new_york": col(
+                pd.to_datetime(
+                    [
+                        "2013-01-01 10:15",
+                        None,
+                        "2013-07-01 16:00:00.25",
+                        "2013-11-03 05:30",
+                        "2013-11-03 06:30:00.000000001",
+                        "2013-03-10 07:00",
+                    ],
+                    format="ISO8601",
+                )
+                .tz_localize("UTC")
+                .tz_convert("America/New_York")
+            ),  # EST, EDT and both sides of DST
+            "tz_fixed": col(ts.tz_localize(dt.timezone(dt.timedelta(hours=5, minutes=30)))),
+            "tz_kolkata_us": pd.Series(col(ts.tz_localize("Asia/Kolkata"))).astype("datetime64[us, Asia/Kolkata]"),
+            "timedelta": pd.to_timedelta(col([1.5, None, 0, -3, 86400.000001]), unit="s"),
+            "date": col([dt.date(2020, 1, 1), None]),
+            "cat_str": pd.Categorical(col(["a", None, "b", 'é"', "a"])),
+            "cat_int": pd.Categorical(col([1, None, 3])),
+            "cat_ts": pd.Categorical(
+                col(pd.to_datetime(["2020-01-01", None, "2020-01-02 03:04:05.6"], format="ISO8601"))
+            ),
+            "cat_unused": pd.Categorical(col(["z"]), categories=["y", "z", "never"]),
+            "rand": rng.random(n),
+            0: col([1, 2]),
+            "per%cent": col([3]),
+            'quo"te\n': col([4]),
+            "dup": col([5]),
+        }
+    )
     # a repeated name: a dict keeps its first position and its last value
     df.insert(3, "dup", col(["first position, overwritten"]), allow_duplicates=True)
     return df
@@ -232,23 +290,30 @@ def test_low_cardinality_strings_and_many_nulls():
     """Columns that take the factorized path (few distinct values) and mostly-null columns."""
     n = 10_000
     rng = np.random.default_rng(1)
-    df = pd.DataFrame({
-        "few": pd.array(rng.choice(["EWR", "JFK", "LGA", None, 'a"b'], n), dtype="str"),
-        "few_obj": rng.choice(np.array(["x", "y", None], dtype=object), n),
-        "few_nul": rng.choice(np.array(["x", "y\x00z"], dtype=object), n),
-        "mostly_null": pd.array([None] * (n - 1) + [3], dtype="Int64"),
-        "all_nat": pd.Series([pd.NaT] * n, dtype="datetime64[ns]"),
-        "all_nan_str": pd.array([None] * n, dtype="str"),
-    }, index=rng.permutation(n))
+    df = pd.DataFrame(
+        {
+            "few": pd.array(rng.choice(["EWR", "JFK", "LGA", None, 'a"b'], n), dtype="str"),
+            "few_obj": rng.choice(np.array(["x", "y", None], dtype=object), n),
+            "few_nul": rng.choice(np.array(["x", "y\x00z"], dtype=object), n),
+            "mostly_null": pd.array([None] * (n - 1) + [3], dtype="Int64"),
+            "all_nat": pd.Series([pd.NaT] * n, dtype="datetime64[ns]"),
+            "all_nan_str": pd.array([None] * n, dtype="str"),
+        },
+        index=rng.permutation(n),
+    )
     assert_same(df)
 
 
-@pytest.mark.parametrize("df", [
-    pd.DataFrame(),
-    pd.DataFrame(index=range(3)),
-    pd.DataFrame({"a": pd.Series([], dtype="float64"), "b": pd.Series([], dtype="str")}),
-    pd.DataFrame({"a": [1]}),
-], ids=["empty", "no-columns", "no-rows", "one-cell"])
+@pytest.mark.parametrize(
+    "df",
+    [
+        pd.DataFrame(),
+        pd.DataFrame(index=range(3)),
+        pd.DataFrame({"a": pd.Series([], dtype="float64"), "b": pd.Series([], dtype="str")}),
+        pd.DataFrame({"a": [1]}),
+    ],
+    ids=["empty", "no-columns", "no-rows", "one-cell"],
+)
 def test_degenerate_frames(df):
     if len(df.columns) == 0 and len(df):  # pandas < 3 gives no records at all: one line per row is the contract
         assert encode_results(df, 0) == b"{}\n" * len(df)
@@ -257,8 +322,13 @@ def test_degenerate_frames(df):
 
 
 def test_fallback_is_used_like_the_row_path():
-    df = pd.DataFrame({"d": [decimal.Decimal("1.10"), decimal.Decimal("NaN"), None], "c": [1 + 2j, None, 3j],
-                       "s": [{1, 2}, "x", None]})
+    df = pd.DataFrame(
+        {
+            "d": [decimal.Decimal("1.10"), decimal.Decimal("NaN"), None],
+            "c": [1 + 2j, None, 3j],
+            "s": [{1, 2}, "x", None],
+        }
+    )
     assert_same(df, fallback=str)
 
 
@@ -297,17 +367,23 @@ def test_parquet_sink_builds_no_row_dicts(tmp_path, monkeypatch):
 def _csv(tmp_path: Path) -> Path:
     path = tmp_path / "in.csv"
     n = 3_000
-    pd.DataFrame({
-        "when": pd.date_range("2020-03-28 23:00", periods=n, freq="37min"),
-        "n": np.arange(n), "x": np.linspace(-1, 1, n), "name": [f"é{i % 7}\"" for i in range(n)],
-        "maybe": [None if i % 5 == 0 else i for i in range(n)],
-    }).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "when": pd.date_range("2020-03-28 23:00", periods=n, freq="37min"),
+            "n": np.arange(n),
+            "x": np.linspace(-1, 1, n),
+            "name": [f'é{i % 7}"' for i in range(n)],
+            "maybe": [None if i % 5 == 0 else i for i in range(n)],
+        }
+    ).to_csv(path, index=False)
     return path
 
 
 def _clean(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.assign(when=pd.to_datetime(df["when"]).dt.tz_localize("Europe/Paris", ambiguous="NaT", nonexistent="NaT"),
-                    maybe=df["maybe"].astype("Int64"))
+    out = df.assign(
+        when=pd.to_datetime(df["when"]).dt.tz_localize("Europe/Paris", ambiguous="NaT", nonexistent="NaT"),
+        maybe=df["maybe"].astype("Int64"),
+    )
     out["name"] = out["name"].astype("category")
     return out
 

@@ -17,8 +17,7 @@ def slowish(x):
 
 @pytest.mark.parametrize("backend", ["loky", "threading"])
 def test_batches_are_cut_at_most_n_jobs_plus_one_ahead_of_the_commits(tmp_path, backend):
-    proc = BatchProcessor(batch_size=5, n_jobs=2, backend=backend, progress=False, use_history=False,
-                          max_batch_size=20)
+    proc = BatchProcessor(batch_size=5, n_jobs=2, backend=backend, progress=False, use_history=False, max_batch_size=20)
     opt = proc.optimizer
     observed, lags = [0], []
     real_observe, real_next = opt.observe, opt.next_batch_size

@@ -33,7 +33,7 @@ def _restore_import_state():
 def expected_of(path: Path) -> str:
     first = path.read_bytes().split(b"\n", 1)[0].decode("utf-8")
     assert first.startswith("# expect: "), f"{path.name}: first line must be '# expect: <substring>'"
-    return first[len("# expect: "):].strip()
+    return first[len("# expect: ") :].strip()
 
 
 def make_job(folder: Path, body: str, *, name: str = "job.yaml", module_code: str | None = None) -> Path:
@@ -142,7 +142,13 @@ def test_full_job_and_relative_paths_resolve_against_job_folder(tmp_path, monkey
     monkeypatch.chdir("/")
     job = load_job(job_path)
     assert job.source.path == str(data / "in.csv")
-    assert job.source.reader_kwargs() == {"usecols": ["a", "c"], "dtype": {"a": "int64"}, "parse_dates": False, "compression": "infer", "sep": ","}
+    assert job.source.reader_kwargs() == {
+        "usecols": ["a", "c"],
+        "dtype": {"a": "int64"},
+        "parse_dates": False,
+        "compression": "infer",
+        "sep": ",",
+    }
     assert job.output.path == tmp_path / "a" / "out" / "res.parquet"
     assert job.output.format == "parquet"  # from the suffix
     assert job.output.errors == tmp_path / "a" / "out" / "err.jsonl"
@@ -155,18 +161,35 @@ def test_full_job_and_relative_paths_resolve_against_job_folder(tmp_path, monkey
 
 @pytest.mark.parametrize(
     "path, kind",
-    [("x.csv", "csv"), ("x.csv.gz", "csv"), ("x.tsv", "csv"), ("x.jsonl", "jsonl"), ("x.ndjson.zip", "jsonl"),
-     ("x.parquet", "parquet"), ("x.pq", "parquet")],
+    [
+        ("x.csv", "csv"),
+        ("x.csv.gz", "csv"),
+        ("x.tsv", "csv"),
+        ("x.jsonl", "jsonl"),
+        ("x.ndjson.zip", "jsonl"),
+        ("x.parquet", "parquet"),
+        ("x.pq", "parquet"),
+    ],
 )
 def test_source_type_inferred_from_extension(tmp_path, path, kind):
-    job_path = make_job(tmp_path, f"source: {{{{path: {path}}}}}\nfunction: {{fns}}:double\noutput: {{{{path: o.jsonl}}}}\n")
+    job_path = make_job(
+        tmp_path, f"source: {{{{path: {path}}}}}\nfunction: {{fns}}:double\noutput: {{{{path: o.jsonl}}}}\n"
+    )
     assert load_job(job_path, check=False).source.type == kind
 
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("512MB", 512_000_000), ("2GiB", 2 * 2**30), ("1.5 GB", 1_500_000_000), (1073741824, 1073741824),
-     (0.5, 0.5), (1.0, 1.0), ("50%", 0.5), ("null", None)],
+    [
+        ("512MB", 512_000_000),
+        ("2GiB", 2 * 2**30),
+        ("1.5 GB", 1_500_000_000),
+        (1073741824, 1073741824),
+        (0.5, 0.5),
+        (1.0, 1.0),
+        ("50%", 0.5),
+        ("null", None),
+    ],
 )
 def test_memory_limit_forms(tmp_path, value, expected):
     job_path = make_job(tmp_path, MINIMAL + f"batching: {{{{memory_limit: {value}}}}}\n")
@@ -189,7 +212,10 @@ def test_python_source_gets_options_as_kwargs(tmp_path):
 
 
 def test_csv_source_is_a_chunked_reader(tmp_path):
-    job_path = make_job(tmp_path, "source: {{type: csv, path: in.csv, usecols: [a, c]}}\nfunction: {fns}:double\noutput: {{path: o.jsonl}}\n")
+    job_path = make_job(
+        tmp_path,
+        "source: {{type: csv, path: in.csv, usecols: [a, c]}}\nfunction: {fns}:double\noutput: {{path: o.jsonl}}\n",
+    )
     source = load_job(job_path).build_source()
     chunk = source.take(1)
     assert list(chunk.columns) == ["a", "c"] and len(chunk) == 1
@@ -291,8 +317,10 @@ def test_every_malformed_job_file_is_a_one_line_job_file_error(path):
         (MINIMAL + "batching: {{memory_limit: 3 potatoes}}\n", ["batching.memory_limit", "not a size", "512MB"]),
         (MINIMAL + "batching: {{batch_size: -1}}\n", ["batching.batch_size", "greater than 0"]),
         (MINIMAL + "batching: {{min_batch_size: 0}}\n", ["batching.min_batch_size"]),
-        (MINIMAL + "batching: {{min_batch_size: 90, max_batch_size: 9, batch_size: 50}}\n",
-         ["batching.min_batch_size", "larger than max_batch_size"]),
+        (
+            MINIMAL + "batching: {{min_batch_size: 90, max_batch_size: 9, batch_size: 50}}\n",
+            ["batching.min_batch_size", "larger than max_batch_size"],
+        ),
         (MINIMAL.replace("in.jsonl", "missing.jsonl"), ["source.path", "file not found", "missing.jsonl"]),
         (MINIMAL.replace(":double", ":nothing_here"), ["function:", "no attribute 'nothing_here'"]),
         (MINIMAL.replace("{fns}:double", "no_such_module_for_batchmem:f"), ["function:", "cannot import module"]),
@@ -390,11 +418,27 @@ def test_build_processor_maps_the_job(tmp_path):
     job = load_job(make_job(tmp_path, body))
     kwargs = job.processor_kwargs(progress=False)
     expected = dict(
-        batch_size=20, auto_optimize=False, memory_limit=0.5, detect_memory_issues=False, process_name="mapped",
-        n_jobs=2, backend="threading", batched=False, on_error="skip", max_retries=1, progress=False,
-        min_batch_size=5, max_batch_size=80, target_batch_seconds=(1.0, 2.0), memory_target_fraction=0.4,
-        setup=None, teardown=None, scheduler_address=None,
-        retry_exhausted="skip", fsync=True, json_default=None,
+        batch_size=20,
+        auto_optimize=False,
+        memory_limit=0.5,
+        detect_memory_issues=False,
+        process_name="mapped",
+        n_jobs=2,
+        backend="threading",
+        batched=False,
+        on_error="skip",
+        max_retries=1,
+        progress=False,
+        min_batch_size=5,
+        max_batch_size=80,
+        target_batch_seconds=(1.0, 2.0),
+        memory_target_fraction=0.4,
+        setup=None,
+        teardown=None,
+        scheduler_address=None,
+        retry_exhausted="skip",
+        fsync=True,
+        json_default=None,
     )
     assert {k: kwargs[k] for k in expected} == expected
     from batchmem.options import option_names
@@ -419,13 +463,42 @@ def test_run_job_end_to_end(tmp_path):
 def test_job_reference_lists_every_key():
     table = job_reference_markdown()
     assert table.startswith("| key | type | default | description |")
-    for key in ["name", "source.type", "source.path", "source.usecols", "source.dtype", "source.parse_dates",
-                "source.compression", "source.options", "function", "batched", "setup", "teardown", "batching.auto_optimize",
-                "batching.batch_size", "batching.min_batch_size", "batching.max_batch_size", "batching.memory_limit",
-                "batching.target_batch_seconds", "batching.memory_target_fraction", "execution.n_jobs",
-                "execution.backend", "execution.scheduler_address", "output.path", "output.format", "output.errors",
-                "output.overwrite", "output.fsync", "output.json_default", "on_error", "max_retries", "retry_exhausted",
-                "progress", "detect_memory_issues", "report"]:
+    for key in [
+        "name",
+        "source.type",
+        "source.path",
+        "source.usecols",
+        "source.dtype",
+        "source.parse_dates",
+        "source.compression",
+        "source.options",
+        "function",
+        "batched",
+        "setup",
+        "teardown",
+        "batching.auto_optimize",
+        "batching.batch_size",
+        "batching.min_batch_size",
+        "batching.max_batch_size",
+        "batching.memory_limit",
+        "batching.target_batch_seconds",
+        "batching.memory_target_fraction",
+        "execution.n_jobs",
+        "execution.backend",
+        "execution.scheduler_address",
+        "output.path",
+        "output.format",
+        "output.errors",
+        "output.overwrite",
+        "output.fsync",
+        "output.json_default",
+        "on_error",
+        "max_retries",
+        "retry_exhausted",
+        "progress",
+        "detect_memory_issues",
+        "report",
+    ]:
         assert f"| `{key}` |" in table, key
     for line in table.splitlines():
         assert len(re.split(r"(?<!\\)\|", line)) == 6, line  # four columns; pipes inside cells are escaped
@@ -441,6 +514,9 @@ def test_setup_state_reaches_the_function(tmp_path):
             return item["x"] * state["factor"]
         """
     )
-    body = "source: {{type: jsonl, path: in.jsonl}}\nfunction: {fns}:scale\nsetup: {fns}:make_state\noutput: {{path: out.jsonl}}\nprogress: false\n"
+    body = (
+        "source: {{type: jsonl, path: in.jsonl}}\nfunction: {fns}:scale\nsetup: {fns}:make_state\n"
+        "output: {{path: out.jsonl}}\nprogress: false\n"
+    )
     job = load_job(make_job(tmp_path, body, module_code=code))
     assert list(run_job(job)) == [10, 20, 30]

@@ -137,15 +137,15 @@ def test_peak_without_allocation_is_small(force_sampling):
 def test_peak_results_only_after_block_and_on_error(force_sampling):
     t = PeakMemoryTracker(force_sampling=force_sampling)
     with pytest.raises(RuntimeError):
-        t.peak_rss_bytes
+        _ = t.peak_rss_bytes
     with pytest.raises(ZeroDivisionError):
         with t:
             with pytest.raises(RuntimeError):
-                t.peak_delta_bytes
+                _ = t.peak_delta_bytes
             a = _touched(ALLOC)  # noqa: F841  (held until the block raises)
             for _ in range(5):
                 a.sum()
-            1 / 0
+            raise ZeroDivisionError
     del a
     assert t.peak_delta_bytes >= 0.9 * ALLOC  # measured even though the block failed
     # reusable for the next block, with fresh numbers
@@ -221,9 +221,7 @@ def _detect_in_child(setup: str) -> dict:
                            "monitor_source": MemoryMonitor().limit.source}}))
         """
     ).format(setup=setup)
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -378,8 +376,16 @@ def test_fraction_of_real_detected_limit():
 
 @pytest.mark.parametrize(
     "u, level",
-    [(0.0, "normal"), (0.7999, "normal"), (0.80, "warning"), (0.8999, "warning"), (0.90, "critical"),
-     (0.9499, "critical"), (0.95, "emergency"), (1.3, "emergency")],
+    [
+        (0.0, "normal"),
+        (0.7999, "normal"),
+        (0.80, "warning"),
+        (0.8999, "warning"),
+        (0.90, "critical"),
+        (0.9499, "critical"),
+        (0.95, "emergency"),
+        (1.3, "emergency"),
+    ],
 )
 def test_default_pressure_levels(u, level):
     got = PressureThresholds().level(u)
@@ -389,7 +395,10 @@ def test_default_pressure_levels(u, level):
 def test_custom_thresholds_and_ordering():
     th = PressureThresholds(warning=0.5, critical=0.6, emergency=0.7)
     assert [th.level(u) for u in (0.49, 0.5, 0.65, 0.7)] == [
-        PressureLevel.NORMAL, PressureLevel.WARNING, PressureLevel.CRITICAL, PressureLevel.EMERGENCY
+        PressureLevel.NORMAL,
+        PressureLevel.WARNING,
+        PressureLevel.CRITICAL,
+        PressureLevel.EMERGENCY,
     ]
     assert PressureLevel.CRITICAL > PressureLevel.WARNING
     assert PressureThresholds(0.5, 0.9, 1.0).level(1.0) is PressureLevel.EMERGENCY
@@ -441,8 +450,15 @@ def test_sample_fields_and_to_dict():
     assert s.pressure is PressureLevel.NORMAL
     d = json.loads(json.dumps(s.to_dict()))
     assert d["pressure"] == "normal" and d["rss_bytes"] == s.rss_bytes
-    assert set(d) == {"timestamp", "rss_bytes", "available_bytes", "limit_bytes", "limit_source",
-                      "utilization", "pressure"}
+    assert set(d) == {
+        "timestamp",
+        "rss_bytes",
+        "available_bytes",
+        "limit_bytes",
+        "limit_source",
+        "utilization",
+        "pressure",
+    }
 
 
 def test_monitor_pickles_for_workers():

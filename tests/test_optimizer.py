@@ -38,7 +38,9 @@ def simulate(
     return sizes
 
 
-def expected_memory_size(limit: int, baseline: int, per_item: float, fraction: float = 0.6, in_flight: int = 1) -> float:
+def expected_memory_size(
+    limit: int, baseline: int, per_item: float, fraction: float = 0.6, in_flight: int = 1
+) -> float:
     return (fraction * limit - baseline) / (per_item * in_flight)
 
 
@@ -107,7 +109,8 @@ def test_cold_start_grows_up_to_8x_while_batches_are_far_below_the_time_aim():
 
 
 @pytest.mark.parametrize(
-    ("level", "factor"), [(PressureLevel.WARNING, 0.5), (PressureLevel.CRITICAL, 0.25), (PressureLevel.EMERGENCY, 0.125)]
+    ("level", "factor"),
+    [(PressureLevel.WARNING, 0.5), (PressureLevel.CRITICAL, 0.25), (PressureLevel.EMERGENCY, 0.125)],
 )
 def test_shrinks_under_pressure(level, factor):
     ctrl = BatchSizeController(ControlConfig(initial_batch_size=1000), 64 * GB)
@@ -141,7 +144,9 @@ def test_converges_to_memory_target_within_15_batches(seed, limit, per_item):
 
 def test_time_binds_when_memory_is_ample():
     ctrl = BatchSizeController(ControlConfig(), 2 * GB)
-    sizes = simulate(ctrl, per_item_bytes=20_000, baseline=150 * MB, batches=15, per_item_s=1e-4)  # memory would allow 52500
+    sizes = simulate(
+        ctrl, per_item_bytes=20_000, baseline=150 * MB, batches=15, per_item_s=1e-4
+    )  # memory would allow 52500
     assert 0.2 <= sizes[-1] * 1e-4 <= 2.0
     assert sizes[-1] < 10_000
 
@@ -249,7 +254,9 @@ def test_warm_start_seeds_size_and_estimates():
     # the learned size is already at the memory target: the first batch keeps it
     nxt = ctrl.observe(BatchMeasurement(5000, 0.5, 5000 * 100_000), baseline_bytes=100 * MB)
     assert abs(nxt - 5000) <= 50
-    assert BatchSizeController(ControlConfig(max_batch_size=300), GB, warm_start={"batch_size": 5000}).next_size() == 300
+    assert (
+        BatchSizeController(ControlConfig(max_batch_size=300), GB, warm_start={"batch_size": 5000}).next_size() == 300
+    )
     warm = BatchSizeController(ControlConfig(), GB, warm_start={"batch_size": 5000, "bytes_per_item": 1_000_000})
     assert warm.cap_to_memory(100 * MB) == 500
 

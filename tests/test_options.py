@@ -19,16 +19,42 @@ def _setup():
 
 #: A value different from the default for every option (client: a stand-in object).
 NON_DEFAULT = {
-    "batch_size": 7, "auto_optimize": False, "batched": True, "min_batch_size": 2, "max_batch_size": 900,
-    "target_batch_seconds": (0.3, 3.0), "memory_target_fraction": 0.5, "use_history": False, "weight": len,
-    "n_jobs": 2, "backend": "threading", "client": None, "scheduler_address": None, "connect_timeout": 3.0,
-    "setup": _setup, "teardown": None, "max_tasks_per_worker": 5, "recycle_leaking_workers": False,
-    "stop_grace_seconds": 4.0, "on_error": "retry", "max_retries": 1, "retry_exhausted": "raise",
-    "memory_limit": "512MiB", "memory_monitoring": False,
-    "pressure_thresholds": PressureThresholds(0.7, 0.8, 0.9), "adaptive_thresholds": True,
-    "pressure_max_wait_s": 2.0, "terminate_fraction": 0.9, "detect_memory_issues": False,
-    "trace_allocations": True, "gc_max_time_fraction": 0.1, "force_gc_on_completion": True,
-    "analyzer": {"window": 20}, "fsync": False, "json_default": str, "progress": False,
+    "batch_size": 7,
+    "auto_optimize": False,
+    "batched": True,
+    "min_batch_size": 2,
+    "max_batch_size": 900,
+    "target_batch_seconds": (0.3, 3.0),
+    "memory_target_fraction": 0.5,
+    "use_history": False,
+    "weight": len,
+    "n_jobs": 2,
+    "backend": "threading",
+    "client": None,
+    "scheduler_address": None,
+    "connect_timeout": 3.0,
+    "setup": _setup,
+    "teardown": None,
+    "max_tasks_per_worker": 5,
+    "recycle_leaking_workers": False,
+    "stop_grace_seconds": 4.0,
+    "on_error": "retry",
+    "max_retries": 1,
+    "retry_exhausted": "raise",
+    "memory_limit": "512MiB",
+    "memory_monitoring": False,
+    "pressure_thresholds": PressureThresholds(0.7, 0.8, 0.9),
+    "adaptive_thresholds": True,
+    "pressure_max_wait_s": 2.0,
+    "terminate_fraction": 0.9,
+    "detect_memory_issues": False,
+    "trace_allocations": True,
+    "gc_max_time_fraction": 0.1,
+    "force_gc_on_completion": True,
+    "analyzer": {"window": 20},
+    "fsync": False,
+    "json_default": str,
+    "progress": False,
 }
 
 
@@ -49,23 +75,38 @@ def test_a_flat_keyword_sets_its_group_field(name):
 
 
 def test_node_aliases_map_to_their_names():
-    proc = BatchProcessor(batchSize=5, autoOptimize=False, memoryMonitoring=False, detectMemoryIssues=False,
-                          processName="node", forceGCOnCompletion=True)
+    proc = BatchProcessor(
+        batchSize=5,
+        autoOptimize=False,
+        memoryMonitoring=False,
+        detectMemoryIssues=False,
+        processName="node",
+        forceGCOnCompletion=True,
+    )
     c = proc.config
     assert (c.batching.batch_size, c.batching.auto_optimize, c.pressure.memory_monitoring) == (5, False, False)
     assert (c.analysis.detect_memory_issues, c.process_name, c.analysis.force_gc_on_completion) == (False, "node", True)
     assert set(NODE_ALIASES.values()) <= {f.name for cls in GROUPS.values() for f in dataclasses.fields(cls)} | {
-        "process_name"}
+        "process_name"
+    }
     with pytest.raises(TypeError, match="both 'batchSize' and its alias 'batch_size'"):
         BatchProcessor(batchSize=5, batch_size=6)
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"on_error": "ignore"}, "on_error"), ({"n_jobs": 0}, "n_jobs"), ({"max_retries": -1}, "max_retries"),
-    ({"terminate_fraction": 1.5}, "terminate_fraction"), ({"stop_grace_seconds": -1}, "stop_grace_seconds"),
-    ({"weight": 3}, "weight"), ({"max_tasks_per_worker": 0}, "max_tasks_per_worker"),
-    ({"min_batch_size": 10, "max_batch_size": 5}, "max_batch_size"), ({"analyzer": {"windw": 3}}, "analyzer.windw"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"on_error": "ignore"}, "on_error"),
+        ({"n_jobs": 0}, "n_jobs"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"terminate_fraction": 1.5}, "terminate_fraction"),
+        ({"stop_grace_seconds": -1}, "stop_grace_seconds"),
+        ({"weight": 3}, "weight"),
+        ({"max_tasks_per_worker": 0}, "max_tasks_per_worker"),
+        ({"min_batch_size": 10, "max_batch_size": 5}, "max_batch_size"),
+        ({"analyzer": {"windw": 3}}, "analyzer.windw"),
+    ],
+)
 def test_bad_values_name_the_option(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         BatchProcessor(**kwargs)
@@ -84,21 +125,41 @@ def test_the_constructor_takes_at_most_twelve_parameters():
 
 #: option -> (its value in Python, the same value as a job file writes it).
 BOTH_WAYS = {
-    "batch_size": (7, "7"), "auto_optimize": (False, "false"), "batched": (True, "true"),
-    "min_batch_size": (2, "2"), "max_batch_size": (900, "900"), "target_batch_seconds": ((0.3, 3.0), "[0.3, 3.0]"),
-    "memory_target_fraction": (0.5, "0.5"), "use_history": (False, "false"), "weight": ("optfns:weigh", "optfns:weigh"),
-    "n_jobs": (2, "2"), "backend": ("threading", "threading"), "scheduler_address": ("tcp://127.0.0.1:1", "tcp://127.0.0.1:1"),
-    "connect_timeout": (3.0, "3.0"), "setup": ("optfns:setup", "optfns:setup"),
-    "teardown": ("optfns:teardown", "optfns:teardown"), "max_tasks_per_worker": (5, "5"),
-    "recycle_leaking_workers": (False, "false"), "stop_grace_seconds": (4.0, "4.0"), "on_error": ("retry", "retry"),
-    "max_retries": (1, "1"), "retry_exhausted": ("raise", "raise"), "memory_limit": (512 << 20, "512MiB"),
+    "batch_size": (7, "7"),
+    "auto_optimize": (False, "false"),
+    "batched": (True, "true"),
+    "min_batch_size": (2, "2"),
+    "max_batch_size": (900, "900"),
+    "target_batch_seconds": ((0.3, 3.0), "[0.3, 3.0]"),
+    "memory_target_fraction": (0.5, "0.5"),
+    "use_history": (False, "false"),
+    "weight": ("optfns:weigh", "optfns:weigh"),
+    "n_jobs": (2, "2"),
+    "backend": ("threading", "threading"),
+    "scheduler_address": ("tcp://127.0.0.1:1", "tcp://127.0.0.1:1"),
+    "connect_timeout": (3.0, "3.0"),
+    "setup": ("optfns:setup", "optfns:setup"),
+    "teardown": ("optfns:teardown", "optfns:teardown"),
+    "max_tasks_per_worker": (5, "5"),
+    "recycle_leaking_workers": (False, "false"),
+    "stop_grace_seconds": (4.0, "4.0"),
+    "on_error": ("retry", "retry"),
+    "max_retries": (1, "1"),
+    "retry_exhausted": ("raise", "raise"),
+    "memory_limit": (512 << 20, "512MiB"),
     "memory_monitoring": (False, "false"),
     "pressure_thresholds": (PressureThresholds(0.7, 0.8, 0.9), "{warning: 0.7, critical: 0.8, emergency: 0.9}"),
-    "adaptive_thresholds": (True, "true"), "pressure_max_wait_s": (2.0, "2.0"), "terminate_fraction": (0.9, "0.9"),
-    "detect_memory_issues": (False, "false"), "trace_allocations": (True, "true"),
-    "gc_max_time_fraction": (0.1, "0.1"), "force_gc_on_completion": (True, "true"),
+    "adaptive_thresholds": (True, "true"),
+    "pressure_max_wait_s": (2.0, "2.0"),
+    "terminate_fraction": (0.9, "0.9"),
+    "detect_memory_issues": (False, "false"),
+    "trace_allocations": (True, "true"),
+    "gc_max_time_fraction": (0.1, "0.1"),
+    "force_gc_on_completion": (True, "true"),
     "analyzer": ({"window": 20}, "{window: 20}"),
-    "fsync": (False, "false"), "json_default": (str, "str"), "progress": (False, "false"),
+    "fsync": (False, "false"),
+    "json_default": (str, "str"),
+    "progress": (False, "false"),
 }
 #: Options a job file cannot hold: a live Python object.
 PYTHON_ONLY = {"client"}

@@ -75,14 +75,23 @@ def test_a_second_run_on_the_same_output_fails_at_once_and_harms_nothing(tmp_pat
     out = tmp_path / "out.jsonl"
     _proc().process(range(20), double, out)
     before = out.read_bytes()
-    held = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    held = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
         from batchmem.io.output import OutputLock
         lock = OutputLock(Path({str(out)!r}))
         print("locked", flush=True)
         sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert held.stdout.readline().strip() == "locked"
         with pytest.raises(OutputLockedError, match=rf"pid {held.pid}\); wait for it"):

@@ -26,8 +26,13 @@ SCRIPT = textwrap.dedent("""
 
 def _run(tmp_path, home: str, poison: int) -> tuple[int, int, list[int]]:
     env = {**os.environ, "BATCHMEM_HOME": str(tmp_path / home)}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(poison), str(tmp_path / f"{home}.jsonl")], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(poison), str(tmp_path / f"{home}.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     failed, learned, sizes = done.stdout.split()
     return int(failed), int(learned), [int(s) for s in sizes.split(",")]
@@ -43,9 +48,9 @@ def test_a_memory_error_item_is_recorded_and_sets_no_ceiling(tmp_path):
         if start <= 1500 < start + size:
             where = i
         start += size
-    before, after = sizes[max(0, where - 3):where], sizes[where + 1:]
+    before, after = sizes[max(0, where - 3) : where], sizes[where + 1 :]
     singles = next(i for i, s in enumerate(after) if s > 1)  # the halves end in a batch of one
-    recovered = after[singles + 2:]
+    recovered = after[singles + 2 :]
     assert recovered and min(recovered[:-1] or recovered) >= max(before) / 2, (before, after)
     _, clean_learned, _ = _run(tmp_path, "clean", -1)
     assert learned >= clean_learned / 2  # the history learns the operation, not the one bad item

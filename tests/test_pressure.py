@@ -41,8 +41,11 @@ def _proc(**kw):
 def test_callback_frees_the_cache_and_dispatch_resumes(caplog):
     caplog.set_level(logging.INFO, logger="batchmem")
     baseline = MemoryMonitor().rss_bytes()
-    proc = _proc(memory_limit=baseline + 2000 * MB, pressure_max_wait_s=5.0,
-                 adaptive_thresholds={"warning_mb": 70, "critical_mb": 110, "emergency_mb": 400})
+    proc = _proc(
+        memory_limit=baseline + 2000 * MB,
+        pressure_max_wait_s=5.0,
+        adaptive_thresholds={"warning_mb": 70, "critical_mb": 110, "emergency_mb": 400},
+    )
     calls = []
     proc.on_pressure("critical", lambda: (calls.append(len(_HOG)), _HOG.clear()), cooldown_s=0)
     result = proc.process(range(12), hog)
@@ -78,7 +81,8 @@ def test_emergency_runs_cleanup_then_stops_with_everything_written(tmp_path):
     _HOG.clear()
     _CAP["blocks"] = 2
     rest = BatchProcessor(batch_size=40, auto_optimize=False, batched=True, progress=False, use_history=False).process(
-        range(100), hog, out, resume=True)
+        range(100), hog, out, resume=True
+    )
     assert rest.stats.status == "completed" and list(rest) == list(range(100))
 
 

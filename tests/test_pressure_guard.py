@@ -32,8 +32,16 @@ class Feed:
 def guard(feed: Feed, **kw) -> tuple[PressureGuard, list[str], PressureCallbacks]:
     stops: list[str] = []
     callbacks = PressureCallbacks()
-    g = PressureGuard(THRESHOLDS, feed, collector=ThrottledCollector(1.0), stop=stops.append,
-                      stopped=lambda: bool(stops), callbacks=callbacks, min_batch_size=2, **kw)
+    g = PressureGuard(
+        THRESHOLDS,
+        feed,
+        collector=ThrottledCollector(1.0),
+        stop=stops.append,
+        stopped=lambda: bool(stops),
+        callbacks=callbacks,
+        min_batch_size=2,
+        **kw,
+    )
     g.poll_s = 0.001
     return g, stops, callbacks
 

@@ -27,10 +27,23 @@ def test_results_in_order_with_stats_beside_output(tmp_path):
     assert list(result) == [square(i) for i in range(1000)]
     assert out.read_bytes().count(b"\n") == 1000
     stats = json.loads((tmp_path / "out.jsonl.stats.json").read_text())
-    for key in ("items", "failed", "batches", "batch_sizes", "duration_s", "items_per_s", "peak_rss_bytes",
-                "bytes_per_item", "memory_limit_bytes", "limit_source", "process_name"):
+    for key in (
+        "items",
+        "failed",
+        "batches",
+        "batch_sizes",
+        "duration_s",
+        "items_per_s",
+        "peak_rss_bytes",
+        "bytes_per_item",
+        "memory_limit_bytes",
+        "limit_source",
+        "process_name",
+    ):
         assert key in stats
-    assert stats["items"] == 1000 and sum(stats["batch_sizes"]) == 1000 and stats["batches"] == len(stats["batch_sizes"])
+    assert (
+        stats["items"] == 1000 and sum(stats["batch_sizes"]) == 1000 and stats["batches"] == len(stats["batch_sizes"])
+    )
     assert stats["batch_sizes"][0] == 7
     assert RunStats.load(tmp_path / "out.jsonl.stats.json").items == 1000
     frame = result.stats.to_dataframe()
@@ -38,7 +51,9 @@ def test_results_in_order_with_stats_beside_output(tmp_path):
 
 
 def test_node_aliases_work_as_written():
-    result = BatchProcessor(autoOptimize=True, batchSize=5, processName="aliases", progress=False).process(range(20), square)
+    result = BatchProcessor(autoOptimize=True, batchSize=5, processName="aliases", progress=False).process(
+        range(20), square
+    )
     assert list(result) == [square(i) for i in range(20)]
     assert result.stats.process_name == "aliases" and result.stats.batch_sizes[0] == 5
     assert result.path.exists()  # a temporary spool file
@@ -50,7 +65,9 @@ def test_node_aliases_work_as_written():
 def test_two_workers_give_identical_ordered_output(tmp_path, backend):
     items = list(range(3000))
     one = BatchProcessor(batch_size=50, progress=False).process(items, square, tmp_path / "one.jsonl")
-    two = BatchProcessor(batch_size=50, n_jobs=2, backend=backend, progress=False).process(items, square, tmp_path / "two.jsonl")
+    two = BatchProcessor(batch_size=50, n_jobs=2, backend=backend, progress=False).process(
+        items, square, tmp_path / "two.jsonl"
+    )
     assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
     assert two.stats.items == 3000 and one.stats.items == 3000
     if backend == "loky":  # measured in the worker processes, not here
@@ -97,7 +114,9 @@ def test_memory_error_splits_until_it_fits(tmp_path):
     result = proc.process(range(1000), picky, tmp_path / "o.jsonl")
     assert list(result) == [x + 1 for x in range(1000)]
     assert result.stats.memory_errors >= 1
-    later = result.stats.batch_sizes[result.stats.batch_sizes.index(max(s for s in result.stats.batch_sizes if s <= k)) :]
+    later = result.stats.batch_sizes[
+        result.stats.batch_sizes.index(max(s for s in result.stats.batch_sizes if s <= k)) :
+    ]
     assert max(result.stats.batch_sizes) <= k
     assert later
 
@@ -108,13 +127,19 @@ def test_skip_writes_null_lines_and_error_records(tmp_path):
             raise ValueError(f"bad {x}")
         return x
 
-    result = BatchProcessor(batch_size=16, on_error="skip", progress=False).process(range(100), fragile, tmp_path / "o.jsonl")
+    result = BatchProcessor(batch_size=16, on_error="skip", progress=False).process(
+        range(100), fragile, tmp_path / "o.jsonl"
+    )
     values = list(result)
     assert len(values) == 100
     assert [i for i, v in enumerate(values) if v is None] == [i for i in range(100) if i % 10 == 3]
     errors = list(result.errors())
     assert [e["index"] for e in errors] == [i for i in range(100) if i % 10 == 3]
-    assert errors[0]["error_type"] == "ValueError" and "bad 3" in errors[0]["message"] and "Traceback" in errors[0]["traceback"]
+    assert (
+        errors[0]["error_type"] == "ValueError"
+        and "bad 3" in errors[0]["message"]
+        and "Traceback" in errors[0]["traceback"]
+    )
     assert result.stats.failed == 10
 
 
@@ -167,10 +192,14 @@ def test_history_warm_start_uses_the_learned_size(tmp_path):
     def work(batch):
         return [sum(range(200)) + x for x in batch]
 
-    first = BatchProcessor(batch_size=4, batched=True, process_name="warm", progress=False).process(range(200_000), work)
+    first = BatchProcessor(batch_size=4, batched=True, process_name="warm", progress=False).process(
+        range(200_000), work
+    )
     learned = HistoryStore().load("warm")["learned_batch_size"]
     assert learned != 4 and first.stats.batch_sizes[0] == 4
-    second = BatchProcessor(batch_size=4, batched=True, process_name="warm", progress=False).process(range(50_000), work)
+    second = BatchProcessor(batch_size=4, batched=True, process_name="warm", progress=False).process(
+        range(50_000), work
+    )
     assert second.stats.batch_sizes[0] == min(learned, 50_000)
 
 
@@ -205,7 +234,9 @@ def test_real_allocations_stay_under_the_limit_only_when_adaptive(tmp_path, mode
 
     script = tmp_path / "alloc.py"
     script.write_text(REAL_ALLOCATION)
-    child = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, str(script), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     limit = int(child.stdout.readline())
     watched, peak = psutil.Process(child.pid), 0
     while child.poll() is None:

@@ -186,7 +186,12 @@ def test_missing_file_is_a_config_error(tmp_path, reader):
 def test_usecols_dtype_parse_dates_pass_through(tmp_path):
     path = tmp_path / "d.csv.gz"
     pd.DataFrame(
-        {"a": [1, 2, 3, 4], "b": ["x", "y", "z", "w"], "when": ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"], "c": [9, 9, 9, 9]}
+        {
+            "a": [1, 2, 3, 4],
+            "b": ["x", "y", "z", "w"],
+            "when": ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"],
+            "c": [9, 9, 9, 9],
+        }
     ).to_csv(path, index=False)
     with read_csv(path, usecols=["a", "when"], dtype={"a": "float32"}, parse_dates=["when"]) as src:
         first = src.take(3)

@@ -23,8 +23,9 @@ def _pids(result):
 
 def test_leak_in_workers_is_flagged_and_workers_are_replaced(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="batchmem")
-    proc = BatchProcessor(batch_size=4, auto_optimize=False, batched=True, n_jobs=2, backend="loky",
-                          progress=False, use_history=False)
+    proc = BatchProcessor(
+        batch_size=4, auto_optimize=False, batched=True, n_jobs=2, backend="loky", progress=False, use_history=False
+    )
     result = proc.process(range(144), leaky_double, tmp_path / "out.jsonl")
     assert result.stats.status == "completed"
     assert list(result) == [x * 2 for x in range(144)]
@@ -40,8 +41,17 @@ def test_leak_in_workers_is_flagged_and_workers_are_replaced(tmp_path, caplog):
 
 
 def test_max_tasks_per_worker_recycles_on_schedule(tmp_path):
-    proc = BatchProcessor(batch_size=10, auto_optimize=False, batched=True, n_jobs=2, backend="loky",
-                          progress=False, use_history=False, detect_memory_issues=False, max_tasks_per_worker=5)
+    proc = BatchProcessor(
+        batch_size=10,
+        auto_optimize=False,
+        batched=True,
+        n_jobs=2,
+        backend="loky",
+        progress=False,
+        use_history=False,
+        detect_memory_issues=False,
+        max_tasks_per_worker=5,
+    )
     result = proc.process(range(200), leaky_double, tmp_path / "out.jsonl")
     assert result.stats.items == 200 and list(result) == [x * 2 for x in range(200)]
     pids = _pids(result)

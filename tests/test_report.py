@@ -42,8 +42,17 @@ def test_batch_records_are_typed_and_complete(known_run):
     df = known_run.stats.to_dataframe()
     assert len(df) == 10
     assert list(df.columns[:11]) == [
-        "index", "start_time", "items", "batch_size", "duration_s", "peak_bytes",
-        "rss_after_bytes", "pressure", "failed", "gc_collections", "pid",
+        "index",
+        "start_time",
+        "items",
+        "batch_size",
+        "duration_s",
+        "peak_bytes",
+        "rss_after_bytes",
+        "pressure",
+        "failed",
+        "gc_collections",
+        "pid",
     ]
     assert isinstance(df["start_time"].dtype, pd.DatetimeTZDtype)
     assert df["items"].tolist() == [BATCH] * 10
@@ -143,8 +152,14 @@ def test_markdown_file_gets_plots_beside_it(known_run, tmp_path):
 def test_issues_and_recommendations_are_escaped_in_html(known_run):
     path = known_run.stats.stats_path
     raw = json.loads(open(path).read())
-    raw["issues"] = [{"kind": "leak", "severity": "warning", "message": "<script>alert(1)</script> grows",
-                      "evidence": {"slope_bytes_per_batch": 1024}}]
+    raw["issues"] = [
+        {
+            "kind": "leak",
+            "severity": "warning",
+            "message": "<script>alert(1)</script> grows",
+            "evidence": {"slope_bytes_per_batch": 1024},
+        }
+    ]
     open(path, "w").write(json.dumps(raw))
     report = load_report(path)
     page = render_html(report, plots=False)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from batchmem import BatchProcessor
-from batchmem.errors import BatchFunctionError, ConfigError
 from batchmem.backends.worker_setup import WorkerSetup, make_worker_setup
+from batchmem.errors import BatchFunctionError, ConfigError
 
 
 def record(log: str, event: str) -> None:
@@ -56,8 +56,12 @@ def make(tmp_path: Path, **kw) -> tuple[BatchProcessor, Path]:
     log = tmp_path / "setup.log"
     kw.setdefault("batch_size", 10)
     proc = BatchProcessor(
-        auto_optimize=False, progress=False, use_history=False,
-        setup=functools.partial(load_table, str(log)), teardown=functools.partial(drop_table, str(log)), **kw,
+        auto_optimize=False,
+        progress=False,
+        use_history=False,
+        setup=functools.partial(load_table, str(log)),
+        teardown=functools.partial(drop_table, str(log)),
+        **kw,
     )
     return proc, log
 
@@ -110,8 +114,13 @@ def test_setup_as_module_reference(tmp_path):
 def test_setup_time_is_not_the_first_batch_time(tmp_path):
     import time
 
-    proc = BatchProcessor(batch_size=10, auto_optimize=False, progress=False, use_history=False,
-                          setup=lambda: time.sleep(0.3) or {"factor": 3})
+    proc = BatchProcessor(
+        batch_size=10,
+        auto_optimize=False,
+        progress=False,
+        use_history=False,
+        setup=lambda: time.sleep(0.3) or {"factor": 3},
+    )
     result = proc.process(range(30), scale)
     assert result.stats.to_dataframe()["duration_s"].max() < 0.25
 

@@ -21,7 +21,9 @@ def test_leaking_test_fails_with_growth_and_culprit_line(pytester):
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*memory kept growing*over 30 iterations*", "*top lines by growth*", "*test_leaky.py:7: +*"])
+    result.stdout.fnmatch_lines(
+        ["*memory kept growing*over 30 iterations*", "*top lines by growth*", "*test_leaky.py:7: +*"]
+    )
 
 
 def test_clean_and_noisy_tests_pass_with_fixtures(pytester):

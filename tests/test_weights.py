@@ -76,8 +76,12 @@ def test_the_budget_converges_to_the_memory_set_point_and_heavier_items_get_fewe
     items_light = []
     for _ in range(30):
         budget = ctrl.next_budget() or 10.0
-        ctrl.observe(BatchMeasurement(size=max(1, int(budget / 100)), duration_s=0.01, peak_bytes=int(budget * per_unit),
-                                      weight=budget), baseline_bytes=100 * MiB)
+        ctrl.observe(
+            BatchMeasurement(
+                size=max(1, int(budget / 100)), duration_s=0.01, peak_bytes=int(budget * per_unit), weight=budget
+            ),
+            baseline_bytes=100 * MiB,
+        )
         items_light.append(budget / 100)  # items of weight 100 that fit
     target = (0.6 * (1 << 30) - 100 * MiB) / per_unit
     assert ctrl.next_budget() == pytest.approx(target, rel=0.05)

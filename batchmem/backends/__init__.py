@@ -78,8 +78,15 @@ def _dask(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, **options: Any)
     return DaskExecutor(fn, opts, **options)
 
 
-def _auto(fn: Callable[..., Any], opts: RunOptions, backend: str, *, memory_room: Callable[[], float | None],
-          aim_s: float, **options: Any) -> Executor:
+def _auto(
+    fn: Callable[..., Any],
+    opts: RunOptions,
+    backend: str,
+    *,
+    memory_room: Callable[[], float | None],
+    aim_s: float,
+    **options: Any,
+) -> Executor:
     """``n_jobs="auto"``: in-process until worker processes of ``backend`` pay (:mod:`.auto`)."""
     import joblib
 
@@ -88,8 +95,14 @@ def _auto(fn: Callable[..., Any], opts: RunOptions, backend: str, *, memory_room
     if backend not in ("loky", "multiprocessing"):
         raise ConfigError(f"n_jobs: 'auto' chooses loky worker processes; backend {backend!r} needs a number of jobs")
     cores = max(1, joblib.cpu_count(only_physical_cores=False))
-    return AutoExecutor(fn, opts, parallel=lambda workers: BACKENDS[backend](fn, opts, workers),
-                        cores=cores, memory_room=memory_room, aim_s=aim_s)
+    return AutoExecutor(
+        fn,
+        opts,
+        parallel=lambda workers: BACKENDS[backend](fn, opts, workers),
+        cores=cores,
+        memory_room=memory_room,
+        aim_s=aim_s,
+    )
 
 
 #: Backend name -> factory ``(fn, opts, n_jobs, **backend_options) -> Executor``.
@@ -124,8 +137,9 @@ def _pickles(backend: str | None, n_jobs: int | str) -> bool:
     return backend is not None or n_jobs != 1
 
 
-def make_executor(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend: str | None,
-                  **backend_options: Any) -> Executor:
+def make_executor(
+    fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend: str | None, **backend_options: Any
+) -> Executor:
     """The executor for ``backend`` (see the module docstring for how a name is chosen).
 
     ``n_jobs="auto"`` starts in-process and moves to loky workers when they pay (``backend_options``

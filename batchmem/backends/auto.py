@@ -52,8 +52,16 @@ class AutoExecutor(ExecutorBase):
     baseline; None without a limit); ``aim_s`` is the batch duration the optimizer aims for, seconds.
     """
 
-    def __init__(self, fn: Callable[..., Any], opts: RunOptions, *, parallel: Callable[[int], Executor],
-                 cores: int, memory_room: Callable[[], float | None], aim_s: float):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        opts: RunOptions,
+        *,
+        parallel: Callable[[int], Executor],
+        cores: int,
+        memory_room: Callable[[], float | None],
+        aim_s: float,
+    ):
         super().__init__()
         self.fn, self.opts = fn, opts
         self._parallel_factory, self.cores, self.memory_room, self.aim_s = parallel, cores, memory_room, aim_s
@@ -109,8 +117,10 @@ class AutoExecutor(ExecutorBase):
         if compute_s <= 0:
             return None
         if compute_s * (1 - 1 / max(2, self.cores)) <= ship_s:
-            self.reason = (f"an item takes {compute_s / n * 1e6:.2f} us here, below the {ship_s / n * 1e6:.2f} us "
-                           "of shipping it to a worker and back")
+            self.reason = (
+                f"an item takes {compute_s / n * 1e6:.2f} us here, below the {ship_s / n * 1e6:.2f} us "
+                "of shipping it to a worker and back"
+            )
             return 1
         workers = self.cores
         room = self.memory_room()
@@ -120,8 +130,10 @@ class AutoExecutor(ExecutorBase):
         if workers == 1:
             self.reason = "one batch at the time aim needs the whole memory target; a second worker would not fit"
         else:
-            self.reason = (f"an item takes {compute_s / n * 1e6:.1f} us, above the {ship_s / n * 1e6:.2f} us of "
-                           f"shipping it; {workers} workers fit under the memory target")
+            self.reason = (
+                f"an item takes {compute_s / n * 1e6:.1f} us, above the {ship_s / n * 1e6:.2f} us of "
+                f"shipping it; {workers} workers fit under the memory target"
+            )
         return workers
 
     def _start_workers(self, workers: int) -> None:

@@ -78,12 +78,14 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else one_line(exc.strerror or exc)
         raise ConfigError(
-            f"scheduler_address: cannot connect to {address} ({reason}); start `dask scheduler` there or fix the address"
+            f"scheduler_address: cannot connect to {address} ({reason}); start `dask scheduler` there or fix the "
+            "address"
         ) from None
 
 
-def resolve_client(client: Any = None, scheduler_address: str | None = None,
-                   connect_timeout: float = CONNECT_TIMEOUT_S) -> tuple[Any, bool]:
+def resolve_client(
+    client: Any = None, scheduler_address: str | None = None, connect_timeout: float = CONNECT_TIMEOUT_S
+) -> tuple[Any, bool]:
     """The dask ``Client`` to run on, and whether batchmem created it (and must close it).
 
     Order: ``client`` if given; else a client connected to ``scheduler_address``
@@ -217,8 +219,16 @@ def _run_on_worker(fn: Callable[..., Any], task: BatchTask, opts: RunOptions) ->
 _KILLED = "its dask worker died (KilledWorker)"
 
 #: Loggers whose warnings about lost workers, rescheduling and gathering are held back during a run.
-_NOISY_LOGGERS = ("distributed.scheduler", "distributed.nanny", "distributed.worker", "distributed.core",
-                  "distributed.client", "distributed.comm", "distributed.utils_perf", "distributed.protocol")
+_NOISY_LOGGERS = (
+    "distributed.scheduler",
+    "distributed.nanny",
+    "distributed.worker",
+    "distributed.core",
+    "distributed.client",
+    "distributed.comm",
+    "distributed.utils_perf",
+    "distributed.protocol",
+)
 
 
 @contextlib.contextmanager
@@ -249,8 +259,14 @@ class DaskExecutor(ExecutorBase):
 
     local_memory = False
 
-    def __init__(self, fn: Callable[..., Any], opts: RunOptions, client: Any = None,
-                 scheduler_address: str | None = None, connect_timeout: float = CONNECT_TIMEOUT_S):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        opts: RunOptions,
+        client: Any = None,
+        scheduler_address: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+    ):
         super().__init__()
         self.fn, self.opts = fn, opts
         self.client, self._owns_client = resolve_client(client, scheduler_address, connect_timeout)
@@ -274,8 +290,12 @@ class DaskExecutor(ExecutorBase):
         self._worker_rss: dict[int, int] = {}  # worker pid -> resident bytes at its last batch start
         self._quiet = _quiet_distributed()
         self._quiet.__enter__()
-        logger.info("dask: %d workers, %d threads, worker memory limit %s bytes", self.cluster.workers,
-                    self.cluster.threads, self.memory_limit.bytes if self.memory_limit else "none")
+        logger.info(
+            "dask: %d workers, %d threads, worker memory limit %s bytes",
+            self.cluster.workers,
+            self.cluster.threads,
+            self.memory_limit.bytes if self.memory_limit else "none",
+        )
 
     def _worker_addresses(self) -> set[str]:
         return set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
@@ -291,8 +311,14 @@ class DaskExecutor(ExecutorBase):
         self._workers = now
 
     def _submit(self, task: BatchTask) -> Any:
-        return self.client.submit(_run_on_worker, self.fn, task, self.opts, pure=False,
-                                  key=f"batchmem-batch-{task.index}-{task.start}-{len(task)}-{id(task):x}")
+        return self.client.submit(
+            _run_on_worker,
+            self.fn,
+            task,
+            self.opts,
+            pure=False,
+            key=f"batchmem-batch-{task.index}-{task.start}-{len(task)}-{id(task):x}",
+        )
 
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
         """Outcomes in task order, with at most ``in_flight + 1`` batches submitted ahead of them."""
@@ -330,8 +356,11 @@ class DaskExecutor(ExecutorBase):
         if len(task) == 1:  # it may be innocent: run it alone to tell
             yield self.run_isolated(task)
         else:
-            logger.warning("a dask worker died running a batch of %d items (items %d..); retrying it in halves",
-                           len(task), task.start)
+            logger.warning(
+                "a dask worker died running a batch of %d items (items %d..); retrying it in halves",
+                len(task),
+                task.start,
+            )
             yield _died(task, _KILLED)
 
     def run_now(self, tasks: list[BatchTask]) -> list[BatchOutcome]:

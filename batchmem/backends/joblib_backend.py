@@ -28,7 +28,9 @@ class JoblibExecutor(ExecutorBase):
     allows. Results come back in task order (``return_as="generator"``).
     """
 
-    def __init__(self, fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend: str | None, pre_dispatch: str = "2*n_jobs"):
+    def __init__(
+        self, fn: Callable[..., Any], opts: RunOptions, n_jobs: int, backend: str | None, pre_dispatch: str = "2*n_jobs"
+    ):
         import joblib
 
         super().__init__()
@@ -62,7 +64,11 @@ class JoblibExecutor(ExecutorBase):
         it = iter(tasks)
         carry = None
         while True:
-            budget = self.max_tasks_per_worker * self.in_flight if self.recycles_workers and self.max_tasks_per_worker else None
+            budget = (
+                self.max_tasks_per_worker * self.in_flight
+                if self.recycles_workers and self.max_tasks_per_worker
+                else None
+            )
             seg = _Segment(it, budget, self._recycle if self.recycles_workers else None, carry)
             feed = _InFlight(seg, lambda t: call(self.fn, t, self.opts))
             try:
@@ -76,9 +82,13 @@ class JoblibExecutor(ExecutorBase):
                 stranded = feed.abandon()
                 how = worker_exit(exc)
                 self.worker_deaths += 1
-                logger.warning("a worker process died (%s) with %d batch(es) in flight (items %s..); "
-                               "retrying them in halves in fresh workers", how, len(stranded),
-                               stranded[0].start if stranded else "?")
+                logger.warning(
+                    "a worker process died (%s) with %d batch(es) in flight (items %s..); "
+                    "retrying them in halves in fresh workers",
+                    how,
+                    len(stranded),
+                    stranded[0].start if stranded else "?",
+                )
                 for task in stranded:
                     # A 1-item task may be innocent: run it alone to tell; bigger ones come back
                     # to the caller as "worker_died" and are retried in halves (see run_isolated).
@@ -90,7 +100,9 @@ class JoblibExecutor(ExecutorBase):
             carry = seg.carry
             if seg.exhausted or carry is None or not self.recycles_workers:
                 return
-            self._recycle_workers(self._recycle.is_set() and self._reason or f"after {self.max_tasks_per_worker} batches per worker")
+            self._recycle_workers(
+                self._recycle.is_set() and self._reason or f"after {self.max_tasks_per_worker} batches per worker"
+            )
 
     def request_recycle(self, reason: str) -> bool:
         """Replace the worker processes once the batches already dispatched finish (thread-safe).
@@ -142,7 +154,11 @@ class JoblibExecutor(ExecutorBase):
             return list(self._parallel()(delayed(run_batch)(self.fn, t, self.opts) for t in tasks))
         except _worker_death_types() as exc:
             self.worker_deaths += 1
-            logger.warning("a worker process died (%s) running %d split batch(es); running each alone", worker_exit(exc), len(tasks))
+            logger.warning(
+                "a worker process died (%s) running %d split batch(es); running each alone",
+                worker_exit(exc),
+                len(tasks),
+            )
             return [self.run_isolated(t) for t in tasks]
 
     def run_isolated(self, task: BatchTask) -> BatchOutcome:
@@ -157,7 +173,6 @@ class JoblibExecutor(ExecutorBase):
             return _died(task, worker_exit(exc))
 
 
-
 def _worker_death_types() -> tuple[type[BaseException], ...]:
     """The exceptions joblib raises when a worker process dies: loky's ``TerminatedWorkerError``
     (a ``BrokenProcessPool``) and the standard library's ``BrokenProcessPool``."""
@@ -169,6 +184,7 @@ def _worker_death_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - joblib vendors loky
         return (BrokenProcessPool,)
     return (TerminatedWorkerError, LokyBroken, BrokenProcessPool)
+
 
 _EXIT_CODES = re.compile(r"exit codes of the workers are \{([^}]*)\}")
 _EXIT_ENTRY = re.compile(r"([A-Z]+)\((-?\d+)\)")
@@ -239,8 +255,13 @@ class _Segment:
     ``exhausted`` and no workers are replaced for nothing.
     """
 
-    def __init__(self, it: Iterator[BatchTask], budget: int | None, recycle: threading.Event | None,
-                 carry: BatchTask | None = None):
+    def __init__(
+        self,
+        it: Iterator[BatchTask],
+        budget: int | None,
+        recycle: threading.Event | None,
+        carry: BatchTask | None = None,
+    ):
         self.it, self.budget, self.recycle, self.carry = it, budget, recycle, carry
         self.count = 0
         self.exhausted = False

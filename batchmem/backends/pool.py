@@ -110,8 +110,12 @@ class PoolExecutor(ExecutorBase):
         submitted = 0  # batches given to this generation of workers
         while not self._cancelled:
             budget = self.max_tasks_per_worker * self.in_flight if self.max_tasks_per_worker else None
-            while (not exhausted and len(window) < self.in_flight + 1 and self._recycle_reason is None
-                   and (budget is None or submitted < budget)):
+            while (
+                not exhausted
+                and len(window) < self.in_flight + 1
+                and self._recycle_reason is None
+                and (budget is None or submitted < budget)
+            ):
                 task = next(it, None)
                 if task is None:
                     exhausted = True
@@ -145,8 +149,13 @@ class PoolExecutor(ExecutorBase):
         how = self._exit_reason(exc)
         self.worker_deaths += 1
         self._drop_pool(kill=True)
-        logger.warning("a worker process died (%s) with %d batch(es) in flight (items %s..); retrying them "
-                       "in halves in fresh workers", how, len(stranded), stranded[0].start)
+        logger.warning(
+            "a worker process died (%s) with %d batch(es) in flight (items %s..); retrying them "
+            "in halves in fresh workers",
+            how,
+            len(stranded),
+            stranded[0].start,
+        )
         for task in stranded:  # a 1-item task may be innocent: run it alone to tell
             yield self.run_isolated(task) if len(task) == 1 else _died(task, how)
 
@@ -182,8 +191,11 @@ class PoolExecutor(ExecutorBase):
         except _worker_death_types() as exc:
             self.worker_deaths += 1
             self._drop_pool(kill=True)
-            logger.warning("a worker process died (%s) running %d split batch(es); running each alone",
-                           self._exit_reason(exc), len(tasks))
+            logger.warning(
+                "a worker process died (%s) running %d split batch(es); running each alone",
+                self._exit_reason(exc),
+                len(tasks),
+            )
             return [self.run_isolated(t) for t in tasks]
 
     def run_isolated(self, task: BatchTask) -> BatchOutcome:

@@ -67,8 +67,13 @@ class OomWatchdog:
     :attr:`kills` counts it and :meth:`reason_for` gives the one-line reason for that pid.
     """
 
-    def __init__(self, worker_pids: Callable[[], list[int]], limit_bytes: int, terminate_fraction: float = 0.95,
-                 poll_s: float = POLL_S):
+    def __init__(
+        self,
+        worker_pids: Callable[[], list[int]],
+        limit_bytes: int,
+        terminate_fraction: float = 0.95,
+        poll_s: float = POLL_S,
+    ):
         self.worker_pids, self.poll_s = worker_pids, poll_s
         self.limit_bytes, self.terminate_fraction = limit_bytes, terminate_fraction
         self.terminate_bytes = int(limit_bytes * terminate_fraction)
@@ -104,9 +109,11 @@ class OomWatchdog:
                 self._kill(victim, readings[victim], parent + sum(readings.values()))
 
     def _kill(self, pid: int, rss: int, total: int) -> None:
-        reason = (f"killed by the OOM watchdog: worker RSS {format_bytes(rss)} (tree {format_bytes(total)}) above "
-                  f"the terminate level {format_bytes(self.terminate_bytes)} ({self.terminate_fraction:.2f} of the "
-                  f"{format_bytes(self.limit_bytes)} limit)")
+        reason = (
+            f"killed by the OOM watchdog: worker RSS {format_bytes(rss)} (tree {format_bytes(total)}) above "
+            f"the terminate level {format_bytes(self.terminate_bytes)} ({self.terminate_fraction:.2f} of the "
+            f"{format_bytes(self.limit_bytes)} limit)"
+        )
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -73,8 +73,10 @@ class BatchTask:
         else:
             total = float(len(items)) if self.weight is None else self.weight
             w1, w2, ws1, ws2 = total * mid / len(items), total * (len(items) - mid) / len(items), None, None
-        return (BatchTask(self.index, self.start, first, w1, ws1),
-                BatchTask(self.index, self.start + mid, second, w2, ws2))
+        return (
+            BatchTask(self.index, self.start, first, w1, ws1),
+            BatchTask(self.index, self.start + mid, second, w2, ws2),
+        )
 
 
 @dataclass
@@ -164,8 +166,9 @@ def _call_with_retries(call: Callable[[], Any], opts: RunOptions) -> tuple[Any, 
     return value, retrying.statistics.get("attempt_number", 1)
 
 
-def _item_failure(out: BatchOutcome, index: int, item: Any, exc: BaseException, attempts: int,
-                  opts: RunOptions) -> bool:
+def _item_failure(
+    out: BatchOutcome, index: int, item: Any, exc: BaseException, attempts: int, opts: RunOptions
+) -> bool:
     """Record a failed item; returns True if the batch must stop (``on_error="raise"``, or
     ``"retry"`` with ``retry_exhausted="raise"`` once the retries are used up)."""
     if opts.on_error == "raise" or (opts.on_error == "retry" and opts.retry_exhausted == "raise"):
@@ -176,8 +179,9 @@ def _item_failure(out: BatchOutcome, index: int, item: Any, exc: BaseException, 
     return False
 
 
-def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome,
-               kwargs: dict[str, Any]) -> list[Any] | bytearray | None:
+def _run_items(
+    fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]
+) -> list[Any] | bytearray | None:
     """Per-item calling convention, one pass: call, then encode at once (``opts.encode``).
 
     Encoding each result as soon as it exists lets the result object die
@@ -226,8 +230,9 @@ def _run_items(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: B
     return buf if encode else results
 
 
-def _run_batched(fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome,
-                 kwargs: dict[str, Any]) -> Any:
+def _run_batched(
+    fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]
+) -> Any:
     """Batched calling convention: ``fn(batch) -> same-length list or DataFrame``."""
     try:
         results, _ = _call_with_retries(lambda: fn(task.items, **kwargs), opts)
@@ -257,14 +262,17 @@ def _ignore_sigint_in_loky_worker() -> None:
     import multiprocessing
     import signal
 
-    if (multiprocessing.current_process().name.startswith("LokyProcess")
-            and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+    if (
+        multiprocessing.current_process().name.startswith("LokyProcess")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run_batch(fn: Callable[..., Any], task: BatchTask, opts: RunOptions,
-              kwargs: dict[str, Any] | None = None) -> BatchOutcome:
+def run_batch(
+    fn: Callable[..., Any], task: BatchTask, opts: RunOptions, kwargs: dict[str, Any] | None = None
+) -> BatchOutcome:
     """Run one batch and measure it; safe to call in a worker process.
 
     Returns a :class:`BatchOutcome` with wall seconds, the batch's peak RSS

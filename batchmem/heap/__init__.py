@@ -1,4 +1,5 @@
-"""Memory readings, limits and pressure (:mod:`batchmem.heap.monitor`); leak and GC analysis (:mod:`batchmem.heap.analyzer`)."""
+"""Memory readings, limits and pressure (:mod:`batchmem.heap.monitor`); leak and GC analysis
+(:mod:`batchmem.heap.analyzer`)."""
 
 from batchmem.heap.analyzer import HeapAnalyzer, Issue
 from batchmem.heap.monitor import (

@@ -63,8 +63,8 @@ from typing import Any
 import numpy as np
 
 from batchmem.heap.gc_watch import GcWatch
-from batchmem.units import format_bytes
 from batchmem.heap.monitor import MemoryMonitor, current_rss_bytes
+from batchmem.units import format_bytes
 
 __all__ = ["heap_in_use_bytes", "Issue", "Trend", "theil_sen", "LineGrowth", "top_growth_lines", "HeapAnalyzer"]
 
@@ -85,8 +85,21 @@ _CULPRIT_FILTERS = (
 class _Mallinfo2(ctypes.Structure):
     """``struct mallinfo2`` (glibc >= 2.33, mallinfo(3)): every field a ``size_t``."""
 
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def _load_mallinfo2() -> Any:
@@ -344,8 +357,15 @@ class HeapAnalyzer:
         return self.trace_allocations and tracemalloc.is_tracing()
 
     # -- observations
-    def observe_batch(self, *, pid: int | None, items: int, baseline_bytes: int | None = None,
-                      metric: str = "resident bytes", tree_rss_bytes: int | None = None) -> list[Issue]:
+    def observe_batch(
+        self,
+        *,
+        pid: int | None,
+        items: int,
+        baseline_bytes: int | None = None,
+        metric: str = "resident bytes",
+        tree_rss_bytes: int | None = None,
+    ) -> list[Issue]:
         """Record one batch of ``items`` run in process ``pid`` and return any new issues.
 
         ``baseline_bytes`` is that process's memory with the batch's effects
@@ -431,13 +451,23 @@ class HeapAnalyzer:
         if culprits:
             message += "; top lines by growth: " + "; ".join(str(c) for c in culprits[:3])
         if culprits:
-            rec = "Fix the allocations kept at " + ", ".join(c.line for c in culprits[:3]) + " (objects kept in a global, cache or closure)"
+            rec = (
+                "Fix the allocations kept at "
+                + ", ".join(c.line for c in culprits[:3])
+                + " (objects kept in a global, cache or closure)"
+            )
         elif own:
-            rec = ("Rerun with trace_allocations=True to name the source lines that grow; "
-                   "if the leak is in third-party code, run on n_jobs>1 with the loky backend so leaking workers are replaced")
+            rec = (
+                "Rerun with trace_allocations=True to name the source lines that grow; "
+                "if the leak is in third-party code, run on n_jobs>1 with the loky backend so leaking workers are "
+                "replaced"
+            )
         else:
-            rec = ("Leaking workers are replaced automatically (recycle_leaking_workers=True) or every "
-                   "max_tasks_per_worker batches; to name the lines, rerun a sample with n_jobs=1 and trace_allocations=True")
+            rec = (
+                "Leaking workers are replaced automatically (recycle_leaking_workers=True) or every "
+                "max_tasks_per_worker batches; to name the lines, rerun a sample with n_jobs=1 and "
+                "trace_allocations=True"
+            )
         return Issue(
             kind="leak",
             severity="critical" if items_to_limit is not None and items_to_limit < 10 * batch_items else "warning",
@@ -464,7 +494,8 @@ class HeapAnalyzer:
         self._series.pop(pid, None)
 
     def record_cycle_check(self, unreachable: int, items: int) -> None:
-        """Record an explicit ``gc.collect()`` after a batch: ``unreachable`` objects found over ``items`` items since the last check."""
+        """Record an explicit ``gc.collect()`` after a batch: ``unreachable`` objects found over ``items``
+        items since the last check."""
         self._cycle_checks += 1
         self._cycle_unreachable += int(unreachable)
         self._cycle_items += int(items)
@@ -478,37 +509,63 @@ class HeapAnalyzer:
         items = max(self._items, 1)
         per_item = garbage / items
         if garbage >= 1000 and per_item >= 1.0:
-            out.append(Issue(
-                kind="gc_cycles",
-                severity="info" if w.pause_s < 0.05 * max(elapsed, 1e-9) else "warning",
-                message=(f"reference cycles: the cyclic GC freed {garbage} unreachable objects "
-                         f"(~{per_item:.1f} per item) in {sum(w.collections)} collections taking {w.pause_s:.3f} s"),
-                evidence={"unreachable_objects": garbage, "objects_per_item": per_item,
-                          "gc_pause_s": w.pause_s, "explicit_checks": self._cycle_checks},
-                recommendation=("The function builds reference cycles that only the cyclic GC frees; break them "
-                                "(weakref, clearing back-references, closing objects) or collect explicitly between "
-                                "batches (gc.collect()) so they do not pile up until a full collection"),
-            ))
+            out.append(
+                Issue(
+                    kind="gc_cycles",
+                    severity="info" if w.pause_s < 0.05 * max(elapsed, 1e-9) else "warning",
+                    message=(
+                        f"reference cycles: the cyclic GC freed {garbage} unreachable objects "
+                        f"(~{per_item:.1f} per item) in {sum(w.collections)} collections taking {w.pause_s:.3f} s"
+                    ),
+                    evidence={
+                        "unreachable_objects": garbage,
+                        "objects_per_item": per_item,
+                        "gc_pause_s": w.pause_s,
+                        "explicit_checks": self._cycle_checks,
+                    },
+                    recommendation=(
+                        "The function builds reference cycles that only the cyclic GC frees; break them "
+                        "(weakref, clearing back-references, closing objects) or collect explicitly between "
+                        "batches (gc.collect()) so they do not pile up until a full collection"
+                    ),
+                )
+            )
         if elapsed > 0 and w.pause_s >= 0.5 and w.pause_s / elapsed >= 0.10:
-            out.append(Issue(
-                kind="gc_pauses",
-                severity="warning",
-                message=(f"GC pauses took {w.pause_s:.2f} s ({w.pause_s / elapsed:.0%} of {elapsed:.1f} s), "
-                         f"longest {w.max_pause_s * 1000:.0f} ms, collections per generation {w.collections}"),
-                evidence={"gc_pause_s": w.pause_s, "gc_pause_fraction": w.pause_s / elapsed,
-                          "gc_max_pause_s": w.max_pause_s, "gen0": w.collections[0],
-                          "gen1": w.collections[1], "gen2": w.collections[2]},
-                recommendation=("Call gc.freeze() after loading long-lived data, or raise the generation-0 "
-                                "threshold (gc.set_threshold) for allocation-heavy functions"),
-            ))
+            out.append(
+                Issue(
+                    kind="gc_pauses",
+                    severity="warning",
+                    message=(
+                        f"GC pauses took {w.pause_s:.2f} s ({w.pause_s / elapsed:.0%} of {elapsed:.1f} s), "
+                        f"longest {w.max_pause_s * 1000:.0f} ms, collections per generation {w.collections}"
+                    ),
+                    evidence={
+                        "gc_pause_s": w.pause_s,
+                        "gc_pause_fraction": w.pause_s / elapsed,
+                        "gc_max_pause_s": w.max_pause_s,
+                        "gen0": w.collections[0],
+                        "gen1": w.collections[1],
+                        "gen2": w.collections[2],
+                    },
+                    recommendation=(
+                        "Call gc.freeze() after loading long-lived data, or raise the generation-0 "
+                        "threshold (gc.set_threshold) for allocation-heavy functions"
+                    ),
+                )
+            )
         if gc.garbage or w.uncollectable:
-            out.append(Issue(
-                kind="uncollectable",
-                severity="warning",
-                message=f"{len(gc.garbage)} uncollectable objects in gc.garbage ({w.uncollectable} found during the run)",
-                evidence={"gc_garbage": len(gc.garbage), "uncollectable": w.uncollectable},
-                recommendation="Inspect gc.garbage: objects whose finalizers keep them alive never get freed",
-            ))
+            out.append(
+                Issue(
+                    kind="uncollectable",
+                    severity="warning",
+                    message=(
+                        f"{len(gc.garbage)} uncollectable objects in gc.garbage ({w.uncollectable} found during "
+                        "the run)"
+                    ),
+                    evidence={"gc_garbage": len(gc.garbage), "uncollectable": w.uncollectable},
+                    recommendation="Inspect gc.garbage: objects whose finalizers keep them alive never get freed",
+                )
+            )
         return out
 
     def analyze_heap(self) -> dict[str, list[Any]]:
@@ -520,8 +577,10 @@ class HeapAnalyzer:
                 recs.append(i.recommendation)
         sample = self.monitor.sample()
         if sample.pressure.value >= 1:
-            recs.append(f"Memory pressure is {sample.pressure.label} ({sample.utilization:.0%} of the limit): "
-                        "lower max_batch_size or memory_target_fraction, or free caches with on_pressure callbacks")
+            recs.append(
+                f"Memory pressure is {sample.pressure.label} ({sample.utilization:.0%} of the limit): "
+                "lower max_batch_size or memory_target_fraction, or free caches with on_pressure callbacks"
+            )
         return {"issues": [i.to_dict() for i in issues], "recommendations": recs}
 
     def get_memory_stats(self) -> dict[str, Any]:

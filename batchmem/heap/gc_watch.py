@@ -154,6 +154,7 @@ class ThrottledCollector:
         if duration > self.warn_if_longer_s:
             logger.warning(
                 "gc.collect() took %.3f s: the process holds very many Python objects; "
-                "smaller batches or fewer long-lived objects would shorten it", duration,
+                "smaller batches or fewer long-lived objects would shorten it",
+                duration,
             )
         return found

@@ -33,15 +33,24 @@ class LeakGuard:
     cannot); None turns recycling off. ``analyze=False`` keeps only the GC accounting.
     """
 
-    def __init__(self, monitor: Any, collector: ThrottledCollector, *, analyze: bool = True,
-                 trace_allocations: bool = False, recycle: Callable[[str], bool] | None = None,
-                 analyzer_options: Mapping[str, Any] | None = None, cycle_check_every: int = 10) -> None:
+    def __init__(
+        self,
+        monitor: Any,
+        collector: ThrottledCollector,
+        *,
+        analyze: bool = True,
+        trace_allocations: bool = False,
+        recycle: Callable[[str], bool] | None = None,
+        analyzer_options: Mapping[str, Any] | None = None,
+        cycle_check_every: int = 10,
+    ) -> None:
         self.collector, self.recycle, self.cycle_check_every = collector, recycle, cycle_check_every
         self.gc_watch = GcWatch().install()
         self.analyzer: HeapAnalyzer | None = None
         if analyze or trace_allocations:
-            self.analyzer = HeapAnalyzer(monitor, trace_allocations=trace_allocations, gc_watch=self.gc_watch,
-                                         **dict(analyzer_options or {})).start()
+            self.analyzer = HeapAnalyzer(
+                monitor, trace_allocations=trace_allocations, gc_watch=self.gc_watch, **dict(analyzer_options or {})
+            ).start()
         self.collected = 0  # objects found by the cycle checks
         self._batches = 0
         self._items_since_check = 0
@@ -59,8 +68,9 @@ class LeakGuard:
                 base, metric = outcome.heap_bytes, "malloc in-use bytes"
             else:
                 base, metric = outcome.start_rss_bytes, "resident bytes"
-            for issue in self.analyzer.observe_batch(pid=pid, items=outcome.size, baseline_bytes=base,
-                                                     metric=metric, tree_rss_bytes=rss_now):
+            for issue in self.analyzer.observe_batch(
+                pid=pid, items=outcome.size, baseline_bytes=base, metric=metric, tree_rss_bytes=rss_now
+            ):
                 if issue.kind == "leak" and not own:
                     self._recycle(pid)
         if own:

@@ -38,9 +38,10 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cachetools
 import psutil
@@ -95,7 +96,8 @@ class PressureLevel(enum.IntEnum):
 
     The escalation attached to each level (:mod:`batchmem.heap.pressure`):
     shrink batches and collect garbage at ``WARNING``, pause dispatch at
-    ``CRITICAL``, run cleanup callbacks and stop cleanly at ``EMERGENCY``. ``str(level)`` is the lower-case label ("warning").
+    ``CRITICAL``, run cleanup callbacks and stop cleanly at ``EMERGENCY``. ``str(level)`` is the
+    lower-case label ("warning").
     """
 
     NORMAL = 0
@@ -118,8 +120,7 @@ class PressureLevel(enum.IntEnum):
 def _check_fraction(field: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
         raise ConfigError(
-            f"PressureThresholds.{field}={value!r} is not a number; "
-            f"give a utilization fraction such as {field}=0.9"
+            f"PressureThresholds.{field}={value!r} is not a number; give a utilization fraction such as {field}=0.9"
         )
     return float(value)
 
@@ -151,13 +152,9 @@ class PressureThresholds:
         if not 0 < w:
             raise ConfigError(f"PressureThresholds.warning={w} must be greater than 0; {hint}")
         if not w < c:
-            raise ConfigError(
-                f"PressureThresholds.critical={c} must be greater than warning={w}; {hint}"
-            )
+            raise ConfigError(f"PressureThresholds.critical={c} must be greater than warning={w}; {hint}")
         if not c < e:
-            raise ConfigError(
-                f"PressureThresholds.emergency={e} must be greater than critical={c}; {hint}"
-            )
+            raise ConfigError(f"PressureThresholds.emergency={e} must be greater than critical={c}; {hint}")
         if not e <= 1:
             raise ConfigError(f"PressureThresholds.emergency={e} must be at most 1; {hint}")
 
@@ -204,9 +201,7 @@ def parse_size(value: str | int) -> int:
             that are zero or negative.
     """
     if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
-        raise ConfigError(
-            f"memory size {value!r} is not an int or a size string; use bytes or e.g. {_SIZE_EXAMPLE}"
-        )
+        raise ConfigError(f"memory size {value!r} is not an int or a size string; use bytes or e.g. {_SIZE_EXAMPLE}")
     if isinstance(value, numbers.Integral):
         n = int(value)
     else:
@@ -214,9 +209,7 @@ def parse_size(value: str | int) -> int:
             n = int(_BYTE_SIZE.validate_python(value.strip()))
         except ValidationError as exc:
             reason = exc.errors()[0].get("msg", "invalid size")
-            raise ConfigError(
-                f"memory size {value!r} cannot be parsed ({reason}); use e.g. {_SIZE_EXAMPLE}"
-            ) from None
+            raise ConfigError(f"memory size {value!r} cannot be parsed ({reason}); use e.g. {_SIZE_EXAMPLE}") from None
     if n <= 0:
         raise ConfigError(f"memory size {value!r} must be positive; use e.g. {_SIZE_EXAMPLE}")
     return n
@@ -265,9 +258,7 @@ def _cgroup_dir(mount: tuple[str, str], cgroup_path: str, prefix: str) -> tuple[
     return top / rel.lstrip("/"), top
 
 
-def _min_over_ancestors(
-    start: Path, top: Path, filename: str, parse: Callable[[str], int | None]
-) -> int | None:
+def _min_over_ancestors(start: Path, top: Path, filename: str, parse: Callable[[str], int | None]) -> int | None:
     """Smallest limit in ``filename`` from ``start`` up to ``top`` (ancestors' limits apply too)."""
     best: int | None = None
     d = start
@@ -384,9 +375,7 @@ def detect_memory_limit() -> MemoryLimit:
     return limit
 
 
-def resolve_memory_limit(
-    value: int | str | float | None, detected: MemoryLimit | None = None
-) -> MemoryLimit:
+def resolve_memory_limit(value: int | str | float | None, detected: MemoryLimit | None = None) -> MemoryLimit:
     """Turn a user's ``memory_limit`` setting into a :class:`MemoryLimit`.
 
     * ``None`` -> ``detected`` (or :func:`detect_memory_limit` when not given).
@@ -628,14 +617,8 @@ class PeakMemoryTracker:
     """
 
     def __init__(self, interval_s: float = 0.005, *, force_sampling: bool = False) -> None:
-        if (
-            isinstance(interval_s, bool)
-            or not isinstance(interval_s, numbers.Real)
-            or not interval_s > 0
-        ):
-            raise ConfigError(
-                f"interval_s={interval_s!r} must be a positive number of seconds, e.g. 0.005"
-            )
+        if isinstance(interval_s, bool) or not isinstance(interval_s, numbers.Real) or not interval_s > 0:
+            raise ConfigError(f"interval_s={interval_s!r} must be a positive number of seconds, e.g. 0.005")
         self.interval_s = float(interval_s)
         self.force_sampling = bool(force_sampling)
         self.method: str | None = None
@@ -689,9 +672,7 @@ class PeakMemoryTracker:
         self._start = current_rss_bytes()
         self._sampled_peak = self._start
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._sample_loop, name="batchmem-peak-sampler", daemon=True
-        )
+        self._thread = threading.Thread(target=self._sample_loop, name="batchmem-peak-sampler", daemon=True)
         self._thread.start()
         return self
 

@@ -46,8 +46,9 @@ logger = logging.getLogger("batchmem")
 _MB = 1_000_000  # decimal megabytes, as the option names (warning_mb) say
 
 
-def adaptive_thresholds(baseline_bytes: int, limit_bytes: int, *, warning_mb: float = 50,
-                        critical_mb: float = 70, emergency_mb: float = 90) -> PressureThresholds:
+def adaptive_thresholds(
+    baseline_bytes: int, limit_bytes: int, *, warning_mb: float = 50, critical_mb: float = 70, emergency_mb: float = 90
+) -> PressureThresholds:
     """Thresholds at ``baseline + N MB`` (decimal MB), as fractions of ``limit_bytes``.
 
     Defaults: warning +50 MB, critical +70 MB, emergency +90 MB above the
@@ -130,8 +131,6 @@ class PressureCallbacks:
         return ran
 
 
-
-
 class PressureGuard:
     """The escalation of one run: callbacks, garbage collection, backpressure, emergency stop.
 
@@ -146,10 +145,19 @@ class PressureGuard:
 
     poll_s = 0.05  # seconds between samples while dispatch is paused
 
-    def __init__(self, thresholds: PressureThresholds, sample: Callable[[], MemorySample], *,
-                 collector: ThrottledCollector, stop: Callable[[str], None], stopped: Callable[[], bool],
-                 callbacks: PressureCallbacks | None = None, min_batch_size: int = 1, max_wait_s: float = 10.0,
-                 first_utilization: float = 0.0) -> None:
+    def __init__(
+        self,
+        thresholds: PressureThresholds,
+        sample: Callable[[], MemorySample],
+        *,
+        collector: ThrottledCollector,
+        stop: Callable[[str], None],
+        stopped: Callable[[], bool],
+        callbacks: PressureCallbacks | None = None,
+        min_batch_size: int = 1,
+        max_wait_s: float = 10.0,
+        first_utilization: float = 0.0,
+    ) -> None:
         self.thresholds, self.sample, self.collector = thresholds, sample, collector
         self._stop, self._stopped = stop, stopped
         self.callbacks = callbacks if callbacks is not None else PressureCallbacks()
@@ -191,11 +199,20 @@ class PressureGuard:
         )
         logger.error("batchmem: %s", reason)
         self.emergency = Issue(
-            kind="emergency_stop", severity="critical", message=reason,
-            evidence={"rss_bytes": sample.rss_bytes, "limit_bytes": sample.limit_bytes,
-                      "utilization": sample.utilization, "emergency_threshold": thr, "items_written": items_written},
-            recommendation=("Lower memory_target_fraction or max_batch_size, free caches with "
-                            "on_pressure('warning', ...) callbacks, or raise memory_limit"),
+            kind="emergency_stop",
+            severity="critical",
+            message=reason,
+            evidence={
+                "rss_bytes": sample.rss_bytes,
+                "limit_bytes": sample.limit_bytes,
+                "utilization": sample.utilization,
+                "emergency_threshold": thr,
+                "items_written": items_written,
+            },
+            recommendation=(
+                "Lower memory_target_fraction or max_batch_size, free caches with "
+                "on_pressure('warning', ...) callbacks, or raise memory_limit"
+            ),
         )
         self._stop(reason)
 
@@ -210,8 +227,11 @@ class PressureGuard:
             return min(size, self.min_batch_size)
         self.pauses += 1
         t0 = time.monotonic()
-        logger.warning("batchmem: memory pressure %s; pausing dispatch until it is back under warning "
-                       "(at most %.1f s)", self.last_pressure.label, self.max_wait_s)
+        logger.warning(
+            "batchmem: memory pressure %s; pausing dispatch until it is back under warning (at most %.1f s)",
+            self.last_pressure.label,
+            self.max_wait_s,
+        )
         self.collector.collect()
         while time.monotonic() - t0 < self.max_wait_s and not self._stopped():
             sample = self.sample()
@@ -219,8 +239,9 @@ class PressureGuard:
                 waited = time.monotonic() - t0
                 self.paused_s += waited
                 self.last_pressure = sample.pressure
-                logger.info("batchmem: memory pressure back to %s after %.2f s; dispatch resumed",
-                            sample.pressure.label, waited)
+                logger.info(
+                    "batchmem: memory pressure back to %s after %.2f s; dispatch resumed", sample.pressure.label, waited
+                )
                 return size
             time.sleep(self.poll_s)
         self.paused_s += time.monotonic() - t0
@@ -228,8 +249,12 @@ class PressureGuard:
             return min(size, self.min_batch_size)
         self.pause_timeouts += 1
         self._gave_up = True
-        logger.warning("batchmem: memory pressure still %s after %.1f s; going on at min_batch_size=%d",
-                       self.last_pressure.label, self.max_wait_s, self.min_batch_size)
+        logger.warning(
+            "batchmem: memory pressure still %s after %.1f s; going on at min_batch_size=%d",
+            self.last_pressure.label,
+            self.max_wait_s,
+            self.min_batch_size,
+        )
         return min(size, self.min_batch_size)
 
     def issues(self) -> list[Issue]:
@@ -239,17 +264,29 @@ class PressureGuard:
         if not (lb[1] or lb[2] or lb[3]):
             return found
         worst = max(i for i, n in enumerate(lb) if n)
-        found.append(Issue(
-            kind="pressure", severity=("info", "warning", "warning", "critical")[worst],
-            message=(f"memory pressure reached {PressureLevel(worst).label} (peak {self.max_utilization:.0%} of "
-                     f"the limit): {lb[1]} batches at warning, {lb[2]} at critical, {lb[3]} at emergency; "
-                     f"dispatch paused {self.pauses} times for {self.paused_s:.2f} s; {self.callbacks_run} "
-                     f"callbacks run; {self.collector.runs} collections between batches"),
-            evidence={"max_utilization": self.max_utilization, "warning_batches": lb[1],
-                      "critical_batches": lb[2], "emergency_batches": lb[3],
-                      "pauses": self.pauses, "paused_s": self.paused_s, "pause_timeouts": self.pause_timeouts,
-                      "callbacks_run": self.callbacks_run, "gc_between_batches": self.collector.runs,
-                      "gc_between_batches_s": self.collector.time_s},
-            recommendation="Register on_pressure callbacks that free caches, or lower memory_target_fraction",
-        ))
+        found.append(
+            Issue(
+                kind="pressure",
+                severity=("info", "warning", "warning", "critical")[worst],
+                message=(
+                    f"memory pressure reached {PressureLevel(worst).label} (peak {self.max_utilization:.0%} of "
+                    f"the limit): {lb[1]} batches at warning, {lb[2]} at critical, {lb[3]} at emergency; "
+                    f"dispatch paused {self.pauses} times for {self.paused_s:.2f} s; {self.callbacks_run} "
+                    f"callbacks run; {self.collector.runs} collections between batches"
+                ),
+                evidence={
+                    "max_utilization": self.max_utilization,
+                    "warning_batches": lb[1],
+                    "critical_batches": lb[2],
+                    "emergency_batches": lb[3],
+                    "pauses": self.pauses,
+                    "paused_s": self.paused_s,
+                    "pause_timeouts": self.pause_timeouts,
+                    "callbacks_run": self.callbacks_run,
+                    "gc_between_batches": self.collector.runs,
+                    "gc_between_batches_s": self.collector.time_s,
+                },
+                recommendation="Register on_pressure callbacks that free caches, or lower memory_target_fraction",
+            )
+        )
         return found

@@ -56,8 +56,21 @@ _ESCAPE_RE = re.compile('[\x01-\x1f"\\\\]')  # U+0000 is the list path's separat
 
 #: Value types whose orjson encoding (natively or through the sink's ``default``)
 #: never holds a comma, so one ``dumps`` of the whole list can be split at commas.
-_SCALAR_TYPES = frozenset({int, float, bool, type(None), type(pd.NA), type(pd.NaT), pd.Timestamp, pd.Timedelta,
-                           _dt.datetime, _dt.date, _dt.time})
+_SCALAR_TYPES = frozenset(
+    {
+        int,
+        float,
+        bool,
+        type(None),
+        type(pd.NA),
+        type(pd.NaT),
+        pd.Timestamp,
+        pd.Timedelta,
+        _dt.datetime,
+        _dt.date,
+        _dt.time,
+    }
+)
 #: Null-likes the row path writes as ``null`` (a float here is NaN: the only float ``isna`` flags).
 _NULL_TYPES = frozenset({type(None), float, type(pd.NA), type(pd.NaT), np.float64, np.float32, np.float16})
 _MASKED = (pd.arrays.IntegerArray, pd.arrays.FloatingArray, pd.arrays.BooleanArray)
@@ -69,8 +82,9 @@ _UNITS_PER_S = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 DEDUP_MIN_ROWS, DEDUP_SAMPLE = 2048, 512
 
 
-def encode_frame(df: pd.DataFrame, default: Callable[[Any], Any], rows_per_slice: int | None = None,
-                 arrow: bool | None = None) -> bytes:
+def encode_frame(
+    df: pd.DataFrame, default: Callable[[Any], Any], rows_per_slice: int | None = None, arrow: bool | None = None
+) -> bytes:
     """Encode ``df`` as JSON lines (one object per row, keys in column order); returns the bytes.
 
     ``default`` is the sink's orjson ``default`` (pandas/numpy scalars, then the
@@ -358,8 +372,11 @@ class _ArrowRows(_Rows):
     def strings(self, values: Any, null: np.ndarray | None, known: bool = False) -> Any:
         pa, pc = self.pa, self.pc
         try:
-            arr = pa.array(values, type=pa.large_string(), mask=null) if not known or isinstance(values, np.ndarray) \
+            arr = (
+                pa.array(values, type=pa.large_string(), mask=null)
+                if not known or isinstance(values, np.ndarray)
                 else pa.array(values)
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as exc:  # lone surrogates
             raise TypeError(str(exc)) from None
         if isinstance(arr, pa.ChunkedArray):
@@ -381,8 +398,11 @@ class _ArrowRows(_Rows):
             return arr
         offsets = np.frombuffer(arr.buffers()[1], np.int64, len(arr) + 1, arr.offset * 8)
         data = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0] : offsets[-1]] if arr.buffers()[2] else b""
-        counts = np.bincount(data[(data < 0x20) | (data == ord('"')) | (data == ord("\\"))], minlength=0x80) \
-            if len(data) else np.zeros(0x80, np.int64)
+        counts = (
+            np.bincount(data[(data < 0x20) | (data == ord('"')) | (data == ord("\\"))], minlength=0x80)
+            if len(data)
+            else np.zeros(0x80, np.int64)
+        )
         if not counts.any():
             return arr
         for c in [ord("\\"), *(c for c in _ESCAPES if c != ord("\\"))]:  # the backslash first

@@ -101,8 +101,10 @@ def writing(what: str, path: Path) -> Iterator[None]:
         reason = f"{exc.strerror or exc}" + (f" ({code})" if code else "")
         raise OutputWriteError(
             f"{what}: writing {path} failed: {reason}; the checkpoint still matches the committed output: "
-            "free space (or fix the device) and resume", exc.errno,
-            python_fix=" (process(..., resume=True))", cli_fix=" (batchmem run JOB --resume)",
+            "free space (or fix the device) and resume",
+            exc.errno,
+            python_fix=" (process(..., resume=True))",
+            cli_fix=" (batchmem run JOB --resume)",
         ) from exc
 
 
@@ -146,8 +148,11 @@ def prepare_resume(path: Path, errors_path: Path, new: Checkpoint, fmt: str, *, 
             f"resume: {str(path)!r} holds {size} bytes but its checkpoint says {ckpt.output_bytes} were committed "
             "(written without fsync before a crash?); it cannot be resumed: set overwrite to start again"
         )
-    cuts = ((path, ckpt.output_bytes), (errors_path, ckpt.errors_bytes),
-            (sidecar(path, ".batches.jsonl"), ckpt.batches_bytes))
+    cuts = (
+        (path, ckpt.output_bytes),
+        (errors_path, ckpt.errors_bytes),
+        (sidecar(path, ".batches.jsonl"), ckpt.batches_bytes),
+    )
     for p, keep in cuts:
         if p.exists() and p.stat().st_size > keep:
             logger.info("resume: cutting %d bytes of torn or uncommitted tail from %s", p.stat().st_size - keep, p)
@@ -163,8 +168,17 @@ class RunFiles:
     returned); ``append`` opens the files for appending (resume).
     """
 
-    def __init__(self, path: Path, errors_path: Path, fmt: str, ckpt: Checkpoint, *, append: bool, fsync: bool,
-                 lock: OutputLock | None = None):
+    def __init__(
+        self,
+        path: Path,
+        errors_path: Path,
+        fmt: str,
+        ckpt: Checkpoint,
+        *,
+        append: bool,
+        fsync: bool,
+        lock: OutputLock | None = None,
+    ):
         self.path, self.errors_path, self.fmt, self.ckpt, self.fsync = path, errors_path, fmt, ckpt, fsync
         self.lock = lock
         self.ckpt_path = checkpoint_path(path)
@@ -236,5 +250,8 @@ class RunFiles:
             try:
                 f.close()
             except OSError as exc:
-                logger.debug("closing %s failed: %s (the checkpoint still matches what was committed)",
-                              getattr(f, "path", f), exc)
+                logger.debug(
+                    "closing %s failed: %s (the checkpoint still matches what was committed)",
+                    getattr(f, "path", f),
+                    exc,
+                )

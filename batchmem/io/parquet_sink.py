@@ -38,7 +38,10 @@ def _import_pyarrow():
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise ConfigError("output.format: parquet needs pyarrow, which is not installed; fix: pip install 'batchmem[parquet]' or use format jsonl") from exc
+        raise ConfigError(
+            "output.format: parquet needs pyarrow, which is not installed; fix: pip install 'batchmem[parquet]' or "
+            "use format jsonl"
+        ) from exc
     return pa, pq
 
 
@@ -78,7 +81,10 @@ class ParquetSink:
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
                 col = _failing_column(results, pa)
                 where = f"column {col!r} of " if col else ""
-                raise SerializationError(f"output: {where}items {span} cannot be written as Parquet: {one_line(exc)}; fix: give the column one type (e.g. astype) or use format jsonl") from exc
+                raise SerializationError(
+                    f"output: {where}items {span} cannot be written as Parquet: {one_line(exc)}; fix: give the "
+                    "column one type (e.g. astype) or use format jsonl"
+                ) from exc
         records = []
         for offset, item in enumerate(results):
             if item is None:
@@ -87,12 +93,16 @@ class ParquetSink:
                 records.append(item)
             else:
                 raise SerializationError(
-                    f"output: item {start_index + offset} is {type(item).__name__}, but Parquet output needs a dict (one row) per item; fix: return a dict or use format jsonl"
+                    f"output: item {start_index + offset} is {type(item).__name__}, but Parquet output needs a dict "
+                    "(one row) per item; fix: return a dict or use format jsonl"
                 )
         try:
             return pa.Table.from_pylist(records), True
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise SerializationError(f"output: items {span} cannot be written as Parquet: {one_line(exc)}; fix: give each key one type or use format jsonl") from exc
+            raise SerializationError(
+                f"output: items {span} cannot be written as Parquet: {one_line(exc)}; fix: give each key one type or "
+                "use format jsonl"
+            ) from exc
 
     def _conform(self, table: pa.Table, from_records: bool, start_index: int) -> pa.Table:
         """Cast ``table`` to the file schema (set by the first batch)."""
@@ -104,14 +114,16 @@ class ParquetSink:
         for name in names:
             if name not in schema.names:
                 raise SerializationError(
-                    f"output: column {name!r} of items {span} is not in the Parquet schema set by the first batch ({', '.join(schema.names)}); fix: return the same columns in every batch or use format jsonl"
+                    f"output: column {name!r} of items {span} is not in the Parquet schema set by the first batch "
+                    f"({', '.join(schema.names)}); fix: return the same columns in every batch or use format jsonl"
                 )
         arrays = []
         for field in schema:
             if field.name not in names:
                 if not from_records:
                     raise SerializationError(
-                        f"output: column {field.name!r} is missing from items {span} (the first batch had it); fix: return the same columns in every batch or use format jsonl"
+                        f"output: column {field.name!r} is missing from items {span} (the first batch had it); fix: "
+                        "return the same columns in every batch or use format jsonl"
                     )
                 arrays.append(pa.nulls(table.num_rows, field.type))
                 continue
@@ -122,7 +134,9 @@ class ParquetSink:
                 except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
                     hint = " (it was all-null in the first batch)" if pa.types.is_null(field.type) else ""
                     raise SerializationError(
-                        f"output: column {field.name!r} of items {span} is {col.type}, which does not convert to {field.type} in the Parquet schema set by the first batch{hint}; fix: give the column one dtype (e.g. astype) or use format jsonl"
+                        f"output: column {field.name!r} of items {span} is {col.type}, which does not convert to "
+                        f"{field.type} in the Parquet schema set by the first batch{hint}; "
+                        "fix: give the column one dtype (e.g. astype) or use format jsonl"
                     ) from exc
             arrays.append(col)
         return pa.Table.from_arrays(arrays, schema=schema)
@@ -162,7 +176,9 @@ class ParquetSink:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self._partial, "wb")  # noqa: SIM115 - closed in close()
-        self._writer = self._pq.ParquetWriter(self._fh, self._schema, compression=self._compression, **self._writer_kwargs)
+        self._writer = self._pq.ParquetWriter(
+            self._fh, self._schema, compression=self._compression, **self._writer_kwargs
+        )
 
     def flush(self) -> None:
         """Push written row groups to the OS. The file is readable only after ``close()``."""
@@ -187,7 +203,13 @@ class ParquetSink:
         self.bytes_written = self._fh.tell()
         self._fh.close()
         os.replace(self._partial, self.path)
-        logger.debug("parquet sink: %d rows in %d row groups, %d bytes -> %s", self.rows, self.row_groups, self.bytes_written, self.path)
+        logger.debug(
+            "parquet sink: %d rows in %d row groups, %d bytes -> %s",
+            self.rows,
+            self.row_groups,
+            self.bytes_written,
+            self.path,
+        )
 
     def __enter__(self) -> ParquetSink:
         return self
@@ -204,5 +226,3 @@ def _failing_column(frame: pd.DataFrame, pa: Any) -> str | None:
         except Exception:  # noqa: BLE001 - any failure names the column
             return str(name)
     return None
-
-

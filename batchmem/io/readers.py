@@ -34,9 +34,9 @@ import io
 import logging
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
-
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, one_line
 
@@ -58,7 +58,10 @@ def _check_path(path: str | os.PathLike[str]) -> Path:
     """Return ``path`` as a ``Path``; ``ConfigError`` if it is not an existing file."""
     p = Path(os.fspath(path)).expanduser()
     if not p.exists():
-        raise ConfigError(f"source.path: file not found: {p}; fix the path (relative paths resolve against the current folder, or the job file's folder in a job)")
+        raise ConfigError(
+            f"source.path: file not found: {p}; fix the path (relative paths resolve against the current folder, or "
+            "the job file's folder in a job)"
+        )
     if p.is_dir():
         raise ConfigError(f"source.path: {p} is a folder, not a file; fix the path to name one file")
     return p
@@ -92,8 +95,15 @@ class _ZipMember:
         try:
             names = [info.filename for info in self._zip.infolist() if not info.is_dir()]
             if len(names) != 1:
-                what = "no files" if not names else f"{len(names)} files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-                raise ConfigError(f"source.path: zip archive {path} holds {what}; batchmem reads a zip holding exactly one file -- fix the archive or unzip it")
+                what = (
+                    "no files"
+                    if not names
+                    else f"{len(names)} files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                )
+                raise ConfigError(
+                    f"source.path: zip archive {path} holds {what}; batchmem reads a zip holding exactly one file -- "
+                    "fix the archive or unzip it"
+                )
             self.name = names[0]
             self.stream = io.BufferedReader(self._zip.open(self.name), buffer_size=ZIP_BUFFER_BYTES)
         except BaseException:
@@ -112,7 +122,9 @@ def _open_input(path: Path, options: dict[str, Any]) -> tuple[Any, dict[str, Any
     try:
         member = _ZipMember(path)
     except zipfile.BadZipFile as exc:
-        raise ConfigError(f"source.path: {path} is not a valid zip archive ({one_line(exc)}); fix the file or its extension") from exc
+        raise ConfigError(
+            f"source.path: {path} is not a valid zip archive ({one_line(exc)}); fix the file or its extension"
+        ) from exc
     return member.stream, {**options, "compression": None}, member
 
 
@@ -126,15 +138,15 @@ def _check_kwargs(kwargs: dict[str, Any], func: Callable[..., Any], what: str, r
     """Reject options ``func`` does not take, and options batchmem sets itself."""
     for key in reserved:
         if key in kwargs:
-            raise ConfigError(f"source.{key}: set by batchmem for {what} (chunks are sized by the optimizer); remove it")
+            raise ConfigError(
+                f"source.{key}: set by batchmem for {what} (chunks are sized by the optimizer); remove it"
+            )
     params = inspect.signature(func).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     for key in kwargs:
         if key not in params:
             raise ConfigError(f"source.{key}: not an option of {what}; fix the name or remove it")
-
-
 
 
 class _FrameSource:
@@ -268,7 +280,9 @@ class CsvSource(_FrameSource):
         p = _check_path(path)
         _check_kwargs(pandas_kwargs, pd.read_csv, "pandas.read_csv", ("chunksize", "iterator"))
         if pandas_kwargs.get("engine") == "pyarrow":
-            raise ConfigError("source.engine: 'pyarrow' cannot read CSV in chunks; use engine 'c' (the default) or 'python'")
+            raise ConfigError(
+                "source.engine: 'pyarrow' cannot read CSV in chunks; use engine 'c' (the default) or 'python'"
+            )
         super().__init__(p)
         self.options = dict(pandas_kwargs)
         target, options, self._zip = _open_input(p, self.options)
@@ -278,7 +292,9 @@ class CsvSource(_FrameSource):
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             if self._zip is not None:
                 self._zip.close()
-            raise ConfigError(f"source: cannot read {p} as CSV: {one_line(exc)}; fix the reader options (usecols, dtype, ...)") from exc
+            raise ConfigError(
+                f"source: cannot read {p} as CSV: {one_line(exc)}; fix the reader options (usecols, dtype, ...)"
+            ) from exc
 
     def _pull(self, hint: int) -> pd.DataFrame | None:
         try:
@@ -303,7 +319,9 @@ class JsonlSource(_FrameSource):
         p = _check_path(path)
         _check_kwargs(pandas_kwargs, pd.read_json, "pandas.read_json", ("chunksize", "lines"))
         if pandas_kwargs.get("engine") == "pyarrow":
-            raise ConfigError("source.engine: 'pyarrow' cannot read JSON Lines in chunks; use engine 'ujson' (the default)")
+            raise ConfigError(
+                "source.engine: 'pyarrow' cannot read JSON Lines in chunks; use engine 'ujson' (the default)"
+            )
         super().__init__(p)
         self.options = dict(pandas_kwargs)
         target, options, self._zip = _open_input(p, self.options)
@@ -313,7 +331,9 @@ class JsonlSource(_FrameSource):
         except (ValueError, TypeError) as exc:
             if self._zip is not None:
                 self._zip.close()
-            raise ConfigError(f"source: cannot read {p} as JSON Lines: {one_line(exc)}; fix the reader options") from exc
+            raise ConfigError(
+                f"source: cannot read {p} as JSON Lines: {one_line(exc)}; fix the reader options"
+            ) from exc
 
     def _pull(self, hint: int) -> pd.DataFrame | None:
         # JsonReader.__next__ reads ``self.chunksize`` lines per call; set it per call so
@@ -336,7 +356,9 @@ def _import_pyarrow_parquet():
         import pyarrow  # noqa: F401
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise ConfigError("source.type: parquet needs pyarrow, which is not installed; fix: pip install 'batchmem[parquet]'") from exc
+        raise ConfigError(
+            "source.type: parquet needs pyarrow, which is not installed; fix: pip install 'batchmem[parquet]'"
+        ) from exc
     return pq
 
 
@@ -348,7 +370,14 @@ class ParquetSource:
 
     kind = "Parquet"
 
-    def __init__(self, path: str | os.PathLike[str], columns: list[str] | None = None, *, batch_rows: int = DEFAULT_BATCH_ROWS, **parquet_kwargs: Any) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        columns: list[str] | None = None,
+        *,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        **parquet_kwargs: Any,
+    ) -> None:
         p = _check_path(path)
         pq = _import_pyarrow_parquet()
         _check_kwargs(parquet_kwargs, pq.ParquetFile.__init__, "pyarrow.parquet.ParquetFile", ())
@@ -508,7 +537,13 @@ def read_jsonl(path: str | os.PathLike[str], **pandas_kwargs: Any) -> JsonlSourc
     return JsonlSource(path, **pandas_kwargs)
 
 
-def read_parquet(path: str | os.PathLike[str], columns: list[str] | None = None, *, batch_rows: int = DEFAULT_BATCH_ROWS, **parquet_kwargs: Any) -> ParquetSource:
+def read_parquet(
+    path: str | os.PathLike[str],
+    columns: list[str] | None = None,
+    *,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    **parquet_kwargs: Any,
+) -> ParquetSource:
     """A lazy Parquet source read through ``pyarrow.parquet.ParquetFile.iter_batches``.
 
     ``columns``: the columns to read (default all). ``batch_rows``: rows per Arrow record

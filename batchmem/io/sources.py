@@ -78,8 +78,9 @@ class IterableSource:
         items = list(itertools.islice(self._it, n))
         return items, (weigh(items) if items else None)
 
-    def take_weighted(self, budget: float, weigh: Weigher, *, min_items: int = 1,
-                      max_items: int = 1_000_000) -> tuple[list[Any] | None, float, list[float] | None]:
+    def take_weighted(
+        self, budget: float, weigh: Weigher, *, min_items: int = 1, max_items: int = 1_000_000
+    ) -> tuple[list[Any] | None, float, list[float] | None]:
         """The next items whose weights sum to at most ``budget`` (weight units), within
         ``[min_items, max_items]`` items; an item that would cross the budget opens the next batch,
         and an item heavier than the whole budget comes alone. Returns ``(items, weight, weights)``
@@ -140,8 +141,9 @@ def as_source(items: Iterable[Any] | BatchSource) -> BatchSource:
     return IterableSource(items)
 
 
-def take_weighted(source: Any, budget: float, weigh: Weigher | None, *, min_items: int,
-                  max_items: int) -> tuple[Any, float, list[float] | None]:
+def take_weighted(
+    source: Any, budget: float, weigh: Weigher | None, *, min_items: int, max_items: int
+) -> tuple[Any, float, list[float] | None]:
     """Cut the next batch of ``source`` to a weight budget: ``(items, weight, weights)``.
 
     Sources with ``take_weighted`` (an iterable) weigh each item; chunked pandas sources with a

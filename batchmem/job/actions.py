@@ -171,7 +171,7 @@ class JobActions:
             message = one_line(exc)
             for key in self.source.options:  # the readers name options as source.<key>; say where they are set
                 if message.startswith(f"source.{key}:"):
-                    message = f"source.options.{key}:" + message[len(f"source.{key}:"):]
+                    message = f"source.options.{key}:" + message[len(f"source.{key}:") :]
             raise JobFileError(message) from exc
         close = getattr(source, "close", None)
         if close is not None:

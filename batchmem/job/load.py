@@ -121,7 +121,6 @@ def _is_mapping_type(annotation: Any) -> bool:
     return False
 
 
-
 def _model_at(path: Sequence[str]) -> type[BaseModel] | None:
     """The model class that holds the keys at ``path`` (``()`` -> Job), or None past a leaf."""
     model: Any = Job
@@ -142,8 +141,11 @@ def _field_path(loc: Sequence[Any]) -> tuple[list[str], str]:
     rest = list(loc)
     while rest:
         part = rest[0]
-        if isinstance(model, type) and issubclass(model, BaseModel) and isinstance(part, str) and (
-            part in model.model_fields or (model.model_config.get("extra") == "forbid")
+        if (
+            isinstance(model, type)
+            and issubclass(model, BaseModel)
+            and isinstance(part, str)
+            and (part in model.model_fields or (model.model_config.get("extra") == "forbid"))
         ):
             names.append(part)
             rest.pop(0)
@@ -188,8 +190,14 @@ def _one_line_validation_error(exc: ValidationError, where: str) -> JobFileError
 
 
 _SELF_EXPLAINING = {
-    "greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error",
-    "too_short", "too_long", "string_pattern_mismatch",
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "literal_error",
+    "too_short",
+    "too_long",
+    "string_pattern_mismatch",
 }
 
 
@@ -217,7 +225,6 @@ def _describe(err: Mapping[str, Any], names: list[str], dotted: str) -> str:
     expected = "" if kind in _SELF_EXPLAINING else _expected(field)
     fix = f"; expected {expected}" if expected else ""
     return f"{dotted}: {msg}{got}{fix}"
-
 
 
 def load_job(
@@ -256,4 +263,3 @@ def load_job(
         except JobFileError as exc:
             raise JobFileError(f"{job_path}: {exc}") from exc.__cause__
     return job
-

@@ -582,4 +582,3 @@ class Job(JobActions, _Section):
         if base is not None:
             self._base_dir = Path(base)
         return self
-

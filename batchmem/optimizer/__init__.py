@@ -133,7 +133,11 @@ class BatchOptimizer:
         return self.history.load(operation)
 
     def start_run(
-        self, operation: str | None = None, *, baseline_bytes: int | None = None, in_flight: int = 1,
+        self,
+        operation: str | None = None,
+        *,
+        baseline_bytes: int | None = None,
+        in_flight: int = 1,
         weight_unit: str = "items",
     ) -> int:
         """Begin a run of ``operation``; return the first batch size (items, or weight units).
@@ -158,8 +162,7 @@ class BatchOptimizer:
                 "bytes_per_item": record.get("ewma_bytes_per_item", record.get("bytes_per_item")),
                 "seconds_per_item": record.get("seconds_per_item"),
             }
-        self.controller = BatchSizeController(self.config, self.memory_limit_bytes, warm_start=warm,
-                                              weighted=weighted)
+        self.controller = BatchSizeController(self.config, self.memory_limit_bytes, warm_start=warm, weighted=weighted)
         if baseline_bytes is not None:
             self.controller.cap_to_memory(baseline_bytes, in_flight)
         first = self.controller.next_size()
@@ -282,8 +285,9 @@ class BatchOptimizer:
         try:
             self.history.record_run(run.operation, out)
         except OSError as exc:
-            logger.warning("batchmem: could not save history of %r (%s); the next run will probe again",
-                           run.operation, exc)
+            logger.warning(
+                "batchmem: could not save history of %r (%s); the next run will probe again", run.operation, exc
+            )
 
     # -- queries -------------------------------------------------------------
 
@@ -405,17 +409,27 @@ class BatchOptimizer:
         """The settings this optimizer was built with (the run's batch sizes, time band, memory target)."""
         cfg = self.config
         return RunSettings(
-            batch_size=cfg.initial_batch_size, min_batch_size=cfg.min_batch_size, max_batch_size=cfg.max_batch_size,
-            target_batch_seconds=tuple(cfg.target_batch_seconds), memory_target_fraction=cfg.memory_target_fraction,
+            batch_size=cfg.initial_batch_size,
+            min_batch_size=cfg.min_batch_size,
+            max_batch_size=cfg.max_batch_size,
+            target_batch_seconds=tuple(cfg.target_batch_seconds),
+            memory_target_fraction=cfg.memory_target_fraction,
         )
 
     def _live_figures(self, live: Mapping[str, Any]) -> RunFigures:
         return RunFigures(
-            when="this run", items=live["items"], failed=live["failed"], batches=live["batches"],
-            batch_size_median=live["batch_size_median"], batch_size_max=live["batch_size_max"],
-            batch_s_median=live["batch_s_median"], bytes_per_item=live["bytes_per_item_measured"],
-            memory_limit_bytes=self.memory_limit_bytes, memory_bound_batches=live["reasons"].get("memory", 0),
-            pressure_batches=sum(live["pressure_batches"].values()), memory_errors=live["memory_errors"],
+            when="this run",
+            items=live["items"],
+            failed=live["failed"],
+            batches=live["batches"],
+            batch_size_median=live["batch_size_median"],
+            batch_size_max=live["batch_size_max"],
+            batch_s_median=live["batch_s_median"],
+            bytes_per_item=live["bytes_per_item_measured"],
+            memory_limit_bytes=self.memory_limit_bytes,
+            memory_bound_batches=live["reasons"].get("memory", 0),
+            pressure_batches=sum(live["pressure_batches"].values()),
+            memory_errors=live["memory_errors"],
             ceiling=live["ceiling"],
         )
 

@@ -96,10 +96,15 @@ class RunSettings:
         ``batching`` and ``execution`` groups)."""
         b, e = config.batching, config.execution
         return cls(
-            batched=b.batched, auto_optimize=b.auto_optimize, batch_size=b.batch_size,
-            min_batch_size=b.min_batch_size, max_batch_size=b.max_batch_size,
+            batched=b.batched,
+            auto_optimize=b.auto_optimize,
+            batch_size=b.batch_size,
+            min_batch_size=b.min_batch_size,
+            max_batch_size=b.max_batch_size,
             target_batch_seconds=(float(b.target_batch_seconds[0]), float(b.target_batch_seconds[1])),
-            memory_target_fraction=b.memory_target_fraction, use_history=b.use_history, n_jobs=e.n_jobs,
+            memory_target_fraction=b.memory_target_fraction,
+            use_history=b.use_history,
+            n_jobs=e.n_jobs,
         )
 
     @classmethod
@@ -114,8 +119,10 @@ class RunSettings:
             low_high = (float(band[0]), float(band[1]))
         n_jobs = data.get("n_jobs")
         return cls(
-            **{k: v if isinstance(v, bool) else None for k, v in flags.items()}, **sizes,
-            target_batch_seconds=low_high, memory_target_fraction=_number(data.get("memory_target_fraction")),
+            **{k: v if isinstance(v, bool) else None for k, v in flags.items()},
+            **sizes,
+            target_batch_seconds=low_high,
+            memory_target_fraction=_number(data.get("memory_target_fraction")),
             n_jobs=n_jobs if isinstance(n_jobs, (int, str)) and not isinstance(n_jobs, bool) else None,
         )
 
@@ -240,8 +247,11 @@ def _memory_bound(f: RunFigures, s: RunSettings) -> str | None:
         return None  # memory set the size, and batches were long enough anyway
     share = f" ({s.memory_target_fraction:.0%} of the limit)" if s.memory_target_fraction else ""
     per_item = f" ({format_bytes(f.bytes_per_item)})" if f.bytes_per_item else ""
-    fraction = (f", or memory_target_fraction (now {s.memory_target_fraction:.0%})"
-                if s.memory_target_fraction is not None and s.memory_target_fraction < 0.8 else "")
+    fraction = (
+        f", or memory_target_fraction (now {s.memory_target_fraction:.0%})"
+        if s.memory_target_fraction is not None and s.memory_target_fraction < 0.8
+        else ""
+    )
     return (
         f"the memory target{share} set the size of {bound} of {f.batches} batches in {f.when}: raise memory_limit"
         f"{_limit_text(f)}{fraction}, or lower the memory per item{per_item}"

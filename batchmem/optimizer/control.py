@@ -200,19 +200,13 @@ class ControlConfig:
                 f"memory_target_fraction={f!r} is not in (0, 1]: give a fraction of the memory limit, e.g. 0.6"
             )
         band = self.target_batch_seconds
-        if (
-            not isinstance(band, (tuple, list))
-            or len(band) != 2
-            or not all(_is_number(x) for x in band)
-        ):
+        if not isinstance(band, (tuple, list)) or len(band) != 2 or not all(_is_number(x) for x in band):
             raise ConfigError(
                 f"target_batch_seconds={band!r} is not a (low, high) pair of seconds: give e.g. (0.2, 2.0)"
             )
         low, high = float(band[0]), float(band[1])
         if not 0 < low < high:
-            raise ConfigError(
-                f"target_batch_seconds={band!r} needs 0 < low < high: give e.g. (0.2, 2.0)"
-            )
+            raise ConfigError(f"target_batch_seconds={band!r} needs 0 < low < high: give e.g. (0.2, 2.0)")
         self.target_batch_seconds = (low, high)
         a = self.ewma_alpha
         if not _is_number(a) or not 0 < a <= 1:

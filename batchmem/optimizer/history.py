@@ -44,11 +44,24 @@ MAX_RUNS = 50
 ENV_HOME = "BATCHMEM_HOME"
 
 _SUMMARY_INT_KEYS = (
-    "learned_batch_size", "items", "peak_rss_bytes", "batches", "failed", "leaks", "memory_errors",
-    "memory_bound_batches", "pressure_batches", "memory_limit_bytes",
+    "learned_batch_size",
+    "items",
+    "peak_rss_bytes",
+    "batches",
+    "failed",
+    "leaks",
+    "memory_errors",
+    "memory_bound_batches",
+    "pressure_batches",
+    "memory_limit_bytes",
 )
 _SUMMARY_FLOAT_KEYS = (
-    "bytes_per_item", "seconds_per_item", "duration_s", "items_per_s", "finished_at", "batch_s_median",
+    "bytes_per_item",
+    "seconds_per_item",
+    "duration_s",
+    "items_per_s",
+    "finished_at",
+    "batch_s_median",
     "batch_size_median",
 )
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -58,7 +58,7 @@ $recommendations
 
 
 def _rows_html(rows: list[tuple[str, str]]) -> str:
-    return "\n".join(f"<tr><th>{html.escape(a)}</th><td class=\"v\">{html.escape(b)}</td></tr>" for a, b in rows)
+    return "\n".join(f'<tr><th>{html.escape(a)}</th><td class="v">{html.escape(b)}</td></tr>' for a, b in rows)
 
 
 def _issues_html(report: Report) -> str:
@@ -69,8 +69,9 @@ def _issues_html(report: Report) -> str:
         sev = html.escape(str(i.get("severity", "info")))
         kind, message = html.escape(str(i.get("kind", ""))), html.escape(str(i.get("message", "")))
         ev = html.escape(evidence_text(i.get("evidence")))
-        items.append(f'<tr><td class="sev-{sev}">{sev}</td><td>{kind}</td><td>{message}</td>'
-                     f'<td class="muted">{ev}</td></tr>')
+        items.append(
+            f'<tr><td class="sev-{sev}">{sev}</td><td>{kind}</td><td>{message}</td><td class="muted">{ev}</td></tr>'
+        )
     header = "<tr><th>severity</th><th>kind</th><th>message</th><th>evidence</th></tr>"
     return "<table>\n" + header + "\n" + "\n".join(items) + "\n</table>"
 

@@ -32,8 +32,11 @@ def memory_status(verbose: bool = False) -> dict[str, Any]:
     mon = MemoryMonitor()
     s = mon.sample()
     out: dict[str, Any] = s.to_dict()
-    out["thresholds"] = {"warning": mon.thresholds.warning, "critical": mon.thresholds.critical,
-                         "emergency": mon.thresholds.emergency}
+    out["thresholds"] = {
+        "warning": mon.thresholds.warning,
+        "critical": mon.thresholds.critical,
+        "emergency": mon.thresholds.emergency,
+    }
     if not verbose:
         return out
     out["gc"] = {
@@ -84,8 +87,10 @@ def _gc_lines(g: dict[str, Any]) -> list[str]:
         "  count / threshold per generation: " + ", ".join(f"gen{i} {c}/{th}" for i, (c, th) in enumerate(generations)),
     ]
     for i, st in enumerate(g["stats"]):
-        lines.append(f"  gen{i}: {st.get('collections', 0):,} collections, {st.get('collected', 0):,} collected, "
-                     f"{st.get('uncollectable', 0):,} uncollectable")
+        lines.append(
+            f"  gen{i}: {st.get('collections', 0):,} collections, {st.get('collected', 0):,} collected, "
+            f"{st.get('uncollectable', 0):,} uncollectable"
+        )
     return lines
 
 

@@ -169,13 +169,20 @@ def _run_figures(report: Report, this: dict[str, Any]) -> RunFigures:
     pressure = report.pressure_counts()
     bound = this.get("memory_bound_batches")
     return RunFigures(
-        when="this run", items=stats.items, failed=stats.failed, batches=stats.batches,
-        batch_size_median=f["batch_size_median"], batch_size_max=f["batch_size_max"],
-        batch_s_median=f["batch_s_median"], bytes_per_item=stats.bytes_per_item,
-        memory_limit_bytes=stats.memory_limit_bytes or None, limit_source=stats.limit_source or None,
+        when="this run",
+        items=stats.items,
+        failed=stats.failed,
+        batches=stats.batches,
+        batch_size_median=f["batch_size_median"],
+        batch_size_max=f["batch_size_max"],
+        batch_s_median=f["batch_s_median"],
+        bytes_per_item=stats.bytes_per_item,
+        memory_limit_bytes=stats.memory_limit_bytes or None,
+        limit_source=stats.limit_source or None,
         memory_bound_batches=bound if isinstance(bound, int) else None,
         pressure_batches=sum(n for level, n in pressure.items() if level != "normal") if len(report.batches) else None,
-        memory_errors=stats.memory_errors, ceiling=this.get("ceiling"),
+        memory_errors=stats.memory_errors,
+        ceiling=this.get("ceiling"),
         leaks=sum(1 for i in report.issues if i.get("kind") == "leak"),
     )
 
@@ -225,8 +232,15 @@ def load_report(
         batches_path = beside if beside.exists() or not stats.batches_path else stats.batches_path
     df = batch_records_frame(batches_path)
     issues = [i for i in (stats.issues or []) if isinstance(i, dict)]
-    report = Report(stats=stats, raw=raw, batches=df, figures=_figures(stats, df, raw), issues=issues,
-                    thresholds=_thresholds(raw), source=str(path))
+    report = Report(
+        stats=stats,
+        raw=raw,
+        batches=df,
+        figures=_figures(stats, df, raw),
+        issues=issues,
+        thresholds=_thresholds(raw),
+        source=str(path),
+    )
     runs: list[dict[str, Any]] = []
     if use_history and stats.process_name:
         report.history, runs = _history(stats, history)

@@ -77,8 +77,9 @@ def _memory_panel(ax: Any, report: Report, x: Any) -> None:
     if len(df):
         if "worker_peak_bytes" in df and "worker" in df:  # remote workers: each worker's batch peaks
             for worker, rows in df.groupby("worker"):
-                ax.plot(x[rows.index], rows["worker_peak_bytes"], marker=".", ms=4, lw=1.0,
-                        label=f"peak in worker {worker}")
+                ax.plot(
+                    x[rows.index], rows["worker_peak_bytes"], marker=".", ms=4, lw=1.0, label=f"peak in worker {worker}"
+                )
             label = "RSS of this machine after each batch"
         else:
             label = "RSS after each batch"
@@ -88,13 +89,23 @@ def _memory_panel(ax: Any, report: Report, x: Any) -> None:
     top = max([peak or 0] + ([float(df["rss_after_bytes"].max())] if len(df) else []))
     log = False
     if limit:
-        bands = (("warning", t.warning, t.critical), ("critical", t.critical, t.emergency),
-                 ("emergency", t.emergency, 1.0))
+        bands = (
+            ("warning", t.warning, t.critical),
+            ("critical", t.critical, t.emergency),
+            ("emergency", t.emergency, 1.0),
+        )
         for name, lo, hi in bands:
-            ax.axhspan(lo * limit, hi * limit, color=_BAND_COLORS[name], alpha=0.35, lw=0,
-                       label=f"{name} ({lo:.0%}-{hi:.0%} of limit)")
-        ax.axhline(limit, color="#c0392b", lw=2,
-                   label=f"memory limit {format_bytes(limit)} ({report.stats.limit_source})")
+            ax.axhspan(
+                lo * limit,
+                hi * limit,
+                color=_BAND_COLORS[name],
+                alpha=0.35,
+                lw=0,
+                label=f"{name} ({lo:.0%}-{hi:.0%} of limit)",
+            )
+        ax.axhline(
+            limit, color="#c0392b", lw=2, label=f"memory limit {format_bytes(limit)} ({report.stats.limit_source})"
+        )
         log = bool(top and limit > 8 * top)
         if log:
             ax.set_yscale("log")
@@ -157,11 +168,17 @@ def _rate_panel(ax: Any, report: Report, x: Any, edges: list[float]) -> None:
         gaps = x.diff()
         gaps.iloc[0] = x.iloc[0]
         pipeline = df["items"] / gaps.where(gaps > 0)
-        ax.stairs(pipeline.fillna(0.0), edges, lw=1.8, color="#d35400",
-                  label="pipeline (items / wall s since the previous batch)")
+        ax.stairs(
+            pipeline.fillna(0.0),
+            edges,
+            lw=1.8,
+            color="#d35400",
+            label="pipeline (items / wall s since the previous batch)",
+        )
         compute = df["items"] / df["duration_s"].where(df["duration_s"] > 0)
-        ax.plot(x, compute, lw=0, marker="x", ms=5, color="#a04000", alpha=0.6,
-                label="function only (items / batch wall s)")
+        ax.plot(
+            x, compute, lw=0, marker="x", ms=5, color="#a04000", alpha=0.6, label="function only (items / batch wall s)"
+        )
     rate = report.stats.items_per_s
     if rate:
         ax.axhline(rate, color="#555", ls=":", lw=1.2, label=f"run average {rate:,.0f} items/s (items / run wall s)")

@@ -22,8 +22,11 @@ def render_text(report: Report) -> str:
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
     if len(report.batches):
         counts = report.pressure_counts()
-        lines += ["", f"per-batch records: {len(report.batches)} ({report.stats.batches_path or ''})",
-                  "  pressure after batches: " + ", ".join(f"{k} {v}" for k, v in counts.items())]
+        lines += [
+            "",
+            f"per-batch records: {len(report.batches)} ({report.stats.batches_path or ''})",
+            "  pressure after batches: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        ]
     hist = history_rows(report)
     if hist:
         w = max(len(label) for label, _ in hist)

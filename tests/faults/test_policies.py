@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 import faultfns
+import pytest
+from conftest import assert_committed_prefix, assert_complete, batchmem, checkpoint, expected_line, write_job
+
 from batchmem import BatchProcessor
 from batchmem.errors import ItemFailedError, OutputExistsError, ResumeMismatchError, SerializationError
 from batchmem.job import load_job, run_job
-from conftest import assert_complete, assert_committed_prefix, batchmem, checkpoint, expected_line, write_job
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,10 @@ def proc(**kw) -> BatchProcessor:
 def test_raise_stops_naming_the_item_with_the_checkpoint_intact_then_resume_cuts_a_torn_tail(tmp_path):
     out = tmp_path / "o.jsonl"
     faultfns.FAIL_AT.add(57)
-    with pytest.raises(ItemFailedError, match=r"^item 57 failed: ValueError: item 57 is bad; on_error raise stops the run \(use on_error='skip'") as info:
+    with pytest.raises(
+        ItemFailedError,
+        match=r"^item 57 failed: ValueError: item 57 is bad; on_error raise stops the run \(use on_error='skip'",
+    ) as info:
         proc().process(range(100), faultfns.fail_some, out)
     assert info.value.index == 57
     ck = assert_committed_prefix(out)
@@ -80,23 +83,33 @@ def test_retry_with_backoff_then_skip(tmp_path):
 def test_retry_then_raise(tmp_path):
     faultfns.FAIL_AT.add(15)
     p = proc(on_error="retry", max_retries=1, retry_exhausted="raise")
-    with pytest.raises(ItemFailedError, match=r"item 15 failed: ConnectionError: .* after 2 attempts; retrying with retry_exhausted raise stops"):
+    with pytest.raises(
+        ItemFailedError,
+        match=r"item 15 failed: ConnectionError: .* after 2 attempts; retrying with retry_exhausted raise stops",
+    ):
         p.process(range(40), faultfns.flaky, tmp_path / "o.jsonl")
     assert checkpoint(tmp_path / "o.jsonl")["items"] == 10
 
 
 def test_unserialisable_result_names_type_and_item_unless_json_default(tmp_path):
-    with pytest.raises(SerializationError, match=r"result of item 5 is not JSON-serialisable \(dict: Type is not JSON serializable: set\)"):
+    with pytest.raises(
+        SerializationError,
+        match=r"result of item 5 is not JSON-serialisable \(dict: Type is not JSON serializable: set\)",
+    ):
         proc().process(range(20), faultfns.unserialisable, tmp_path / "a.jsonl")
     result = proc(json_default=str).process(range(20), faultfns.unserialisable, tmp_path / "b.jsonl")
     assert list(result)[5] == {"i": 5, "v": "{1, 2}"}
 
 
 def test_job_keys_json_default_retry_exhausted_fsync(job_dir):
-    job_path = write_job(job_dir, "keys", n=20, function="faultfns:unserialisable",
-                         extra="on_error: retry\nretry_exhausted: raise\n")
-    job_path.write_text(job_path.read_text().replace("output: {path: keys.jsonl}",
-                                                     "output: {path: keys.jsonl, json_default: str, fsync: false}"))
+    job_path = write_job(
+        job_dir, "keys", n=20, function="faultfns:unserialisable", extra="on_error: retry\nretry_exhausted: raise\n"
+    )
+    job_path.write_text(
+        job_path.read_text().replace(
+            "output: {path: keys.jsonl}", "output: {path: keys.jsonl, json_default: str, fsync: false}"
+        )
+    )
     job = load_job(job_path)
     kwargs = job.processor_kwargs()
     assert kwargs["json_default"] is str and kwargs["fsync"] is False and kwargs["retry_exhausted"] == "raise"
@@ -128,7 +141,9 @@ def test_resume_with_another_function_is_refused_unless_forced(tmp_path):
     faultfns.FAIL_AT.add(25)
     with pytest.raises(ItemFailedError):
         proc().process(range(40), faultfns.fail_some, out)
-    with pytest.raises(ResumeMismatchError, match=r"changed function \('faultfns:fail_some' then, 'faultfns:expected' now\)"):
+    with pytest.raises(
+        ResumeMismatchError, match=r"changed function \('faultfns:fail_some' then, 'faultfns:expected' now\)"
+    ):
         proc().process(range(40), faultfns.expected, out, resume=True)
     assert checkpoint(out)["items"] == 20  # the refusal changed nothing
     proc().process(range(40), faultfns.expected, out, resume="force")
@@ -136,15 +151,18 @@ def test_resume_with_another_function_is_refused_unless_forced(tmp_path):
 
 
 def test_cli_resume_of_a_changed_job_exits_2_naming_the_field_and_force_resume(job_dir):
-    job = write_job(job_dir, "chg", n=400, function="faultfns:fail_some",
-                    extra="batching: {batch_size: 50, auto_optimize: false}\n")
+    job = write_job(
+        job_dir, "chg", n=400, function="faultfns:fail_some", extra="batching: {batch_size: 50, auto_optimize: false}\n"
+    )
     first = batchmem("run", str(job), "-q", cwd=job_dir)
     assert first.returncode == 0, first.stderr
     changed = batchmem("run", str(job), "--resume", "--set", "source.options.n=500", cwd=job_dir)
     assert changed.returncode == 2
     (line,) = changed.stderr.splitlines()
     assert line.startswith("error: resume:") and "source.options" in line and "--force-resume" in line
-    ok = batchmem("run", str(job), "--resume", "--set", "batching.batch_size=7", "-q", cwd=job_dir)  # batch size: allowed
+    ok = batchmem(
+        "run", str(job), "--resume", "--set", "batching.batch_size=7", "-q", cwd=job_dir
+    )  # batch size: allowed
     assert ok.returncode == 0, ok.stderr
     forced = batchmem("run", str(job), "--force-resume", "--set", "source.options.n=500", "-q", cwd=job_dir)
     assert forced.returncode == 0, forced.stderr

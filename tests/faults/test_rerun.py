@@ -32,9 +32,14 @@ def test_resume_of_a_finished_output_touches_no_file(job_dir):
 def test_sigint_then_the_same_command_continues_and_matches_an_uninterrupted_run(job_dir):
     job = _job(job_dir, "part")
     out = job_dir / "part.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "batchmem.cli", "run", str(job)], cwd=job_dir, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchmem.cli", "run", str(job)],
+        cwd=job_dir,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (checkpoint(out) or {}).get("items"):

@@ -11,23 +11,31 @@ import sys
 import time
 
 import pytest
-
-from conftest import assert_complete, assert_committed_prefix, batchmem, checkpoint, write_job
+from conftest import assert_committed_prefix, assert_complete, batchmem, checkpoint, write_job
 
 N_ITEMS = 3000
 
 
-@pytest.mark.parametrize(("sig", "n_jobs", "group"),
-                         [(signal.SIGINT, 1, False), (signal.SIGTERM, 1, False), (signal.SIGTERM, 2, False), (signal.SIGINT, 2, True)],
-                         ids=["SIGINT-serial", "SIGTERM-serial", "SIGTERM-loky", "SIGINT-loky-process-group"])
+@pytest.mark.parametrize(
+    ("sig", "n_jobs", "group"),
+    [(signal.SIGINT, 1, False), (signal.SIGTERM, 1, False), (signal.SIGTERM, 2, False), (signal.SIGINT, 2, True)],
+    ids=["SIGINT-serial", "SIGTERM-serial", "SIGTERM-loky", "SIGINT-loky-process-group"],
+)
 def test_signal_stops_cleanly_with_130_and_resume_completes(job_dir, sig, n_jobs, group):
     """``group``: the signal goes to the whole process group, workers included, as a terminal's Ctrl-C does."""
-    job = write_job(job_dir, "sig", n=N_ITEMS,
-                    extra=f"batching: {{batch_size: 100, auto_optimize: false}}\nexecution: {{n_jobs: {n_jobs}}}\n")
+    job = write_job(
+        job_dir,
+        "sig",
+        n=N_ITEMS,
+        extra=f"batching: {{batch_size: 100, auto_optimize: false}}\nexecution: {{n_jobs: {n_jobs}}}\n",
+    )
     out = job_dir / "sig.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batchmem.cli", "run", str(job)], cwd=job_dir, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "batchmem.cli", "run", str(job)],
+        cwd=job_dir,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell may start jobs with SIGINT ignored
         start_new_session=group,
     )

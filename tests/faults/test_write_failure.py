@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from conftest import assert_complete, assert_committed_prefix, batchmem, checkpoint, write_job
+from conftest import assert_committed_prefix, assert_complete, batchmem, checkpoint, write_job
 
 # Run the CLI with JsonlSink.write failing with ENOSPC on the output's 5th batch.
 FAIL_ON_BATCH_5 = """
@@ -34,8 +34,13 @@ def _one_error_line(stderr: str) -> str:
 
 
 def test_write_failure_on_batch_5_then_resume(job_dir):
-    job = write_job(job_dir, "full", n=1000, function="faultfns:fail_some",
-                    extra="batching: {batch_size: 50, auto_optimize: false}\n")
+    job = write_job(
+        job_dir,
+        "full",
+        n=1000,
+        function="faultfns:fail_some",
+        extra="batching: {batch_size: 50, auto_optimize: false}\n",
+    )
     out = job_dir / "full.jsonl"
     proc = batchmem_python(job_dir, FAIL_ON_BATCH_5, "run", str(job))
     assert proc.returncode == 1, proc.stderr
@@ -55,8 +60,13 @@ def test_output_on_dev_full_gives_one_line_and_a_consistent_checkpoint(job_dir):
     """/dev/full accepts open() and fails every write with ENOSPC, like a full disk."""
     out = job_dir / "devfull.jsonl"
     os.symlink("/dev/full", out)  # the sidecars (checkpoint, stats) stay in job_dir
-    job = write_job(job_dir, "devfull", n=500, function="faultfns:fail_some",
-                    extra="batching: {batch_size: 50, auto_optimize: false}\n")
+    job = write_job(
+        job_dir,
+        "devfull",
+        n=500,
+        function="faultfns:fail_some",
+        extra="batching: {batch_size: 50, auto_optimize: false}\n",
+    )
     proc = batchmem("run", str(job), "--set", "output.overwrite=true", cwd=job_dir)
     assert proc.returncode == 1, proc.stderr
     line = _one_error_line(proc.stderr)
