@@ -47,8 +47,12 @@ else:
 
 def run(system: str, n: int) -> tuple[float, int, bool]:
     t0 = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(EXAMPLE), system, str(n), str(LIMIT)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(EXAMPLE), system, str(n), str(LIMIT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     watched, peak = psutil.Process(child.pid), 0
     while child.poll() is None:
         try:

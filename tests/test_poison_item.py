@@ -43,15 +43,10 @@ def test_a_memory_error_item_is_recorded_and_sets_no_ceiling(tmp_path):
     assert failed == 1
     errors = [json.loads(line) for line in open(tmp_path / "poisoned.jsonl.errors.jsonl")]
     assert [(e["index"], e["error_type"]) for e in errors] == [(1500, "MemoryError")]
-    start = 0
-    for i, size in enumerate(sizes):  # the batch that held item 1500, and its halves down to the item
-        if start <= 1500 < start + size:
-            where = i
-        start += size
-    before, after = sizes[max(0, where - 3) : where], sizes[where + 1 :]
-    singles = next(i for i, s in enumerate(after) if s > 1)  # the halves end in a batch of one
-    recovered = after[singles + 2 :]
-    assert recovered and min(recovered[:-1] or recovered) >= max(before) / 2, (before, after)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    alone = next(i for i, (st, sz) in enumerate(zip(starts, sizes, strict=True)) if st == 1500 and sz == 1)
+    before, after = sizes[:alone], sizes[alone + 1 :]
+    assert after and max(after) >= max(before) / 2, (before, after)  # the size recovers: no ceiling stuck at 1
     _, clean_learned, _ = _run(tmp_path, "clean", -1)
     assert learned >= clean_learned / 2  # the history learns the operation, not the one bad item
     stored = json.loads(next((tmp_path / "poisoned" / "history").glob("*.json")).read_text())

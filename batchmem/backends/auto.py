@@ -4,11 +4,11 @@ The first batches run in-process; after each of them the choice is made
 from what was measured:
 
 * **stay in-process** while the cost of an item is below the cost of
-  shipping it to a worker and back. Shipping is measured, not assumed:
-  pickling the batch's items here (the worker unpickles them; the cost is
-  taken as twice the pickling time), the encoded results travelling back at
-  :data:`COPY_BYTES_PER_S`, and the round trip of one task
-  (:data:`TASK_OVERHEAD_S`) spread over the batch;
+  shipping it to a worker and back: pickling the batch's items here,
+  measured (the worker unpickles them; taken as twice the pickling time),
+  the encoded results travelling back at :data:`COPY_BYTES_PER_S`, the
+  parent's own cost per item (:data:`SHIP_PER_ITEM_S`) and the round trip of
+  one task (:data:`TASK_OVERHEAD_S`) spread over the batch;
 * **use workers** otherwise, as many as the cores allow and the memory
   target holds: ``workers x (peak bytes of a batch at the time aim)`` must fit
   under ``memory_target_fraction x limit - baseline``.
@@ -40,6 +40,10 @@ logger = logging.getLogger("batchmem")
 TASK_OVERHEAD_S = 1e-3
 #: Bytes per second a result travels through a pipe between processes (memcpy-bound; 1 GB/s is conservative).
 COPY_BYTES_PER_S = 1e9
+#: Parent-side cost of every item handed to workers and back (queueing, unpickling, bookkeeping),
+#: seconds: 1M trivial items took 1.4-1.6 s with 2 loky workers against 0.54 s in-process on the
+#: 2-core test machine, about 1 us per item (issue measurements, benchmarks/bench_peers.py tiny).
+SHIP_PER_ITEM_S = 1e-6
 #: In-process batches measured before settling in-process (the first ones are the smallest and noisiest).
 PROBE_BATCHES = 2
 
@@ -113,7 +117,7 @@ class AutoExecutor(ExecutorBase):
     def _workers(self, task: BatchTask, out: BatchOutcome, ship_s: float) -> int | None:
         """Workers that pay for batches like ``task`` (1: stay in-process); None when unsure yet."""
         n, compute_s = len(task), out.duration_s
-        ship_s += len(out.payload) / COPY_BYTES_PER_S + TASK_OVERHEAD_S
+        ship_s += len(out.payload) / COPY_BYTES_PER_S + TASK_OVERHEAD_S + n * SHIP_PER_ITEM_S
         if compute_s <= 0:
             return None
         if compute_s * (1 - 1 / max(2, self.cores)) <= ship_s:
@@ -190,9 +194,9 @@ class AutoExecutor(ExecutorBase):
     _guard: tuple[int, float] | None = None
 
     def close(self) -> None:
-        if self._warm is not None:
-            self._warm.join(timeout=60)
-        used = self.active or self._starting  # started but never used when the run ended first
+        # Workers still starting when the run ended are left to finish starting (joblib's shared
+        # executor keeps them for the next run); waiting for them would only add their start-up.
+        used = self.active or self._starting
         if used is not None:
             used.close()
             self.worker_deaths = used.worker_deaths
