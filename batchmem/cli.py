@@ -199,27 +199,18 @@ def run(
 ) -> int:
     """Run a job file: read the source in batches, apply the function, stream results to the output.
 
-    Prints a summary when done (items, failures, batch sizes, throughput,
-    peak memory against the limit, where the output and stats are). Exits 0
-    when every item succeeded, 1 when some failed (see output.errors) or the
-    function stopped the run, 2 on a job-file error, 130 when interrupted.
-
-    Crash safety: each batch is appended, fsynced (output.fsync) and then
-    the checkpoint <output>.ckpt.json is replaced atomically. Running the same
-    job again continues an unfinished run of it (--restart starts over);
-    --resume also continues after a crash, kill -9, SIGINT/SIGTERM (exit 130)
-    or a failed write (disk full: exit 1), and on a finished output does
-    nothing. A job whose function, source or batched setting changed is
-    refused unless --force-resume; output.overwrite replaces a finished
-    output or another job's.
+    Prints a summary (items, failures, batch sizes, throughput, peak memory against the limit).
+    Exits 0 when every item succeeded, 1 when some failed or the function stopped the run, 2 on a
+    job-file error, 130 when interrupted. Running the same job again continues an unfinished run
+    (--restart starts over); --resume also continues after a crash or a failed write and does
+    nothing on a finished output; a changed function, source or batched setting is refused unless
+    --force-resume.
 
     \b
     Examples:
       batchmem run job.yaml
-      batchmem run job.yaml --no-progress -q
       batchmem run job.yaml --set batching.memory_limit=512MiB --set output.overwrite=true
       batchmem run job.yaml --resume
-      batchmem run job.yaml --restart
     """
     from .job import load_job, run_job
     from .signals import RunInterrupted

@@ -217,39 +217,23 @@ class BatchProcessor:
     ) -> BatchResult:
         """Run ``fn`` over ``items`` in adaptive batches and stream the results to ``output``.
 
-        ``items`` is any iterable (consumed lazily) or a :class:`~batchmem.io.sources.BatchSource`
-        such as :func:`batchmem.read_csv`. ``output`` is a path (``.jsonl``, or
-        ``.parquet`` / ``output_format="parquet"``; missing folders are created) or None for a
-        temporary spool file. Stats go to ``<output>.stats.json``, per-batch records to
-        ``<output>.batches.jsonl``, error records to ``errors_output``
-        (default ``<output>.errors.jsonl``, created only when an item fails).
+        ``items``: any iterable (consumed lazily) or a :class:`~batchmem.io.sources.BatchSource` such as
+        :func:`batchmem.read_csv`. ``output``: a ``.jsonl`` or ``.parquet`` path (folders are created),
+        or None for a temporary spool (see :class:`BatchResult`). Beside it: ``<output>.stats.json``,
+        ``<output>.batches.jsonl`` and, when an item fails, ``errors_output`` (``<output>.errors.jsonl``).
 
-        ``resume=True`` continues an output written before (a crash, ``kill -9``,
-        a signal, an error): every file is cut back to the checkpoint (``<output>.ckpt.json``),
-        the committed items are skipped in ``items`` without being run again, and
-        new results are appended, so the finished output holds one line per item.
-        ``fingerprint`` (a string, or a mapping of the settings that affect the
-        results, such as a job's function, source and ``batched``) is stored in
-        the checkpoint; resuming with a different one raises
-        :class:`~batchmem.errors.ResumeMismatchError` naming what changed, unless
-        ``resume="force"``. Resuming an output whose run completed touches no file and
-        returns its stored stats (``result.already_complete``). ``resume="auto"`` (what
-        ``batchmem run`` does) continues an unfinished run of the same fingerprint and
-        otherwise starts as ``resume=False`` would.
+        ``resume``: True continues an output written before (files cut back to ``<output>.ckpt.json``,
+        committed items skipped); on a finished output it touches nothing (``result.already_complete``);
+        ``"auto"`` continues only an unfinished run of the same ``fingerprint`` (the settings that decide
+        the results); a different fingerprint raises :class:`~batchmem.errors.ResumeMismatchError` unless
+        ``"force"``. SIGINT/SIGTERM on the main thread stop cleanly (:mod:`batchmem.signals`) and raise
+        :class:`~batchmem.signals.RunInterrupted`.
 
-        On the main thread SIGINT/SIGTERM stop the run cleanly (see
-        :mod:`batchmem.signals`): no new batch is cut, batches in flight get
-        ``stop_grace_seconds`` to finish (then they are cancelled), stats say
-        ``"interrupted"``, and :class:`~batchmem.signals.RunInterrupted` (a
-        KeyboardInterrupt) is raised.
-
-        Raises :class:`~batchmem.errors.OutputExistsError` if ``output`` exists
-        and neither ``overwrite`` nor ``resume`` is set,
-        :class:`~batchmem.errors.ItemFailedError` under ``on_error="raise"``,
-        :class:`~batchmem.errors.SerializationError` for a result that cannot be
-        encoded, :class:`~batchmem.errors.OutputWriteError` when a write fails
-        (disk full). Whatever was committed before an error stays on disk with a
-        matching checkpoint.
+        Raises :class:`~batchmem.errors.OutputExistsError` (output exists, no ``overwrite``/``resume``),
+        :class:`~batchmem.errors.OutputLockedError` (another run writes it),
+        :class:`~batchmem.errors.ItemFailedError` (``on_error="raise"``),
+        :class:`~batchmem.errors.SerializationError`, :class:`~batchmem.errors.OutputWriteError`; what was
+        committed stays on disk with a matching checkpoint.
         """
         if resume not in (False, True, "force", "auto"):
             raise ConfigError(f"resume: {resume!r} must be False, True, 'force' or 'auto'")
@@ -265,20 +249,31 @@ class BatchProcessor:
         if complete:
             return self._complete_result(path, errors_path, fmt)
         check_output(path, overwrite=overwrite, resume=bool(resume))
-        source = as_source(items)
-        # The executor first: a cluster that cannot be reached must fail before any file is touched.
+        ckpt = Checkpoint(fingerprint=fingerprint, fingerprint_fields=fingerprint_fields)
+        run = self._start(as_source(items), fn, (path, errors_path, fmt), ckpt, resume)
+        self._execute(run)
+        failed = run.stats.failed or run.files.ckpt.failed
+        return BatchResult(path, run.stats, errors_path if failed else None, fmt, spool=spool)
+
+    def _start(
+        self, source: Any, fn: Callable[..., Any], spec: tuple[Path, Path, str], ckpt: Checkpoint, resume: bool | str
+    ) -> Run:
+        """The executor, the output lock, the files (cut back to the checkpoint on resume) and the run loop.
+
+        The executor comes first: a cluster that cannot be reached fails before any file is touched.
+        """
+        path, errors_path, fmt = spec
         executor = self._executor(fn, encode=fmt == "jsonl")
         lock = None
         try:
             lock = OutputLock(path)
-            ckpt = Checkpoint(fingerprint=fingerprint, fingerprint_fields=fingerprint_fields)
             append = bool(resume) and path.exists()
             if append:
                 ckpt = prepare_resume(path, errors_path, ckpt, fmt, force=resume == "force")
                 if ckpt.source_position:
                     source.skip(ckpt.source_position)
             files = RunFiles(path, errors_path, fmt, ckpt, append=append, fsync=self.config.output.fsync, lock=lock)
-            run = Run(
+            return Run(
                 self.config,
                 source=source,
                 executor=executor,
@@ -295,9 +290,6 @@ class BatchProcessor:
             if lock is not None:
                 lock.release()
             raise
-        self._execute(run)
-        failed = run.stats.failed or files.ckpt.failed
-        return BatchResult(path, run.stats, errors_path if failed else None, fmt, spool=spool)
 
     def _execute(self, run: Run) -> None:
         """Run the loop under SIGINT/SIGTERM handling; the stats get their status; finish always runs.

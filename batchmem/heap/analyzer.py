@@ -450,24 +450,6 @@ class HeapAnalyzer:
         )
         if culprits:
             message += "; top lines by growth: " + "; ".join(str(c) for c in culprits[:3])
-        if culprits:
-            rec = (
-                "Fix the allocations kept at "
-                + ", ".join(c.line for c in culprits[:3])
-                + " (objects kept in a global, cache or closure)"
-            )
-        elif own:
-            rec = (
-                "Rerun with trace_allocations=True to name the source lines that grow; "
-                "if the leak is in third-party code, run on n_jobs>1 with the loky backend so leaking workers are "
-                "replaced"
-            )
-        else:
-            rec = (
-                "Leaking workers are replaced automatically (recycle_leaking_workers=True) or every "
-                "max_tasks_per_worker batches; to name the lines, rerun a sample with n_jobs=1 and "
-                "trace_allocations=True"
-            )
         return Issue(
             kind="leak",
             severity="critical" if items_to_limit is not None and items_to_limit < 10 * batch_items else "warning",
@@ -486,7 +468,7 @@ class HeapAnalyzer:
                 "traced": int(traced),
             },
             culprits=[c.to_dict() for c in culprits],
-            recommendation=rec,
+            recommendation=_leak_advice(culprits, own),
         )
 
     def forget(self, pid: int) -> None:
@@ -530,42 +512,7 @@ class HeapAnalyzer:
                     ),
                 )
             )
-        if elapsed > 0 and w.pause_s >= 0.5 and w.pause_s / elapsed >= 0.10:
-            out.append(
-                Issue(
-                    kind="gc_pauses",
-                    severity="warning",
-                    message=(
-                        f"GC pauses took {w.pause_s:.2f} s ({w.pause_s / elapsed:.0%} of {elapsed:.1f} s), "
-                        f"longest {w.max_pause_s * 1000:.0f} ms, collections per generation {w.collections}"
-                    ),
-                    evidence={
-                        "gc_pause_s": w.pause_s,
-                        "gc_pause_fraction": w.pause_s / elapsed,
-                        "gc_max_pause_s": w.max_pause_s,
-                        "gen0": w.collections[0],
-                        "gen1": w.collections[1],
-                        "gen2": w.collections[2],
-                    },
-                    recommendation=(
-                        "Call gc.freeze() after loading long-lived data, or raise the generation-0 "
-                        "threshold (gc.set_threshold) for allocation-heavy functions"
-                    ),
-                )
-            )
-        if gc.garbage or w.uncollectable:
-            out.append(
-                Issue(
-                    kind="uncollectable",
-                    severity="warning",
-                    message=(
-                        f"{len(gc.garbage)} uncollectable objects in gc.garbage ({w.uncollectable} found during "
-                        "the run)"
-                    ),
-                    evidence={"gc_garbage": len(gc.garbage), "uncollectable": w.uncollectable},
-                    recommendation="Inspect gc.garbage: objects whose finalizers keep them alive never get freed",
-                )
-            )
+        out.extend(_pause_issues(w, elapsed))
         return out
 
     def analyze_heap(self) -> dict[str, list[Any]]:
@@ -610,3 +557,60 @@ class HeapAnalyzer:
             "processes_watched": len(self._series),
             "items_observed": self._items,
         }
+
+
+def _leak_advice(culprits: list[LineGrowth], own: bool) -> str:
+    """What to do about a leak: fix the lines that grew, or how to find them (this process or a worker)."""
+    if culprits:
+        lines = ", ".join(c.line for c in culprits[:3])
+        return f"Fix the allocations kept at {lines} (objects kept in a global, cache or closure)"
+    if own:
+        return (
+            "Rerun with trace_allocations=True to name the source lines that grow; if the leak is in "
+            "third-party code, run on n_jobs>1 with the loky backend so leaking workers are replaced"
+        )
+    return (
+        "Leaking workers are replaced automatically (recycle_leaking_workers=True) or every "
+        "max_tasks_per_worker batches; to name the lines, rerun a sample with n_jobs=1 and trace_allocations=True"
+    )
+
+
+def _pause_issues(w: Any, elapsed: float) -> list[Issue]:
+    """Long GC pauses and uncollectable objects, from the run's GC accounting (``w``: a GcWatch)."""
+    out: list[Issue] = []
+    if elapsed > 0 and w.pause_s >= 0.5 and w.pause_s / elapsed >= 0.10:
+        out.append(
+            Issue(
+                kind="gc_pauses",
+                severity="warning",
+                message=(
+                    f"GC pauses took {w.pause_s:.2f} s ({w.pause_s / elapsed:.0%} of {elapsed:.1f} s), "
+                    f"longest {w.max_pause_s * 1000:.0f} ms, collections per generation {w.collections}"
+                ),
+                evidence={
+                    "gc_pause_s": w.pause_s,
+                    "gc_pause_fraction": w.pause_s / elapsed,
+                    "gc_max_pause_s": w.max_pause_s,
+                    "gen0": w.collections[0],
+                    "gen1": w.collections[1],
+                    "gen2": w.collections[2],
+                },
+                recommendation=(
+                    "Call gc.freeze() after loading long-lived data, or raise the generation-0 "
+                    "threshold (gc.set_threshold) for allocation-heavy functions"
+                ),
+            )
+        )
+    if gc.garbage or w.uncollectable:
+        out.append(
+            Issue(
+                kind="uncollectable",
+                severity="warning",
+                message=(
+                    f"{len(gc.garbage)} uncollectable objects in gc.garbage ({w.uncollectable} found during the run)"
+                ),
+                evidence={"gc_garbage": len(gc.garbage), "uncollectable": w.uncollectable},
+                recommendation="Inspect gc.garbage: objects whose finalizers keep them alive never get freed",
+            )
+        )
+    return out
