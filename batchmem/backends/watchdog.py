@@ -5,11 +5,20 @@ picks, often the parent, and no Python code runs after it. The optimizer
 predicts peaks, but one item heavier than anything seen can still cross the
 limit. While batches run in worker processes, a thread of the parent reads
 the resident set size (RSS) of this process and of the known worker pids
-from ``/proc/PID/statm`` every :data:`POLL_S` seconds (a few microseconds a
-read, no process listing) and, once their sum passes the terminate level,
-sends SIGKILL to the largest worker. The batch it ran comes back through the
-worker-death path: re-run in halves, each half alone, and an item that
-crosses the level on its own is recorded as failed with the watchdog's reason.
+from ``/proc/PID/statm`` every :data:`POLL_S` seconds (about 10 microseconds
+a read, no process listing) and, once the tree passes the terminate level,
+sends SIGKILL to the worker holding the most private memory. The batch it ran
+comes back through the worker-death path: re-run in halves, each half alone,
+and an item that crosses the level on its own is recorded as failed with the
+watchdog's reason.
+
+The tree's total (:func:`tree_bytes`) counts each process's private pages
+(resident minus shared, statm's second and third fields) plus the largest
+shared set once: the libraries every worker maps (about 50 MiB each with
+numpy) are one set of pages for the kernel, so a plain sum of RSS would kill
+early with many workers. A worker already killed is left out of the total and
+never killed twice while the kernel tears it down (distributed's nanny
+remembers the pid it terminated for the same reason).
 
 This is distributed's worker memory monitor brought to a process pool: the
 nanny terminates a worker above ``distributed.worker.memory.terminate``
@@ -29,11 +38,12 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 from ..units import format_bytes
 
-__all__ = ["POLL_S", "OomWatchdog", "choose_victim", "statm_rss_bytes"]
+__all__ = ["POLL_S", "OomWatchdog", "Rss", "choose_victim", "statm", "statm_rss_bytes", "tree_bytes"]
 
 logger = logging.getLogger("batchmem")
 
@@ -42,29 +52,61 @@ POLL_S = 0.02
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def statm_rss_bytes(pid: int) -> int | None:
-    """Resident bytes of ``pid`` from ``/proc/PID/statm`` (second field, in pages); None if it is gone."""
+class Rss(NamedTuple):
+    """One process's resident memory (bytes): all of it, and the part in shared (file or shmem) pages."""
+
+    resident: int
+    shared: int = 0
+
+    @property
+    def private(self) -> int:
+        """Resident bytes not in shared pages: what killing the process gives back."""
+        return max(0, self.resident - self.shared)
+
+
+def statm(pid: int) -> Rss | None:
+    """``pid``'s resident and shared bytes from ``/proc/PID/statm`` (fields 2 and 3, in pages); None if it is gone."""
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
+            fields = f.read().split()
+        return Rss(int(fields[1]) * _PAGE, int(fields[2]) * _PAGE)
     except (OSError, ValueError, IndexError):
         return None
 
 
-def choose_victim(parent_rss: int, workers: Mapping[int, int], terminate_bytes: int) -> int | None:
-    """The worker pid to kill, or None: the largest worker once ``parent + workers`` RSS (bytes)
-    reaches ``terminate_bytes``. Only workers are candidates, never the parent."""
-    if not workers or parent_rss + sum(workers.values()) < terminate_bytes:
+def statm_rss_bytes(pid: int) -> int | None:
+    """Resident bytes of ``pid`` (None if it is gone)."""
+    r = statm(pid)
+    return None if r is None else r.resident
+
+
+def tree_bytes(parent: Rss, workers: Iterable[Rss]) -> int:
+    """Bytes the tree holds: every process's private pages plus the largest shared set, once."""
+    everyone = [parent, *workers]
+    return sum(r.private for r in everyone) + max(r.shared for r in everyone)
+
+
+def choose_victim(
+    parent: Rss, workers: Mapping[int, Rss], terminate_bytes: int, dying: Iterable[int] = ()
+) -> int | None:
+    """The worker pid to kill, or None: the one with the most private bytes once the tree
+    (:func:`tree_bytes`, ``dying`` workers left out) reaches ``terminate_bytes``. Only workers are
+    candidates, never the parent, and a ``dying`` worker (killed already) is not killed again."""
+    gone = set(dying)
+    live = {pid: r for pid, r in workers.items() if pid not in gone}
+    if not live or tree_bytes(parent, live.values()) < terminate_bytes:
         return None
-    return max(workers, key=workers.__getitem__)
+    return max(live, key=lambda pid: live[pid].private)
 
 
 class OomWatchdog:
     """A daemon thread that applies :func:`choose_victim` to live readings while it runs.
 
-    ``worker_pids()`` lists the live workers (cheap: the pool's own table); ``limit_bytes`` is the
-    run's memory limit and ``terminate_fraction`` the share of it that triggers a kill. After a kill,
+    ``worker_pids()`` lists the workers (cheap: the pool's own table); ``limit_bytes`` is the run's
+    memory limit and ``terminate_fraction`` the share of it that triggers a kill. After a kill,
     :attr:`kills` counts it and :meth:`reason_for` gives the one-line reason for that pid.
+    ``read`` and ``kill`` default to :func:`statm` and :func:`os.kill`; tests pass fakes and call
+    :meth:`check` themselves.
     """
 
     def __init__(
@@ -73,12 +115,18 @@ class OomWatchdog:
         limit_bytes: int,
         terminate_fraction: float = 0.95,
         poll_s: float = POLL_S,
+        *,
+        read: Callable[[int], Rss | None] = statm,
+        kill: Callable[[int, int], None] = os.kill,
     ):
         self.worker_pids, self.poll_s = worker_pids, poll_s
         self.limit_bytes, self.terminate_fraction = limit_bytes, terminate_fraction
         self.terminate_bytes = int(limit_bytes * terminate_fraction)
+        self.read, self._send = read, kill
         self.kills = 0
         self._reasons: dict[int, str] = {}
+        self._dying: set[int] = set()
+        self._me = os.getpid()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="batchmem-oom-watchdog", daemon=True)
 
@@ -100,24 +148,33 @@ class OomWatchdog:
         return next(reversed(self._reasons.values()), None)
 
     def _watch(self) -> None:
-        me = os.getpid()
         while not self._stop.wait(self.poll_s):
-            readings = {pid: rss for pid in self.worker_pids() if (rss := statm_rss_bytes(pid)) is not None}
-            parent = statm_rss_bytes(me) or 0
-            victim = choose_victim(parent, readings, self.terminate_bytes)
-            if victim is not None:
-                self._kill(victim, readings[victim], parent + sum(readings.values()))
+            self.check()
 
-    def _kill(self, pid: int, rss: int, total: int) -> None:
+    def check(self) -> int | None:
+        """Take one reading of the tree and kill a worker if it is past the level; the pid killed, or None."""
+        pids = self.worker_pids()
+        self._dying.intersection_update(pids)  # a pid no longer listed is gone; if it comes back it is a new worker
+        readings = {pid: r for pid in pids if (r := self.read(pid)) is not None}
+        parent = self.read(self._me) or Rss(0)
+        victim = choose_victim(parent, readings, self.terminate_bytes, self._dying)
+        if victim is None:
+            return None
+        total = tree_bytes(parent, (r for pid, r in readings.items() if pid not in self._dying))
+        return victim if self._kill(victim, readings[victim].resident, total) else None
+
+    def _kill(self, pid: int, rss: int, total: int) -> bool:
         reason = (
             f"killed by the OOM watchdog: worker RSS {format_bytes(rss)} (tree {format_bytes(total)}) above "
             f"the terminate level {format_bytes(self.terminate_bytes)} ({self.terminate_fraction:.2f} of the "
             f"{format_bytes(self.limit_bytes)} limit)"
         )
         try:
-            os.kill(pid, signal.SIGKILL)
+            self._send(pid, signal.SIGKILL)
         except ProcessLookupError:
-            return
+            return False
+        self._dying.add(pid)
         self.kills += 1
         self._reasons[pid] = reason
         logger.warning("batchmem: %s", reason)
+        return True

@@ -8,21 +8,77 @@ import subprocess
 import sys
 import textwrap
 
-from batchmem.backends.watchdog import choose_victim, statm_rss_bytes
+from batchmem.backends.watchdog import OomWatchdog, Rss, choose_victim, statm, statm_rss_bytes, tree_bytes
 
 MiB = 1 << 20
 
 
-def test_choose_victim_picks_the_largest_worker_only_past_the_level():
-    workers = {11: 300 * MiB, 12: 900 * MiB, 13: 100 * MiB}
-    assert choose_victim(100 * MiB, workers, terminate_bytes=2000 * MiB) is None
-    assert choose_victim(100 * MiB, workers, terminate_bytes=1400 * MiB) == 12
-    assert choose_victim(5000 * MiB, {}, terminate_bytes=1 * MiB) is None  # never the parent
+def test_choose_victim_picks_the_worker_with_most_private_memory_only_past_the_level():
+    workers = {11: Rss(300 * MiB), 12: Rss(900 * MiB), 13: Rss(100 * MiB)}
+    assert choose_victim(Rss(100 * MiB), workers, terminate_bytes=2000 * MiB) is None
+    assert choose_victim(Rss(100 * MiB), workers, terminate_bytes=1400 * MiB) == 12
+    assert choose_victim(Rss(5000 * MiB), {}, terminate_bytes=1 * MiB) is None  # never the parent
+    # most resident is not most private: 21 maps a big shared file, 22 allocated its memory
+    assert choose_victim(Rss(0), {21: Rss(800 * MiB, 700 * MiB), 22: Rss(600 * MiB)}, 1000 * MiB) == 22
+
+
+def test_shared_pages_count_once_so_many_workers_with_numpy_are_not_killed_early():
+    parent, workers = Rss(110 * MiB, 55 * MiB), [Rss(107 * MiB, 51 * MiB)] * 8  # measured: loky workers with numpy
+    assert tree_bytes(parent, workers) == 55 * MiB + 8 * 56 * MiB + 55 * MiB
+    assert parent.resident + sum(w.resident for w in workers) > 900 * MiB  # what a plain sum of RSS says
+    assert choose_victim(parent, dict(enumerate(workers, 100)), terminate_bytes=900 * MiB) is None
+
+
+class FakeTree:
+    """Readings a test sets by hand, and the signals the watchdog sent."""
+
+    def __init__(self, parent: Rss):
+        self.rss: dict[int, Rss] = {os.getpid(): parent}
+        self.workers: list[int] = []
+        self.sent: list[tuple[int, int]] = []
+
+    def kill(self, pid: int, sig: int) -> None:
+        if pid not in self.rss:
+            raise ProcessLookupError(pid)
+        self.sent.append((pid, sig))
+
+
+def test_the_watchdog_kills_once_and_spares_the_others_while_the_kernel_tears_the_victim_down():
+    tree = FakeTree(Rss(100 * MiB))
+    dog = OomWatchdog(lambda: list(tree.workers), 1000 * MiB, 0.95, read=tree.rss.get, kill=tree.kill)
+    tree.workers = [7, 8]
+    tree.rss.update({7: Rss(300 * MiB), 8: Rss(400 * MiB)})
+    assert dog.check() is None and dog.kills == 0  # 800 MiB: below 950
+    tree.rss[8] = Rss(600 * MiB)
+    assert dog.check() == 8 and tree.sent == [(8, 9)] and dog.kills == 1
+    assert (
+        dog.reason_for(8)
+        == dog.last_reason()
+        == (
+            "killed by the OOM watchdog: worker RSS 600.0MiB (tree 1000.0MiB) above the terminate level "
+            "950.0MiB (0.95 of the 1000.0MiB limit)"
+        )
+    )
+    tree.rss[7] = Rss(500 * MiB)  # 8 still listed with its memory: it is dying, not counted, not killed again
+    assert dog.check() is None and dog.kills == 1 and len(tree.sent) == 1
+    tree.workers = [7]  # 8 is gone
+    del tree.rss[8]
+    assert dog.check() is None
+    tree.workers, tree.rss[8] = [7, 8], Rss(900 * MiB)  # the pid is reused by a fresh worker that grows
+    assert dog.check() == 8 and dog.kills == 2
+
+
+def test_a_worker_that_exits_before_the_signal_is_not_counted():
+    tree = FakeTree(Rss(0))
+    dog = OomWatchdog(lambda: [5], 100 * MiB, read=lambda pid: Rss(200 * MiB), kill=tree.kill)
+    assert dog.check() is None and dog.kills == 0 and dog.last_reason() is None
 
 
 def test_statm_reads_this_process():
-    assert statm_rss_bytes(os.getpid()) > 10 * MiB
-    assert statm_rss_bytes(2**22 + 7) is None  # no such pid
+    me = statm(os.getpid())
+    assert me is not None and me.resident > 10 * MiB and 0 < me.shared < me.resident
+    assert statm_rss_bytes(os.getpid()) >= me.resident // 2
+    assert statm(2**22 + 7) is None  # no such pid
 
 
 CHILD = textwrap.dedent("""
