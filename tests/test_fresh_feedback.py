@@ -1,5 +1,6 @@
 """Parallel runs size every batch with the measurements of the batches committed before it was cut:
-at most n_jobs + 1 batches are cut ahead of the results (real loky workers and threads)."""
+at most n_jobs + 1 batches are cut ahead of the results (real loky workers, standard-library
+worker processes and threads)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def slowish(x):
     return x
 
 
-@pytest.mark.parametrize("backend", ["loky", "threading"])
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing", "threading"])
 def test_batches_are_cut_at_most_n_jobs_plus_one_ahead_of_the_commits(tmp_path, backend):
     proc = BatchProcessor(batch_size=5, n_jobs=2, backend=backend, progress=False, use_history=False, max_batch_size=20)
     opt = proc.optimizer

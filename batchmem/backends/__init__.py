@@ -5,9 +5,9 @@ Like joblib's ``BACKENDS`` dict and ``register_parallel_backend``
 ``factory(fn, opts, n_jobs, **backend_options) -> Executor``; a user can
 register one more with :func:`register_backend`.
 
-Built in: ``"serial"`` (in this process), ``"loky"`` and ``"threading"``
-(batchmem's own pools on joblib's loky executor and on threads,
-:mod:`.pool`), ``"multiprocessing"`` (``joblib.Parallel``), ``"dask"`` (a
+Built in: ``"serial"`` (in this process), ``"loky"``, ``"multiprocessing"``
+and ``"threading"`` (batchmem's own pools on joblib's loky executor, the
+standard library's process pool and threads, :mod:`.pool`), ``"dask"`` (a
 dask.distributed cluster).
 ``backend=None`` means in-process for ``n_jobs=1`` and otherwise joblib's
 current :func:`joblib.parallel_config` backend (loky unless configured); any
@@ -48,13 +48,6 @@ def _serial(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, **_: Any) -> 
     return SerialExecutor(fn, opts)
 
 
-def _joblib(name: str) -> BackendFactory:
-    def factory(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, **_: Any) -> Executor:
-        return JoblibExecutor(fn, opts, n_jobs, name)
-
-    return factory
-
-
 def _pool(kind: str) -> BackendFactory:
     def factory(fn: Callable[..., Any], opts: RunOptions, n_jobs: int, **_: Any) -> Executor:
         return PoolExecutor(fn, opts, n_jobs, kind)
@@ -68,7 +61,9 @@ def _configured(fn: Callable[..., Any], opts: RunOptions, n_jobs: int) -> Execut
     import joblib
 
     active = type(joblib.parallel.get_active_backend()[0]).__name__
-    kind = {"LokyBackend": "loky", "ThreadingBackend": "threading"}.get(active)
+    kind = {"LokyBackend": "loky", "ThreadingBackend": "threading", "MultiprocessingBackend": "multiprocessing"}.get(
+        active
+    )
     return PoolExecutor(fn, opts, n_jobs, kind) if kind else JoblibExecutor(fn, opts, n_jobs, None)
 
 
@@ -111,7 +106,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "sequential": _serial,
     "loky": _pool("loky"),
     "threading": _pool("threading"),
-    "multiprocessing": _joblib("multiprocessing"),
+    "multiprocessing": _pool("multiprocessing"),
     "dask": _dask,
 }
 

@@ -1,4 +1,5 @@
-"""Worker pools on futures batchmem owns: loky processes (``backend="loky"``) or threads (``"threading"``).
+"""Worker pools on futures batchmem owns: loky processes (``backend="loky"``), the standard library's
+process pool (``"multiprocessing"``) or threads (``"threading"``).
 
 Why not ``joblib.Parallel``: its pre-dispatch pulls the next tasks from its
 callback thread as soon as a worker is free, before the main thread has
@@ -14,12 +15,23 @@ Process pools are joblib's shared loky executor (``joblib.executor.get_memmappin
 the one ``joblib.Parallel(backend="loky")`` uses), so a program that also
 calls joblib shares the same workers. They are guarded by the OOM watchdog
 (:mod:`batchmem.backends.watchdog`) once :meth:`PoolExecutor.guard_memory` is called.
+
+``"multiprocessing"`` is :class:`concurrent.futures.ProcessPoolExecutor` with the platform's default
+start method (fork on Linux before Python 3.14, as ``multiprocessing.Pool``), since joblib's
+multiprocessing backend cannot return results as a generator. The function and its options travel
+once per pool, pickled with cloudpickle, not with every batch. A worker's exit code or signal is read
+from the pool's process table. Forked workers are not guarded by the watchdog: they map the parent's
+pages copy-on-write, so their resident size counts the parent's memory again, and telling the two
+apart takes ``/proc/PID/smaps_rollup`` (about 0.7 ms per 500 MiB resident, too slow to read every
+20 ms); use loky under a hard limit.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import signal
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -28,6 +40,7 @@ from .base import ExecutorBase
 from .joblib_backend import _died, _worker_death_types, worker_exit
 from .watchdog import OomWatchdog
 from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
+from .worker_setup import _STATES
 
 __all__ = ["PoolExecutor"]
 
@@ -35,7 +48,8 @@ logger = logging.getLogger("batchmem")
 
 
 class PoolExecutor(ExecutorBase):
-    """``n_jobs`` loky worker processes (``kind="loky"``) or threads (``kind="threading"``).
+    """``n_jobs`` loky worker processes (``kind="loky"``), standard-library worker processes
+    (``kind="multiprocessing"``) or threads (``kind="threading"``).
 
     Worker death: every batch in flight is stranded; one-item batches are run again alone, larger
     ones come back as ``split="worker_died"`` (the run loop retries them in halves). Recycling:
@@ -49,8 +63,9 @@ class PoolExecutor(ExecutorBase):
         super().__init__()
         self.fn, self.opts, self.kind = fn, opts, kind
         self.in_flight = max(1, joblib.effective_n_jobs(n_jobs))
-        self.processes = kind == "loky"
+        self.processes = kind in ("loky", "multiprocessing")
         self._pool: Any = None
+        self._procs: dict[int, Any] = {}  # multiprocessing: the pool's process table (pid -> Process)
         self._recycle_reason: str | None = None
         self._cancelled = False
         self.watchdog: OomWatchdog | None = None
@@ -58,10 +73,13 @@ class PoolExecutor(ExecutorBase):
     # -- the pool
     def _get_pool(self) -> Any:
         if self._pool is None:
-            if self.processes:
+            if self.kind == "loky":
                 from joblib.executor import get_memmapping_executor
 
                 self._pool = get_memmapping_executor(self.in_flight)
+            elif self.kind == "multiprocessing":
+                self._pool = _process_pool(self.in_flight, self.fn, self.opts)
+                self._procs = self._pool._processes  # kept: shutdown() drops the pool's reference to it
             else:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.in_flight, thread_name_prefix="batchmem")
         return self._pool
@@ -71,17 +89,23 @@ class PoolExecutor(ExecutorBase):
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        if self.processes:
+        if self.kind == "loky":
             pool.shutdown(wait=not kill, kill_workers=kill)
+        elif self.kind == "multiprocessing":
+            if kill:  # ProcessPoolExecutor has no kill_workers before Python 3.14
+                for proc in list(self._procs.values()):
+                    proc.kill()
+            pool.shutdown(wait=not kill, cancel_futures=kill)
         else:
             pool.shutdown(wait=not kill, cancel_futures=kill)
 
     def _submit(self, task: BatchTask) -> Any:
+        call = (_run_shipped, task) if self.kind == "multiprocessing" else (run_batch, self.fn, task, self.opts)
         try:
-            return self._get_pool().submit(run_batch, self.fn, task, self.opts)
+            return self._get_pool().submit(*call)
         except _worker_death_types():  # a worker died since the last submit: the pool is broken, the task
             self._drop_pool(kill=True)  # did not run; the batches it stranded fail through their futures
-            return self._get_pool().submit(run_batch, self.fn, task, self.opts)
+            return self._get_pool().submit(*call)
 
     def worker_pids(self) -> list[int]:
         """Pids of the live worker processes (empty for threads)."""
@@ -93,7 +117,9 @@ class PoolExecutor(ExecutorBase):
 
     def guard_memory(self, limit_bytes: int, terminate_fraction: float) -> None:
         """Start the OOM watchdog over the worker processes (threads share this process: nothing to guard)."""
-        if self.processes and self.watchdog is None:
+        if self.kind == "multiprocessing" and _forks():
+            logger.info("the OOM watchdog does not guard forked workers (see batchmem.backends.pool); use loky")
+        elif self.processes and self.watchdog is None:
             self.watchdog = OomWatchdog(self.worker_pids, limit_bytes, terminate_fraction).start()
 
     @property
@@ -146,9 +172,7 @@ class PoolExecutor(ExecutorBase):
             yield outcome
 
     def _after_death(self, stranded: list[BatchTask], exc: BaseException) -> Iterator[BatchOutcome]:
-        how = self._exit_reason(exc)
-        self.worker_deaths += 1
-        self._drop_pool(kill=True)
+        how = self._death(exc)
         logger.warning(
             "a worker process died (%s) with %d batch(es) in flight (items %s..); retrying them "
             "in halves in fresh workers",
@@ -159,11 +183,21 @@ class PoolExecutor(ExecutorBase):
         for task in stranded:  # a 1-item task may be innocent: run it alone to tell
             yield self.run_isolated(task) if len(task) == 1 else _died(task, how)
 
+    def _death(self, exc: BaseException) -> str:
+        """Count a worker death, replace the broken pool; how the worker ended (see :meth:`_exit_reason`)."""
+        how = self._exit_reason(exc)
+        self.worker_deaths += 1
+        self._drop_pool(kill=True)
+        return how
+
     def _exit_reason(self, exc: BaseException) -> str:
-        """The watchdog's reason when it killed a worker since the last death, else loky's exit code or signal."""
+        """The watchdog's reason when it killed a worker since the last death, else the exit code or
+        signal: from loky's message, or from the standard library pool's process table."""
         if self.watchdog is not None and self.watchdog.kills > self._kills_seen:
             self._kills_seen = self.watchdog.kills
             return self.watchdog.last_reason() or worker_exit(exc)
+        if self.kind == "multiprocessing":
+            return _exit_of(self._procs)
         return worker_exit(exc)
 
     _kills_seen = 0
@@ -189,11 +223,9 @@ class PoolExecutor(ExecutorBase):
         try:
             return [f.result() for f in futures]
         except _worker_death_types() as exc:
-            self.worker_deaths += 1
-            self._drop_pool(kill=True)
             logger.warning(
                 "a worker process died (%s) running %d split batch(es); running each alone",
-                self._exit_reason(exc),
+                self._death(exc),
                 len(tasks),
             )
             return [self.run_isolated(t) for t in tasks]
@@ -203,9 +235,7 @@ class PoolExecutor(ExecutorBase):
         try:
             return self._submit(task).result()
         except _worker_death_types() as exc:
-            self.worker_deaths += 1
-            self._drop_pool(kill=True)
-            return _died(task, self._exit_reason(exc))
+            return _died(task, self._death(exc))
 
     def cancel(self) -> None:
         """Abandon the batches in flight: terminate the worker processes; ``map`` ends without them."""
@@ -215,6 +245,71 @@ class PoolExecutor(ExecutorBase):
     def close(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
-        if not self.processes:
+        if self.kind != "loky":  # threads, and standard-library workers (which tear their setup state down)
             self._drop_pool(kill=False)
         self._release_setup()  # threading: the state lives here; loky workers keep theirs while they live
+
+
+# -- the standard library's process pool (kind="multiprocessing")
+_SHIPPED: tuple[Callable[..., Any], RunOptions] | None = None  # in a worker: the function and options of its pool
+
+
+def _forks() -> bool:
+    import multiprocessing
+
+    return multiprocessing.get_start_method(allow_none=False) == "fork"
+
+
+def _process_pool(workers: int, fn: Callable[..., Any], opts: RunOptions) -> concurrent.futures.ProcessPoolExecutor:
+    import multiprocessing
+
+    import cloudpickle
+
+    return concurrent.futures.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context(),
+        initializer=_init_worker,
+        initargs=(cloudpickle.dumps((fn, opts)), frozenset(_STATES._entries)),
+    )
+
+
+def _init_worker(shipped: bytes, inherited: frozenset[str]) -> None:
+    """In a new worker: ignore SIGINT (the parent decides how a run stops), unpickle the function and
+    options once, and tear down the setup states this worker creates when it exits (a forked worker
+    does not run :mod:`atexit`; states it inherited from the parent are the parent's to tear down)."""
+    import pickle
+    from multiprocessing.util import Finalize
+
+    global _SHIPPED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _SHIPPED = pickle.loads(shipped)
+    Finalize(None, _release_own_states, args=(inherited,), exitpriority=10)
+
+
+def _release_own_states(inherited: frozenset[str]) -> None:
+    for token in list(_STATES._entries):
+        if token not in inherited:
+            _STATES.release(token)
+
+
+def _run_shipped(task: BatchTask) -> BatchOutcome:
+    assert _SHIPPED is not None, "the pool's initializer did not run"
+    fn, opts = _SHIPPED
+    return run_batch(fn, task, opts)
+
+
+def _exit_of(processes: dict[int, Any], patience_s: float = 1.0) -> str:
+    """How a worker of a broken standard-library pool ended: ``"exit code 3"``, ``"signal SIGKILL"``.
+
+    The pool then stops the other workers (they exit with 0 or SIGTERM), so those are reported only
+    when no worker ended otherwise. Waits up to ``patience_s`` seconds for the pool to reap them."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        codes = [p.exitcode for p in list(processes.values())]
+        if all(c is not None for c in codes) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    ended = [c for c in codes if c is not None]
+    own = [c for c in ended if c not in (0, -signal.SIGTERM)] or ended
+    parts = [f"exit code {c}" if c >= 0 else f"signal {signal.Signals(-c).name}" for c in own]
+    return ", ".join(dict.fromkeys(parts)) or "unknown exit"

@@ -1,4 +1,4 @@
-"""A stop that always lands on loky: SIGTERM while a batch never returns, ``n_jobs=2``.
+"""A stop that always lands on process pools: SIGTERM while a batch never returns, ``n_jobs=2``.
 
 The first SIGTERM cuts no new batch and gives the batches in flight ``stop_grace_seconds``; then the
 pool cancels them (its worker processes are killed), the checkpoint stays at the last committed batch
@@ -15,6 +15,7 @@ import sys
 import time
 
 import psutil
+import pytest
 from conftest import assert_committed_prefix, assert_complete, batchmem, checkpoint, write_job
 
 GRACE_S = 2
@@ -32,7 +33,8 @@ def _session_members(sid: int) -> list[int]:
     return members
 
 
-def test_sigterm_during_a_batch_that_never_returns_exits_130_kills_the_workers_and_resume_completes(job_dir):
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_sigterm_during_a_batch_that_never_returns_exits_130_kills_the_workers_and_resume_completes(job_dir, backend):
     out = job_dir / "hang.jsonl"
     job = write_job(
         job_dir,
@@ -41,7 +43,7 @@ def test_sigterm_during_a_batch_that_never_returns_exits_130_kills_the_workers_a
         function="faultfns:forever",  # item 300 never returns
         extra=(
             "batching: {batch_size: 50, auto_optimize: false}\n"
-            f"execution: {{n_jobs: 2, backend: loky, stop_grace_seconds: {GRACE_S}}}\n"
+            f"execution: {{n_jobs: 2, backend: {backend}, stop_grace_seconds: {GRACE_S}}}\n"
         ),
     )
     proc = subprocess.Popen(
