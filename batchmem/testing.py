@@ -151,7 +151,7 @@ class MemoryTestUtils:
 
     def compare_to_snapshot(self, snapshot: MemorySnapshot, label: str | None = None, top: int = 5) -> SnapshotDiff:
         """Differences from ``snapshot`` to now (a new snapshot is taken)."""
-        from batchmem.heap.analyzer import top_growth_lines
+        from batchmem.heap.trend import top_growth_lines
 
         now = self.take_snapshot(label or f"since {snapshot.label}")
         lines = top_growth_lines(snapshot.trace, now.trace, top) if snapshot.trace and now.trace else []
@@ -266,8 +266,8 @@ def check_no_leak(
     so the full collection after each iteration (which keeps cyclic garbage
     from looking like growth) only scans what the test created.
     """
-    from batchmem.heap.analyzer import theil_sen, top_growth_lines
     from batchmem.heap.monitor import parse_size
+    from batchmem.heap.trend import theil_sen, top_growth_lines
 
     limit = parse_size(max_growth)
     if iterations < 3:

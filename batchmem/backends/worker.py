@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from ..errors import BatchFunctionError
-from ..heap.analyzer import heap_in_use_bytes
+from ..heap.malloc import heap_in_use_bytes
 from ..heap.monitor import PeakMemoryTracker
 from ..io.sinks import NULL_LINE, encode_results, encoder_args, error_record, row_dicts, serialization_error
 from .worker_setup import WorkerSetup

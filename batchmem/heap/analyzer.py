@@ -48,7 +48,6 @@ a leak, not in production runs. Workers are not traced: culprits need n_jobs=1.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -56,81 +55,18 @@ import statistics
 import time
 import tracemalloc
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from batchmem.heap.gc_watch import GcWatch
+from batchmem.heap.malloc import heap_in_use_bytes
 from batchmem.heap.monitor import MemoryMonitor, current_rss_bytes
+from batchmem.heap.trend import LineGrowth, Trend, theil_sen, top_growth_lines
 from batchmem.units import format_bytes
 
 __all__ = ["heap_in_use_bytes", "Issue", "Trend", "theil_sen", "LineGrowth", "top_growth_lines", "HeapAnalyzer"]
 
 logger = logging.getLogger("batchmem")
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-#: Frames hidden from culprit lists: the tracer itself, the import machinery, batchmem.
-_CULPRIT_FILTERS = (
-    tracemalloc.Filter(False, tracemalloc.__file__),
-    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-    tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
-    tracemalloc.Filter(False, "<unknown>"),
-    tracemalloc.Filter(False, os.path.join(_PACKAGE_DIR, "*")),
-)
-
-
-class _Mallinfo2(ctypes.Structure):
-    """``struct mallinfo2`` (glibc >= 2.33, mallinfo(3)): every field a ``size_t``."""
-
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def _load_mallinfo2() -> Any:
-    try:
-        fn = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
-        return None
-    fn.restype = _Mallinfo2
-    fn.argtypes = []
-    return fn
-
-
-#: glibc's mallinfo2, resolved once at import (None where unavailable); read-only.
-_MALLINFO2 = _load_mallinfo2()
-
-
-def heap_in_use_bytes() -> int | None:
-    """Bytes malloc has handed out and not had back in this process, or None off glibc.
-
-    ``uordblks + hblkhd`` of glibc's ``mallinfo2()`` (mallinfo(3)): allocated
-    heap chunks plus mmapped blocks (CPython's pymalloc arenas are mmapped, so
-    small objects count too). Unlike RSS it excludes freed memory the
-    allocator keeps for reuse, so allocate-and-free work of varying sizes
-    leaves it flat while RSS ratchets up by megabytes (measured in
-    benchmarks/bench_leaks.py). Cost ~10 us.
-    """
-    if _MALLINFO2 is None:
-        return None
-    m = _MALLINFO2()
-    return int(m.uordblks + m.hblkhd)
-
 
 # --- records ----------------------------------------------------------------------
 
@@ -165,82 +101,6 @@ class Issue:
             "culprits": [dict(c) for c in self.culprits],
             "recommendation": self.recommendation,
         }
-
-
-@dataclass(frozen=True)
-class Trend:
-    """A Theil-Sen fit ``y = intercept + slope * x``.
-
-    slope: median pairwise slope (units of y per unit of x).
-    confidence: share of pairwise slopes > 0 (0..1; 0.5 is no trend).
-    n: points used.
-    """
-
-    slope: float
-    intercept: float
-    confidence: float
-    n: int
-
-
-def theil_sen(x: Sequence[float], y: Sequence[float]) -> Trend:
-    """Theil-Sen slope (median of pairwise slopes) and the share of positive pairwise slopes.
-
-    Pairs with equal ``x`` are skipped. O(n^2) in time and memory: meant for
-    bounded windows (n = 50 takes ~40 us with numpy).
-    """
-    xa = np.asarray(x, dtype=float)
-    ya = np.asarray(y, dtype=float)
-    n = len(xa)
-    if n < 2:
-        return Trend(0.0, float(ya[0]) if n else 0.0, 0.5, n)
-    i, j = np.triu_indices(n, 1)
-    dx = xa[j] - xa[i]
-    ok = dx != 0
-    if not ok.any():
-        return Trend(0.0, float(np.median(ya)), 0.5, n)
-    slopes = (ya[j] - ya[i])[ok] / dx[ok]
-    slope = float(np.median(slopes))
-    intercept = float(np.median(ya - slope * xa))
-    confidence = float(np.count_nonzero(slopes > 0)) / slopes.size
-    return Trend(slope, intercept, confidence, n)
-
-
-@dataclass(frozen=True)
-class LineGrowth:
-    """Growth of the memory allocated at one source line between two snapshots."""
-
-    filename: str
-    lineno: int
-    size_bytes: int  # bytes gained
-    count: int  # blocks gained
-
-    @property
-    def line(self) -> str:
-        return f"{self.filename}:{self.lineno}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "size_bytes": self.size_bytes, "count": self.count}
-
-    def __str__(self) -> str:
-        return f"{self.line}: +{format_bytes(self.size_bytes)} in {self.count:+d} blocks"
-
-
-def top_growth_lines(old: tracemalloc.Snapshot, new: tracemalloc.Snapshot, limit: int = 5) -> list[LineGrowth]:
-    """The ``limit`` source lines whose allocations grew most from ``old`` to ``new``.
-
-    Uses ``Snapshot.compare_to(old, "lineno")``; tracemalloc, importlib and
-    batchmem frames are filtered out; only lines that grew are listed.
-    """
-    stats = new.filter_traces(_CULPRIT_FILTERS).compare_to(old.filter_traces(_CULPRIT_FILTERS), "lineno")
-    out: list[LineGrowth] = []
-    for s in stats:
-        if s.size_diff <= 0:
-            continue
-        frame = s.traceback[0]
-        out.append(LineGrowth(frame.filename, frame.lineno, int(s.size_diff), int(s.count_diff)))
-        if len(out) >= limit:
-            break
-    return out
 
 
 # --- per-process series ---------------------------------------------------------
