@@ -311,5 +311,12 @@ def _exit_of(processes: dict[int, Any], patience_s: float = 1.0) -> str:
         time.sleep(0.02)
     ended = [c for c in codes if c is not None]
     own = [c for c in ended if c not in (0, -signal.SIGTERM)] or ended
-    parts = [f"exit code {c}" if c >= 0 else f"signal {signal.Signals(-c).name}" for c in own]
+    parts = [f"exit code {c}" if c >= 0 else f"signal {_signal_name(-c)}" for c in own]
     return ", ".join(dict.fromkeys(parts)) or "unknown exit"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)

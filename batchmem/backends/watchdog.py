@@ -29,7 +29,8 @@ the pure function :func:`choose_victim`, tested with fake readings.
 Not covered: batches that run in this process (``n_jobs=1`` without a
 backend). Killing the only process would end the run; there the optimizer's
 prediction is the only guard. For hard container limits run one isolated
-worker instead: ``n_jobs=1, backend="loky"``.
+worker instead: ``n_jobs=1, backend="loky"``. Nor are forked workers of
+``backend="multiprocessing"`` (see :mod:`batchmem.backends.pool`).
 """
 
 from __future__ import annotations
