@@ -316,7 +316,9 @@ class ExecutionConfig(_Section):
     backend: Literal["loky", "threading", "multiprocessing", "dask", "sequential"] | None = Field(
         None,
         description=(
-            "joblib backend. Default: joblib's configured backend, else loky (dask when scheduler_address is set)."
+            "loky, multiprocessing or threading (batchmem's own worker pools), dask, or sequential. Default: "
+            "in-process for n_jobs 1, else joblib's configured backend, loky unless set "
+            "(dask when scheduler_address is set)."
         ),
     )
     scheduler_address: str | None = Field(
