@@ -34,7 +34,7 @@ a 100 KB-per-batch leak).
 Measured by ``benchmarks/bench_leaks.py`` (2 vCPUs, CPython 3.11): 0/20 false
 positives on clean noisy runs judged on malloc in-use bytes (1/20 on RSS,
 which ratchets up with allocator fragmentation -- why in-process and worker
-baselines use :func:`heap_in_use_bytes` where glibc provides it); a 100 KB
+baselines use :func:`~batchmem.heap.malloc.heap_in_use_bytes` where glibc provides it); a 100 KB
 per batch leak is flagged after 14 batches (2 warm-up + 12).
 
 Culprits: with ``trace_allocations=True`` a :mod:`tracemalloc` snapshot is
@@ -64,7 +64,7 @@ from batchmem.heap.monitor import MemoryMonitor, current_rss_bytes
 from batchmem.heap.trend import LineGrowth, Trend, theil_sen, top_growth_lines
 from batchmem.units import format_bytes
 
-__all__ = ["heap_in_use_bytes", "Issue", "Trend", "theil_sen", "LineGrowth", "top_growth_lines", "HeapAnalyzer"]
+__all__ = ["Issue", "Trend", "theil_sen", "LineGrowth", "top_growth_lines", "HeapAnalyzer"]
 
 logger = logging.getLogger("batchmem")
 
@@ -230,7 +230,7 @@ class HeapAnalyzer:
 
         ``baseline_bytes`` is that process's memory with the batch's effects
         settled -- its RSS before its next batch, or malloc's in-use bytes
-        (:func:`heap_in_use_bytes`) -- named by ``metric``. For this process it
+        (:func:`~batchmem.heap.malloc.heap_in_use_bytes`) -- named by ``metric``. For this process it
         may be None: it is read here, traced bytes when tracing, else malloc
         in-use bytes (glibc), else RSS. ``tree_rss_bytes`` (process tree RSS,
         for the items-until-limit projection) is sampled when None.
