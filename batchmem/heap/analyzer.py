@@ -424,14 +424,17 @@ def _leak_advice(culprits: list[LineGrowth], own: bool) -> str:
     if culprits:
         lines = ", ".join(c.line for c in culprits[:3])
         return f"Fix the allocations kept at {lines} (objects kept in a global, cache or closure)"
+    # Read by Python and job-file users alike: options by name, with their job-file keys.
     if own:
         return (
-            "Rerun with trace_allocations=True to name the source lines that grow; if the leak is in "
-            "third-party code, run on n_jobs>1 with the loky backend so leaking workers are replaced"
+            "Rerun with trace_allocations on (analysis.trace_allocations in a job file) to name the source "
+            "lines that grow; if the leak is in third-party code, run with n_jobs above 1 on the loky "
+            "backend so leaking workers are replaced"
         )
     return (
-        "Leaking workers are replaced automatically (recycle_leaking_workers=True) or every "
-        "max_tasks_per_worker batches; to name the lines, rerun a sample with n_jobs=1 and trace_allocations=True"
+        "Leaking workers are replaced automatically (recycle_leaking_workers, on by default) or every "
+        "max_tasks_per_worker batches; to name the lines, rerun a sample with n_jobs 1 and trace_allocations "
+        "on (execution.n_jobs, analysis.trace_allocations in a job file)"
     )
 
 
