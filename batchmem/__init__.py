@@ -9,7 +9,9 @@ operation measured; results stream to JSONL instead of piling up in memory.
     [0, 2, 4]
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BatchFunctionError,
@@ -20,11 +22,46 @@ from .errors import (
     OutputExistsError,
     SerializationError,
 )
-from .heap import HeapAnalyzer, MemoryMonitor, MemorySample, PeakMemoryTracker, PressureLevel
-from .io.sources import read_csv, read_jsonl, read_parquet
-from .optimizer import BatchOptimizer
-from .processor import BatchProcessor, BatchResult
-from .stats import RunStats
+
+# The rest is imported on first use (PEP 562 module __getattr__), so that a worker process, which
+# imports batchmem.backends.worker to run a batch, does not import the processor, the heap
+# analyzer and numpy with it.
+_LAZY = {
+    "HeapAnalyzer": ".heap.analyzer",
+    "MemoryMonitor": ".heap.monitor",
+    "MemorySample": ".heap.monitor",
+    "PeakMemoryTracker": ".heap.monitor",
+    "PressureLevel": ".heap.monitor",
+    "read_csv": ".io.sources",
+    "read_jsonl": ".io.sources",
+    "read_parquet": ".io.sources",
+    "BatchOptimizer": ".optimizer",
+    "BatchProcessor": ".processor",
+    "BatchResult": ".processor",
+    "RunStats": ".stats",
+}
+
+if TYPE_CHECKING:
+    from .heap.analyzer import HeapAnalyzer
+    from .heap.monitor import MemoryMonitor, MemorySample, PeakMemoryTracker, PressureLevel
+    from .io.sources import read_csv, read_jsonl, read_parquet
+    from .optimizer import BatchOptimizer
+    from .processor import BatchProcessor, BatchResult
+    from .stats import RunStats
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchmem' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 try:
     __version__ = version("batchmem")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -98,7 +99,7 @@ _set_option = click.option(
     "overrides",
     metavar="KEY=VALUE",
     multiple=True,
-    help="Override a job-file key by its dotted path, e.g. --set batching.memory_limit=1GB "
+    help="Override a job-file key by its dotted path, e.g. --set batching.memory_limit=1GiB "
     "--set execution.n_jobs=4 (value parsed as YAML). Repeatable.",
 )
 
@@ -120,11 +121,11 @@ def cli() -> None:
     Examples:
       batchmem validate job.yaml
       batchmem run job.yaml
-      batchmem run job.yaml --set batching.memory_limit=1GB --set execution.n_jobs=4
+      batchmem run job.yaml --set batching.memory_limit=1GiB --set execution.n_jobs=4
       batchmem run job.yaml --resume
       batchmem report out.jsonl.stats.json --html report.html
       batchmem stats
-      batchmem memory -v
+      batchmem memory --details
     """
 
 
@@ -218,6 +219,7 @@ def run(
     if restart and (resume or force_resume):
         raise click.UsageError("--restart starts over; it cannot be combined with --resume or --force-resume")
     resume_mode: bool | str = "force" if force_resume else True if resume else False if restart else "auto"
+    resume_command = shlex.join(["batchmem", "run", str(job_file), *_set_args(overrides), "--resume"])
     if restart:
         overrides = (*overrides, "output.overwrite=true")
     job = load_job(job_file, overrides, resume=resume_mode is not False)
@@ -225,16 +227,15 @@ def run(
         resume_mode = _auto_resume(job)
     try:
         result = run_job(job, resume=resume_mode, progress=False if no_progress else None)
-    except RunInterrupted as exc:
-        exc.resume_command = f"batchmem run {job_file} --resume"
-        raise
-    except BatchmemError:
+    except (RunInterrupted, BatchmemError) as exc:  # their "run again with" names this very command
+        exc.resume_command = resume_command
         raise
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # the user's function or source raised: one line, traceback only with -v
         logger.debug("run stopped", exc_info=True)
-        _error(f"{job.name}: stopped by {type(exc).__name__}: {exc} (run with -v for the traceback)")
+        what = type(exc).__name__ + (f": {one_line(exc)}" if str(exc).strip() else "")
+        _error(f"{job.name}: stopped by {what}; run with -v for the traceback")
         return EXIT_FAILED
     if result.already_complete:
         click.echo(f"already complete: {len(result):,} items in {result.path}")
@@ -252,6 +253,11 @@ def run(
             return EXIT_FAILED if stats.failed else exc.exit_code
         click.echo(f"report: {job.report}")
     return EXIT_FAILED if stats.failed else EXIT_OK
+
+
+def _set_args(overrides: tuple[str, ...]) -> list[str]:
+    """``("a=1", "b=2")`` as ``["--set", "a=1", "--set", "b=2"]``."""
+    return [arg for override in overrides for arg in ("--set", override)]
 
 
 def _auto_resume(job: Any) -> bool:
@@ -285,7 +291,7 @@ def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
     limit = get("memory_limit_bytes")
     source = get("limit_source")
     limit_text = f" of {format_bytes(limit)} limit" + (f" ({source})" if source else "") if limit else ""
-    share = f", {peak / limit:.0%}" if peak and limit else ""
+    share = f", {peak / limit:.1%}" if peak and limit else ""
     lines = [
         f"done: {job.name}: {items:,} items, {failed:,} failed, {batches:,} batch{'' if batches == 1 else 'es'} "
         f"(size {size_range}), {rate:,.0f} items/s in {duration:.1f}s",
@@ -477,7 +483,10 @@ def _interrupted(exc: BaseException | None) -> None:
     """Exit 130 with the interrupted run's message (how to continue it), or plain ``interrupted``."""
     from .signals import RunInterrupted
 
-    click.echo(exc.cli_message() if isinstance(exc, RunInterrupted) else "interrupted", err=True)
+    if isinstance(exc, RunInterrupted):
+        click.echo(exc.cli_message(), err=True)
+        sys.exit(exc.exit_code)
+    click.echo("interrupted", err=True)
     sys.exit(EXIT_INTERRUPTED)
 
 

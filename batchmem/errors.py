@@ -6,9 +6,15 @@ the command line only asks the error: ``sys.exit(exc.exit_code)``. An error
 whose fix is spelled differently for a job file than for Python (``on_error:
 skip`` / ``--set on_error=skip`` versus ``on_error="skip"``) carries both:
 ``str(exc)`` is the Python form, :meth:`BatchmemError.cli_message` the job-file form.
+A fix that says how to continue a run names :data:`RESUME_COMMAND`; the ``batchmem run``
+command sets ``resume_command`` to the command the user typed, so the message
+prints exactly what to type.
 """
 
 from __future__ import annotations
+
+#: How a command-line fix names "continue this run" until the CLI fills in the exact command.
+RESUME_COMMAND = "batchmem run JOB --resume"
 
 
 def one_line(text: object) -> str:
@@ -28,10 +34,14 @@ class BatchmemError(Exception):
     def __init__(self, message: str = "", *, cli_fix: str | None = None, python_fix: str | None = None):
         super().__init__(message + (python_fix or ""))
         self.base_message, self.cli_fix = message, cli_fix
+        #: The command that continues the run, as the user typed it (set by ``batchmem run``).
+        self.resume_command: str | None = None
 
     def cli_message(self) -> str:
-        """The message for a command-line user: the fix in job-file and ``--set`` syntax where it differs."""
-        return one_line(self.base_message + self.cli_fix) if self.cli_fix is not None else one_line(self)
+        """The message for a command-line user: the fix in job-file and ``--set`` syntax where it differs,
+        with :data:`RESUME_COMMAND` replaced by :attr:`resume_command` when the CLI set it."""
+        text = one_line(self.base_message + self.cli_fix) if self.cli_fix is not None else one_line(self)
+        return text.replace(RESUME_COMMAND, self.resume_command) if self.resume_command else text
 
 
 class ConfigError(BatchmemError, ValueError):
@@ -43,7 +53,11 @@ class JobFileError(ConfigError):
 
 
 class SerializationError(BatchmemError, TypeError):
-    """A result that cannot be written as JSON; names its type and the item index."""
+    """A result that cannot be written as JSON; names its type and the item index.
+
+    Exit code 1: the run stopped part-way (what was committed before stands)."""
+
+    exit_code = 1
 
 
 class BatchFunctionError(BatchmemError):
@@ -95,4 +109,7 @@ class OutputWriteError(BatchmemError, OSError):
 
 class WorkerDiedError(BatchmemError):
     """A worker process died (``os._exit``, a signal such as the OOM killer's SIGKILL, a segfault)
-    while running one item on its own; the item is recorded as failed with this error."""
+    while running one item on its own; the item is recorded as failed with this error (a run
+    failure: exit code 1)."""
+
+    exit_code = 1

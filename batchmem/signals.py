@@ -25,6 +25,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from .errors import RESUME_COMMAND
+
 __all__ = ["RunInterrupted", "StopOnSignals", "signal_name"]
 
 logger = logging.getLogger("batchmem")
@@ -48,7 +50,9 @@ class RunInterrupted(KeyboardInterrupt):
     (earlier runs included), ``output`` the output path. Everything up to
     ``items`` is on disk with a matching checkpoint: resume continues.
     ``resume_command`` is what a command-line user types to continue (the
-    ``batchmem run`` command sets it, with the job file as the user typed it).
+    ``batchmem run`` command sets it: the job file as the user typed it and its
+    ``--set`` overrides). Like :class:`~batchmem.errors.BatchmemError` it carries
+    its ``exit_code`` (130, the shell's code for SIGINT) and a :meth:`cli_message`.
     """
 
     exit_code = 130
@@ -66,7 +70,7 @@ class RunInterrupted(KeyboardInterrupt):
 
     def cli_message(self) -> str:
         """The message with the command that continues the run."""
-        return self._message(self.resume_command or "batchmem run JOB --resume")
+        return self._message(self.resume_command or RESUME_COMMAND)
 
     def __str__(self) -> str:
         return str(self.args[0])

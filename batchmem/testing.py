@@ -6,7 +6,7 @@ kernel's counters, plus a pytest plugin:
 
 * fixture ``memory_utils``: a :class:`MemoryTestUtils` whose allocations are
   released when the test ends;
-* marker ``no_leak``: ``@pytest.mark.no_leak(iterations=50, max_growth="1MB")``
+* marker ``no_leak``: ``@pytest.mark.no_leak(iterations=50, max_growth="1MiB")``
   runs the test body ``warmup`` + ``iterations`` times under tracemalloc and
   fails when the traced bytes keep growing: the Theil-Sen trend (the same
   estimator as :class:`batchmem.HeapAnalyzer`) projected over the iterations
@@ -255,7 +255,7 @@ def check_no_leak(
     fn: Callable[[], Any],
     *,
     iterations: int = 50,
-    max_growth: int | str = "1MB",
+    max_growth: int | str = "1MiB",
     warmup: int = 3,
     min_confidence: float = 0.7,
     top: int = 5,
@@ -306,7 +306,7 @@ if pytest is not None:
     def pytest_configure(config: Any) -> None:
         config.addinivalue_line(
             "markers",
-            "no_leak(iterations=50, max_growth='1MB', warmup=3, min_confidence=0.7): run the test body "
+            "no_leak(iterations=50, max_growth='1MiB', warmup=3, min_confidence=0.7): run the test body "
             "repeatedly under tracemalloc and fail when traced memory keeps growing (batchmem)",
         )
 

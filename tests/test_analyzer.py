@@ -6,8 +6,10 @@ import random
 import pytest
 
 from batchmem import BatchProcessor, HeapAnalyzer
-from batchmem.heap.analyzer import Issue, heap_in_use_bytes, theil_sen
+from batchmem.heap.analyzer import Issue
 from batchmem.heap.gc_watch import GcWatch, ThrottledCollector
+from batchmem.heap.malloc import heap_in_use_bytes
+from batchmem.heap.trend import theil_sen
 
 _KEPT = []
 

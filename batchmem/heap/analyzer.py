@@ -34,7 +34,7 @@ a 100 KB-per-batch leak).
 Measured by ``benchmarks/bench_leaks.py`` (2 vCPUs, CPython 3.11): 0/20 false
 positives on clean noisy runs judged on malloc in-use bytes (1/20 on RSS,
 which ratchets up with allocator fragmentation -- why in-process and worker
-baselines use :func:`heap_in_use_bytes` where glibc provides it); a 100 KB
+baselines use :func:`~batchmem.heap.malloc.heap_in_use_bytes` where glibc provides it); a 100 KB
 per batch leak is flagged after 14 batches (2 warm-up + 12).
 
 Culprits: with ``trace_allocations=True`` a :mod:`tracemalloc` snapshot is
@@ -64,7 +64,7 @@ from batchmem.heap.monitor import MemoryMonitor, current_rss_bytes
 from batchmem.heap.trend import LineGrowth, Trend, theil_sen, top_growth_lines
 from batchmem.units import format_bytes
 
-__all__ = ["heap_in_use_bytes", "Issue", "Trend", "theil_sen", "LineGrowth", "top_growth_lines", "HeapAnalyzer"]
+__all__ = ["Issue", "Trend", "theil_sen", "LineGrowth", "top_growth_lines", "HeapAnalyzer"]
 
 logger = logging.getLogger("batchmem")
 
@@ -230,7 +230,7 @@ class HeapAnalyzer:
 
         ``baseline_bytes`` is that process's memory with the batch's effects
         settled -- its RSS before its next batch, or malloc's in-use bytes
-        (:func:`heap_in_use_bytes`) -- named by ``metric``. For this process it
+        (:func:`~batchmem.heap.malloc.heap_in_use_bytes`) -- named by ``metric``. For this process it
         may be None: it is read here, traced bytes when tracing, else malloc
         in-use bytes (glibc), else RSS. ``tree_rss_bytes`` (process tree RSS,
         for the items-until-limit projection) is sampled when None.
@@ -424,14 +424,17 @@ def _leak_advice(culprits: list[LineGrowth], own: bool) -> str:
     if culprits:
         lines = ", ".join(c.line for c in culprits[:3])
         return f"Fix the allocations kept at {lines} (objects kept in a global, cache or closure)"
+    # Read by Python and job-file users alike: options by name, with their job-file keys.
     if own:
         return (
-            "Rerun with trace_allocations=True to name the source lines that grow; if the leak is in "
-            "third-party code, run on n_jobs>1 with the loky backend so leaking workers are replaced"
+            "Rerun with trace_allocations on (analysis.trace_allocations in a job file) to name the source "
+            "lines that grow; if the leak is in third-party code, run with n_jobs above 1 on the loky "
+            "backend so leaking workers are replaced"
         )
     return (
-        "Leaking workers are replaced automatically (recycle_leaking_workers=True) or every "
-        "max_tasks_per_worker batches; to name the lines, rerun a sample with n_jobs=1 and trace_allocations=True"
+        "Leaking workers are replaced automatically (recycle_leaking_workers, on by default) or every "
+        "max_tasks_per_worker batches; to name the lines, rerun a sample with n_jobs 1 and trace_allocations "
+        "on (execution.n_jobs, analysis.trace_allocations in a job file)"
     )
 
 
