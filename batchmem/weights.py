@@ -87,9 +87,11 @@ def _user(fn: Callable[[Any], float]) -> Weigher:
 
     def weigh(items: Sequence[Any]) -> list[float]:
         weights = [float(w) for w in map(fn, items)]
-        if weights and not (min(weights) >= 0 and math.isfinite(max(weights))):
-            bad = next(w for w in weights if not (w >= 0 and math.isfinite(w)))
-            raise ConfigError(f"weight: {name} returned {bad!r}; a weight must be a finite number >= 0")
+        # min() and max() skip a NaN unless it comes first; a NaN or an inf anywhere makes the sum non-finite
+        if weights and not (min(weights) >= 0 and math.isfinite(sum(weights))):
+            bad = next((w for w in weights if not (w >= 0 and math.isfinite(w))), None)
+            if bad is not None:  # None: finite weights whose sum overflows, which are fine
+                raise ConfigError(f"weight: {name} returned {bad!r}; a weight must be a finite number >= 0")
         return weights
 
     return weigh

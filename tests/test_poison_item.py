@@ -20,34 +20,44 @@ SCRIPT = textwrap.dedent("""
 
     result = BatchProcessor(batch_size=20, on_error="skip", process_name="poison", progress=False).process(
         range(3000), work, sys.argv[2])
-    print(result.stats.failed, result.stats.learned_batch_size, ",".join(map(str, result.stats.batch_sizes)))
+    print(result.stats.failed, result.stats.memory_errors)
 """)
+POISON = 1500
 
 
-def _run(tmp_path, home: str, poison: int) -> tuple[int, int, list[int]]:
+def _run(tmp_path, home: str, poison: int) -> tuple[list[str], list[dict], dict]:
+    """Run SCRIPT under its own BATCHMEM_HOME; return its printed figures, its per-batch records and the
+    history it stored for the operation."""
     env = {**os.environ, "BATCHMEM_HOME": str(tmp_path / home)}
+    out = tmp_path / f"{home}.jsonl"
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(poison), str(tmp_path / f"{home}.jsonl")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", SCRIPT, str(poison), str(out)], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    failed, learned, sizes = done.stdout.split()
-    return int(failed), int(learned), [int(s) for s in sizes.split(",")]
+    records = [json.loads(line) for line in open(f"{out}.batches.jsonl")]
+    (stored,) = (tmp_path / home / "history").glob("poison-*.json")
+    return done.stdout.split(), records, json.loads(stored.read_text())
 
 
-def test_a_memory_error_item_is_recorded_and_sets_no_ceiling(tmp_path):
-    failed, learned, sizes = _run(tmp_path, "poisoned", 1500)
-    assert failed == 1
+def test_a_memory_error_item_is_recorded_and_leaves_the_size_and_the_history_alone(tmp_path):
+    (failed, memory_errors), records, history = _run(tmp_path, "poisoned", POISON)
+    assert int(failed) == 1 and int(memory_errors) >= 1
     errors = [json.loads(line) for line in open(tmp_path / "poisoned.jsonl.errors.jsonl")]
-    assert [(e["index"], e["error_type"]) for e in errors] == [(1500, "MemoryError")]
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    alone = next(i for i, (st, sz) in enumerate(zip(starts, sizes, strict=True)) if st == 1500 and sz == 1)
-    before, after = sizes[:alone], sizes[alone + 1 :]
-    assert after and max(after) >= max(before) / 2, (before, after)  # the size recovers: no ceiling stuck at 1
-    _, clean_learned, _ = _run(tmp_path, "clean", -1)
-    assert learned >= clean_learned / 2  # the history learns the operation, not the one bad item
-    stored = json.loads(next((tmp_path / "poisoned" / "history").glob("*.json")).read_text())
-    assert stored.get("ceiling") is None
+    assert [(e["index"], e["error_type"]) for e in errors] == [(POISON, "MemoryError")]
+    assert [json.loads(line) for line in open(tmp_path / "poisoned.jsonl")].count(None) == 1
+
+    # The batch that held the item was retried in halves; its first piece's record carries the size asked.
+    starts = [sum(r["items"] for r in records[:i]) for i in range(len(records))]
+    hit = next(i for i, r in enumerate(records) if r["batch_size"] > r["items"])
+    hit_start, hit_size = starts[hit], records[hit]["batch_size"]
+    assert hit_start <= POISON < hit_start + hit_size
+    before = [r["batch_size"] for r in records[:hit]]
+    after = [r["batch_size"] for r, s in zip(records, starts, strict=True) if s >= hit_start + hit_size][:-1]
+    assert after, records  # batches cut after the poisoned one (the last, clipped at the end, left out)
+    assert min(after) >= max(before[-1], hit_size) / 2, (before, hit_size, after)  # no ceiling from one item
+
+    # The history learns the operation, not the one bad item: a clean run of it learns about the same size.
+    _, _, clean = _run(tmp_path, "clean", -1)
+    assert history["failed"] == 1 and clean["failed"] == 0
+    ratio = history["learned_batch_size"] / clean["learned_batch_size"]
+    assert 0.5 <= ratio <= 2, (history["learned_batch_size"], clean["learned_batch_size"])

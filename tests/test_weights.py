@@ -3,12 +3,14 @@ and, end to end with peak RSS watched from outside, items that grow 100x mid-run
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -22,27 +24,54 @@ from batchmem.weights import CONTAINER_CAP, auto_weight, make_weigher
 MiB = 1 << 20
 
 
+# -- the "auto" rule ----------------------------------------------------------------------------------
+
+
 def test_auto_weight_rule(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"x" * 1234)
     assert auto_weight("abc") == 3 and auto_weight(b"ab") == 2 and auto_weight(bytearray(5)) == 5
-    assert auto_weight(memoryview(b"abcd")) == 4
-    assert auto_weight(np.zeros(10, dtype=np.float64)) == 80
+    assert auto_weight(memoryview(b"abcd")) == 4 and auto_weight("") == 0
+    assert auto_weight(np.zeros(10, dtype=np.float64)) == 80 and auto_weight(np.zeros((3, 4), np.int32)) == 48
     assert auto_weight(path) == 1234 and auto_weight(tmp_path / "missing") == 1
-    assert auto_weight({"a": "xx", "b": "yyy"}) == 5 and auto_weight(["ab", b"c", 7]) == 4
-    assert auto_weight(7) == 1 and auto_weight(None) == 1 and auto_weight(object()) == 1
-    long = ["ab"] * (CONTAINER_CAP * 3)
-    assert auto_weight(long) == 2 * len(long)  # values past the cap count at the mean of those weighed
+    for unit in (7, 2.5, True, None, 1j, object(), {1, 2}):
+        assert auto_weight(unit) == 1
+    # one level deep: the values' own rule; a nested container weighs 1
+    assert auto_weight({"a": "xx", "b": np.zeros(4, np.uint8)}) == 6
+    assert auto_weight(["ab", b"c", 7]) == 4 and auto_weight(("abc", path)) == 3 + 1234
+    assert auto_weight([["a" * 100]]) == 1 and auto_weight([]) == 1 and auto_weight({}) == 1
 
 
-def test_numbers_are_counted_at_no_cost_and_a_bad_callable_names_the_value():
+def test_container_values_past_the_cap_count_at_the_mean_of_those_weighed():
+    head, tail = ["ab"] * CONTAINER_CAP, ["abcdefgh"] * (2 * CONTAINER_CAP)
+    assert auto_weight(head + tail) == 2 * 3 * CONTAINER_CAP  # the tail is not looked at
+    assert auto_weight(tail + head) == 8 * 3 * CONTAINER_CAP
+    assert auto_weight(dict(enumerate(head + tail))) == 2 * 3 * CONTAINER_CAP
+
+
+def test_unit_types_are_counted_at_no_cost():
     weigh = make_weigher("auto")
-    assert weigh([1, 2.5, None, True]) is None and weigh(["a", 1]) == [1.0, 1.0]
-    assert make_weigher(None) is None
-    with pytest.raises(ConfigError, match=r"^weight: .* returned -1.0; a weight must be a finite number >= 0"):
-        make_weigher(lambda x: -1)(["a"])
+    assert weigh([1, 2.5, None, True, 3j]) is None  # every item weighs 1: batches count items
+    assert weigh(["a", 1]) == [1.0, 1.0] and weigh(["abc", b"de"]) == [3.0, 2.0]
+    assert make_weigher(None) is None and make_weigher("none") is None
+    assert make_weigher(len)(["ab", "cde"]) == [2.0, 3.0]
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf")])
+def test_a_callable_weight_that_is_not_a_finite_number_above_zero_is_a_one_line_error(bad):
+    def weight(item):
+        return bad if item == "b" else 1
+
+    with pytest.raises(ConfigError) as info:
+        make_weigher(weight)(["a", "b"])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("weight: ")
+    assert "<locals>.weight returned " in message and repr(float(bad)) in message and "finite number >= 0" in message
     with pytest.raises(ConfigError, match="weight: 3 is not 'auto'"):
         make_weigher(3)
+
+
+# -- the cut at the budget ----------------------------------------------------------------------------
 
 
 def _cut_all(items, budget, **kw):
@@ -57,35 +86,102 @@ def _cut_all(items, budget, **kw):
 
 def test_the_item_that_would_cross_the_budget_opens_the_next_batch_and_a_heavy_one_runs_alone():
     items = ["a" * 10] * 5 + ["b" * 1000] * 2 + ["c" * 10] * 3
-    batches = _cut_all(items, 100)
-    assert [len(b) for b in batches] == [5, 1, 1, 3]
-    assert all(sum(map(len, b)) <= 100 or len(b) == 1 for b in batches)
+    assert [len(b) for b in _cut_all(items, 100)] == [5, 1, 1, 3]
+    assert [len(b) for b in _cut_all(items, 45)] == [4, 1, 1, 1, 3]  # 4 x 10 <= 45 < 5 x 10
+    assert [len(b) for b in _cut_all(items, 100, min_items=2)] == [5, 2, 3]  # min_items outranks the budget
+    assert [len(b) for b in _cut_all(items, 10_000, max_items=4)] == [4, 4, 2]
 
 
-def test_every_item_handed_out_once_in_order_within_the_item_bounds():
+def test_every_item_handed_out_once_in_order_and_each_cut_at_the_crossing_item():
+    """Random budgets, item bounds and items (numbers that weigh 1, texts of log-normal length, empty
+    texts that weigh 0), with plain take(n) calls in between, from a generator of unknown length."""
     rng = random.Random(7)
-    items = ["x" * int(rng.lognormvariate(4, 2)) for _ in range(3000)]
-    batches = _cut_all(items, 5000, min_items=3, max_items=40)
-    assert [x for b in batches for x in b] == items
-    assert all(len(b) <= 40 for b in batches) and all(len(b) >= 3 for b in batches[:-1])
+    items = []
+    for i in range(6000):
+        kind = rng.random()
+        items.append(i if kind < 0.3 else "" if kind < 0.35 else "x" * int(rng.lognormvariate(4, 2)))
+    weights = [auto_weight(x) for x in items]
+    src, weigh, out = IterableSource(x for x in items), make_weigher("auto"), []
+    while True:
+        start = len(out)
+        if rng.random() < 0.1:
+            batch = src.take(rng.randint(1, 50))
+            if batch is None:
+                break
+            out += batch
+            continue
+        budget, lo = rng.lognormvariate(7, 2), rng.randint(1, 5)
+        hi = rng.randint(lo, 200)
+        batch, weight, ws = src.take_weighted(budget, weigh, min_items=lo, max_items=hi)
+        if batch is None:
+            break
+        out += batch
+        mine = weights[start : len(out)]
+        assert batch == items[start : len(out)] and weight == pytest.approx(sum(mine))
+        assert ws is None or ws == mine
+        assert len(batch) <= hi
+        more = len(out) < len(items)
+        assert len(batch) >= lo or not more
+        if len(batch) > lo:
+            assert weight <= budget or len(batch) == 1  # over the budget only alone or at min_items
+        if more and len(batch) < hi:
+            assert weight + weights[len(out)] > budget  # the next item would have crossed it
+    assert out == items and src.position == len(items)
 
 
-def test_the_budget_converges_to_the_memory_set_point_and_heavier_items_get_fewer_per_batch():
-    ctrl = BatchSizeController(ControlConfig(initial_batch_size=10), memory_limit_bytes=1 << 30, weighted=True)
-    per_unit = 2_000  # bytes per weight unit
-    items_light = []
+# -- the control law in weight units (synthetic measurements) -----------------------------------------
+
+
+LIMIT, BASELINE, PER_UNIT = 1 << 30, 100 * MiB, 2_000  # bytes, bytes, bytes per weight unit
+SET_POINT = 0.6 * LIMIT - BASELINE  # bytes a batch may hold (the memory target, Dask's 0.6)
+
+
+def _drive(weighted: bool, light: int = 3000, heavy: int = 600) -> list[tuple[int, float, float]]:
+    """Items weighing 100 units then 1000 (10x heavier); each batch holds PER_UNIT bytes per unit and
+    takes 1 ns per unit (the time term never binds). Returns (items, weight, peak bytes) per batch."""
+    ctrl = BatchSizeController(ControlConfig(initial_batch_size=10), memory_limit_bytes=LIMIT, weighted=weighted)
+    src, weigh = IterableSource([100.0] * light * 10 + [1000.0] * heavy * 10), make_weigher(float)
+    batches = []
+    while True:
+        budget = ctrl.next_budget() if weighted else None
+        if budget is None:
+            batch = src.take(ctrl.next_size())
+            weight = sum(batch) if batch else 0.0
+        else:
+            batch, weight, _ = src.take_weighted(budget, weigh)
+        if batch is None:
+            return batches
+        peak = weight * PER_UNIT
+        batches.append((len(batch), weight, peak))
+        m = BatchMeasurement(size=len(batch), duration_s=weight * 1e-9, peak_bytes=int(peak), weight=weight)
+        ctrl.observe(m, baseline_bytes=BASELINE)
+
+
+def test_the_budget_converges_to_the_memory_set_point_in_weight_units():
+    ctrl = BatchSizeController(ControlConfig(initial_batch_size=10), memory_limit_bytes=LIMIT, weighted=True)
+    assert ctrl.next_budget() is None and ctrl.next_size() == 10  # the first batch is cut by count
     for _ in range(30):
         budget = ctrl.next_budget() or 10.0
-        ctrl.observe(
-            BatchMeasurement(
-                size=max(1, int(budget / 100)), duration_s=0.01, peak_bytes=int(budget * per_unit), weight=budget
-            ),
-            baseline_bytes=100 * MiB,
-        )
-        items_light.append(budget / 100)  # items of weight 100 that fit
-    target = (0.6 * (1 << 30) - 100 * MiB) / per_unit
-    assert ctrl.next_budget() == pytest.approx(target, rel=0.05)
-    assert math.isclose(ctrl.next_budget() / 1000, items_light[-1] / 10, rel_tol=0.05)  # 10x heavier: 10x fewer
+        m = BatchMeasurement(size=max(1, int(budget / 100)), duration_s=0.01, peak_bytes=int(budget * PER_UNIT))
+        ctrl.observe(BatchMeasurement(m.size, m.duration_s, m.peak_bytes, weight=budget), baseline_bytes=BASELINE)
+    assert ctrl.next_budget() == pytest.approx(SET_POINT / PER_UNIT, rel=0.01)
+    assert ctrl.bytes_per_item == pytest.approx(PER_UNIT) and ctrl.last_decision.reason == "memory"
+
+
+def test_items_ten_times_heavier_get_ten_times_fewer_per_batch_and_the_first_heavy_batch_fits():
+    batches = _drive(weighted=True)
+    light = [n for n, w, _ in batches if w / n == 100]
+    heavy = [n for n, w, _ in batches if w / n == 1000]
+    assert max(peak for *_, peak in batches) <= SET_POINT  # also the first batch of heavy items
+    steady_light = light[len(light) // 2 : -1]
+    assert np.median(steady_light) == pytest.approx(10 * np.median(heavy[:-1]), rel=0.02)
+    assert math.isclose(np.median(steady_light), SET_POINT / PER_UNIT / 100, rel_tol=0.02)
+    # Counted in items, the size learned on light items meets the heavy ones: 7x the set-point here.
+    counted = _drive(weighted=False)
+    assert max(peak for *_, peak in counted) > 5 * SET_POINT
+
+
+# -- end to end: a 100x shift, peak RSS watched from another process ----------------------------------
 
 
 SHIFT = textwrap.dedent("""
@@ -94,22 +190,26 @@ SHIFT = textwrap.dedent("""
     from batchmem import BatchProcessor
     from batchmem.heap import current_rss_bytes
 
-    def work(batch):
-        held = [np.ones(int(mb * (1 << 20)) // 8) for mb in batch]
-        return [float(h[0]) for h in held]
+    def work(batch):  # each item holds its MiB of transient memory until the batch returns
+        held = [np.ones(int(mb * (1 << 20)) // 8) for _, mb in batch]
+        return [i + int(h[0]) - 1 for (i, _), h in zip(batch, held)]
 
-    weight = (lambda mb: mb) if sys.argv[1] == "mib" else None
+    weight = (lambda item: item[1]) if sys.argv[1] == "mib" else None
     limit = current_rss_bytes() + (800 << 20)
     print(limit, flush=True)
     proc = BatchProcessor(batch_size=100, batched=True, memory_limit=limit, weight=weight,
                           n_jobs=int(sys.argv[2]), backend="loky" if sys.argv[2] != "1" else None,
                           progress=False, use_history=False)
-    result = proc.process([0.05] * 2000 + [5.0] * 600, work, sys.argv[3])
-    print(result.stats.items, result.stats.weight_unit, result.stats.bytes_per_weight, flush=True)
+    items = list(enumerate([0.05] * 2000 + [5.0] * 600))
+    s = proc.process(items, work, sys.argv[3]).stats
+    print(s.items, s.weight, s.bytes_per_weight, s.weight_unit, flush=True)
 """)
+SHIFT_MIB = [0.05] * 2000 + [5.0] * 600
 
 
-def _watch(args: list[str]) -> tuple[int, int, str]:
+def _watch(args: list[str], kill_above: float | None = None) -> tuple[int, int, str]:
+    """Run SHIFT with ``args``; return (peak RSS of its process tree, its memory limit, its stdout).
+    With ``kill_above`` (a fraction of the limit) the child is killed once the tree crosses that level."""
     child = subprocess.Popen([sys.executable, "-c", SHIFT, *args], stdout=subprocess.PIPE, text=True)
     limit = int(child.stdout.readline())
     watched, peak = psutil.Process(child.pid), 0
@@ -118,6 +218,10 @@ def _watch(args: list[str]) -> tuple[int, int, str]:
             peak = max(peak, sum(p.memory_info().rss for p in [watched, *watched.children(recursive=True)]))
         except psutil.NoSuchProcess:
             pass
+        if kill_above is not None and peak > kill_above * limit:
+            child.kill()
+            child.wait()
+            return peak, limit, ""
         time.sleep(0.005)
     assert child.returncode == 0
     return peak, limit, child.stdout.read()
@@ -127,14 +231,65 @@ def _watch(args: list[str]) -> tuple[int, int, str]:
 def test_items_that_grow_100x_stay_under_the_limit_when_weighed(tmp_path, n_jobs):
     out = tmp_path / "out.jsonl"
     peak, limit, tail = _watch(["mib", n_jobs, str(out)])
-    items, unit, per_weight = tail.split()
-    assert int(items) == 2600 and sum(1 for _ in open(out)) == 2600
-    assert unit.endswith("<lambda>") and float(per_weight) > 0
     assert peak <= limit, f"peak {peak / MiB:.0f} MiB over the limit {limit / MiB:.0f} MiB"
-    records = [line for line in open(str(out) + ".batches.jsonl")]
-    assert all('"weight":' in r for r in records)
+    items, weight, per_weight, unit = tail.split()
+    assert [int(line) for line in out.open()] == list(range(len(SHIFT_MIB)))  # every item once, in order
+    assert int(items) == len(SHIFT_MIB) and float(weight) == pytest.approx(sum(SHIFT_MIB))
+    assert unit.endswith("<lambda>")
+    assert 0.5 * MiB < float(per_weight) < 2 * MiB  # each MiB of weight held about a MiB
+    records = [json.loads(line) for line in open(f"{out}.batches.jsonl")]
+    start = 0
+    for r in records:  # each record's weight is the sum of its items' MiB
+        assert r["weight"] == pytest.approx(sum(SHIFT_MIB[start : start + r["items"]]))
+        start += r["items"]
+    assert start == len(SHIFT_MIB)
+    light = [r["items"] for r in records if r["weight"] < 0.1 * r["items"]]
+    heavy = [r["items"] for r in records if r["weight"] > 4 * r["items"]]
+    assert max(heavy) < max(light) / 10  # 100x heavier items: far fewer per batch
 
 
 def test_without_weights_the_same_shift_overshoots(tmp_path):
-    peak, limit, _ = _watch(["none", "1", str(tmp_path / "out.jsonl")])
-    assert peak > limit  # what weights are for
+    peak, limit, _ = _watch(["none", "1", str(tmp_path / "out.jsonl")], kill_above=1.0)
+    assert peak > limit  # what weights are for (the child is killed as soon as it crosses)
+
+
+# -- a DataFrame chunk source whose text column grows 100x --------------------------------------------
+
+
+CSV_GROWS = textwrap.dedent("""
+    import sys, time
+    import batchmem
+
+    def work(df):  # 1 us per character: a chunk's cost follows its text, not its rows
+        time.sleep(1e-6 * float(df["text"].str.len().sum()))
+        return df[["id"]]
+
+    proc = batchmem.BatchProcessor(batched=True, max_batch_size=500, progress=False, use_history=False)
+    s = proc.process(batchmem.read_csv(sys.argv[1]), work, sys.argv[2]).stats
+    print(s.items, s.weight_unit, flush=True)
+""")
+
+
+def test_a_csv_whose_text_grows_100x_gets_fewer_rows_per_chunk_weighed_by_their_bytes(tmp_path):
+    light, heavy = 20_000, 1_000
+    rows = [f"{i},{'a' * (30 if i < light else 3000)}\n" for i in range(light + heavy)]
+    csv = tmp_path / "grows.csv"
+    csv.write_text("id,text\n" + "".join(rows))
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", CSV_GROWS, str(csv), str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(maxsplit=1) == [str(light + heavy), "bytes in the file\n"]
+    assert [json.loads(line)["id"] for line in out.open()] == list(range(light + heavy))
+    records = [json.loads(line) for line in Path(f"{out}.batches.jsonl").open()]
+    before, after, start = [], [], 0
+    for r in records:
+        if start + r["items"] <= light:
+            before.append(r["items"])
+        elif start >= light:  # chunks of grown rows only: weighed at their own bytes in the file
+            after.append(r["items"])
+            assert r["weight"] == pytest.approx(sum(map(len, rows[start : start + r["items"]])), rel=0.5)
+        start += r["items"]
+    assert len(after) >= 3, records
+    assert np.median(after) < np.median(before[len(before) // 2 :]) / 3, (before, after)

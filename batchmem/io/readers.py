@@ -34,6 +34,7 @@ import io
 import logging
 import os
 import zipfile
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,9 @@ logger = logging.getLogger("batchmem")
 #: record batch length for Parquet (rows). 64 Ki rows of a few dozen columns is a few
 #: MiB: large enough to amortise per-call overhead, small against any useful limit.
 DEFAULT_BATCH_ROWS = 65_536
+#: File bytes over which a frame source's bytes per row is measured (pandas' C parser reads 256 KiB at a
+#: time, so a smaller window would see the read-ahead rather than the rows).
+RATE_WINDOW_BYTES = 1 << 20
 
 
 def _check_path(path: str | os.PathLike[str]) -> Path:
@@ -168,19 +172,43 @@ class _FrameSource:
         self._exhausted = False
         self._closed = False
         self._rows_read = 0  # rows the pandas reader produced so far
+        self._marks: deque[tuple[int, int]] = deque()  # (file offset, rows read) after each read
 
     def bytes_per_row(self) -> float | None:
-        """Bytes of the file (text, after decompression) per row read so far: the reader's offset
-        over the rows it produced; None before the first read or where pandas keeps no handle.
-        The weight of a chunk is its rows times this (see :mod:`batchmem.weights`)."""
+        """Bytes of the file (text, after decompression) per row over the latest reads: the reader's
+        offset over the rows it produced, in a window of the last :data:`RATE_WINDOW_BYTES` of the file
+        (since the start before that much was read), so rows that grow mid-file change the rate within
+        a window instead of being averaged with every row before them. None before the first read or
+        where pandas keeps no handle. The weight of a chunk is its rows times this (see
+        :mod:`batchmem.weights`)."""
+        if not self._marks:
+            return None
+        pos, rows = self._marks[-1]
+        start_pos, start_rows = 0, 0
+        for p0, r0 in reversed(self._marks):
+            if pos - p0 >= RATE_WINDOW_BYTES:
+                start_pos, start_rows = p0, r0
+                break
+        return (pos - start_pos) / (rows - start_rows) if rows > start_rows else None
+
+    def _tell(self) -> int | None:
         handles = getattr(self._reader, "handles", None) if hasattr(self, "_reader") else None
         handle = getattr(handles, "handle", None)
-        if handle is None or not self._rows_read:
+        if handle is None:
             return None
         try:
-            return handle.tell() / self._rows_read
+            return handle.tell()
         except (OSError, ValueError):
             return None
+
+    def _mark(self) -> None:
+        """Remember (file offset, rows produced) after a read; keep one mark older than the window."""
+        pos = self._tell()
+        if pos is None:
+            return
+        self._marks.append((pos, self._rows_read))
+        while len(self._marks) > 2 and pos - self._marks[1][0] >= RATE_WINDOW_BYTES:
+            self._marks.popleft()
 
     # -- subclass hooks -------------------------------------------------------
     def _pull(self, hint: int) -> pd.DataFrame | None:  # pragma: no cover - abstract
@@ -245,6 +273,8 @@ class _FrameSource:
         try:
             chunk = self._pull(hint)
             self._rows_read += len(chunk) if chunk is not None else 0
+            if chunk is not None and len(chunk):
+                self._mark()
             return chunk
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise ConfigError(

@@ -153,8 +153,12 @@ def take_weighted(
     if hasattr(source, "take_weighted") and weigh is not None:
         return source.take_weighted(budget, weigh, min_items=min_items, max_items=max_items)
     per_row = getattr(source, "bytes_per_row", None)
-    rate = per_row() if callable(per_row) else None
-    rate = rate if rate and rate > 0 else 1.0
-    n = int(min(max_items, max(min_items, budget // rate, 1)))
+
+    def rate() -> float:
+        r = per_row() if callable(per_row) else None
+        return r if r and r > 0 else 1.0
+
+    n = int(min(max_items, max(min_items, budget // rate(), 1)))
     batch = source.take(n)
-    return batch, (len(batch) * rate if batch is not None else 0.0), None
+    # weighed at the rate that includes its own rows: a chunk where rows grew weighs what it holds
+    return batch, (len(batch) * rate() if batch is not None else 0.0), None
