@@ -10,7 +10,6 @@ operation measured; results stream to JSONL instead of piling up in memory.
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -51,6 +50,13 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # importlib.metadata costs ~30 ms to import: not paid by workers
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("batchmem")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            return "0.0.0"
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'batchmem' has no attribute {name!r}")
@@ -60,13 +66,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, "__version__"})
 
-
-try:
-    __version__ = version("batchmem")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
 
 __all__ = [
     "BatchProcessor",

@@ -355,6 +355,7 @@ class BatchProcessor:
             options = {
                 "memory_room": lambda: target - self.monitor.rss_bytes(),
                 "aim_s": c.batching.control_config().aim_s,
+                "workers_hint": (self.optimizer.last_run(self.process_name) or {}).get("auto_workers"),
             }
         executor = make_executor(fn, opts, ex.n_jobs, ex.backend, **options)
         executor.max_tasks_per_worker = ex.max_tasks_per_worker

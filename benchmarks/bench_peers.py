@@ -135,9 +135,10 @@ def run():
     else:
         raise SystemExit(f"unknown system {system}")
 
-IMPORTS = {"batchmem": ["batchmem"], "joblib": ["joblib"], "multiprocessing.Pool": ["multiprocessing"],
-           "mpire": ["mpire"], "dask.bag": ["dask.bag"], "dask LocalCluster": ["dask.bag", "distributed"],
-           "Ray Data": ["ray", "ray.data"], "pandas loop": ["pandas"], "dask.dataframe": ["dask.dataframe"]}
+IMPORTS = {"batchmem": ["batchmem", "batchmem.processor"], "joblib": ["joblib"],
+           "multiprocessing.Pool": ["multiprocessing"], "mpire": ["mpire"], "dask.bag": ["dask.bag"],
+           "dask LocalCluster": ["dask.bag", "distributed"], "Ray Data": ["ray", "ray.data"],
+           "pandas loop": ["pandas"], "dask.dataframe": ["dask.dataframe"]}
 try:
     import importlib
     for name in IMPORTS.get(system, []) + (["flights_etl"] if workload == "flights" else []):

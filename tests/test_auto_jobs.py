@@ -2,8 +2,11 @@
 shipping it."""
 
 import os
+import subprocess
+import sys
+import time
 
-from batchmem import BatchProcessor
+from batchmem import BatchProcessor, MemoryMonitor
 
 
 def cheap(x):
@@ -37,3 +40,46 @@ def test_costly_items_move_to_worker_processes():
     pids = {pid for _, pid in result}
     assert os.getpid() in pids and len(pids - {os.getpid()}) >= 2  # first batches here, the rest in workers
     assert [x for x, _ in result] == list(range(3_000))
+
+
+def test_a_second_run_starts_the_workers_its_history_chose():
+    proc = BatchProcessor(n_jobs="auto", progress=False, process_name="auto_costly")
+    first = proc.process(range(3_000), costly).stats
+    assert first.n_jobs >= 2
+    result = proc.process(range(3_000), costly)
+    assert (
+        result.stats.n_jobs_choice
+        == f"{first.n_jobs} workers: {first.n_jobs} workers paid in this operation's last run (history)"
+    )
+    assert [x for x, _ in result] == list(range(3_000))
+
+
+def transient_40mib(x):
+    import numpy as np
+
+    block = np.ones((40 << 20) // 8)  # 40 MiB, freed before the next item
+    time.sleep(0.005)
+    return float(block[0]) + x
+
+
+def test_a_per_item_function_gets_workers_when_one_item_fits_though_a_batch_of_them_would_not():
+    # At the 0.2 s time aim a batch holds ~15 items; counted as held together they would need ~600 MiB
+    # per worker, more than the 400 MiB of room; one at a time each worker holds 40 MiB.
+    limit = MemoryMonitor().rss_bytes() + (400 << 20)
+    result = BatchProcessor(n_jobs="auto", batch_size=2, memory_limit=limit, progress=False, use_history=False).process(
+        range(200), transient_40mib
+    )
+    st = result.stats
+    assert st.n_jobs_choice.startswith(f"{st.n_jobs} workers") and st.n_jobs >= 2
+    assert list(result) == [1.0 + x for x in range(200)]
+
+
+def test_a_run_that_stays_in_process_imports_no_worker_pool():
+    code = (
+        "import sys\nfrom batchmem import BatchProcessor\n"
+        "BatchProcessor(n_jobs='auto', progress=False, use_history=False).process(range(100_000), abs)\n"
+        "print(' '.join(m for m in ('joblib', 'cloudpickle', 'tqdm') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []

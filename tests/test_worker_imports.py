@@ -9,7 +9,8 @@ import sys
 def test_a_worker_imports_neither_the_analyzer_nor_numpy():
     code = (
         "import sys, batchmem.backends.worker\n"
-        "heavy = ['numpy', 'pandas', 'batchmem.heap.analyzer', 'batchmem.processor', 'batchmem.run']\n"
+        "heavy = ['numpy', 'pandas', 'pydantic', 'importlib.metadata', 'batchmem.heap.analyzer',\n"
+        "         'batchmem.processor', 'batchmem.run']\n"
         "print(' '.join(m for m in heavy if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

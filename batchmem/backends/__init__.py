@@ -80,16 +80,20 @@ def _auto(
     *,
     memory_room: Callable[[], float | None],
     aim_s: float,
+    workers_hint: int | None = None,
     **options: Any,
 ) -> Executor:
     """``n_jobs="auto"``: in-process until worker processes of ``backend`` pay (:mod:`.auto`)."""
-    import joblib
-
     from .auto import AutoExecutor
 
     if backend not in ("loky", "multiprocessing"):
         raise ConfigError(f"n_jobs: 'auto' chooses loky worker processes; backend {backend!r} needs a number of jobs")
-    cores = max(1, joblib.cpu_count(only_physical_cores=False))
+
+    def cores() -> int:  # joblib's count honours CPU affinity and cgroup CPU quotas
+        import joblib
+
+        return max(1, joblib.cpu_count(only_physical_cores=False))
+
     return AutoExecutor(
         fn,
         opts,
@@ -97,6 +101,8 @@ def _auto(
         cores=cores,
         memory_room=memory_room,
         aim_s=aim_s,
+        check_picklable=lambda: _check_picklable(fn, opts),
+        workers_hint=workers_hint,
     )
 
 
@@ -126,10 +132,16 @@ def register_backend(name: str, factory: BackendFactory) -> None:
 
 
 def _pickles(backend: str | None, n_jobs: int | str) -> bool:
-    """Whether the function travels to worker processes (pickled) with this backend."""
-    if backend in ("serial", "sequential", "threading"):
+    """Whether the function travels to worker processes (pickled) with this backend from the start
+    (``n_jobs="auto"`` checks once workers would pay)."""
+    if backend in ("serial", "sequential", "threading") or n_jobs == "auto":
         return False
     return backend is not None or n_jobs != 1
+
+
+def _check_picklable(fn: Callable[..., Any], opts: RunOptions) -> None:
+    setup = opts.setup
+    check_picklable(fn, ("setup", setup.setup if setup else None), ("teardown", setup.teardown if setup else None))
 
 
 def make_executor(
@@ -138,15 +150,14 @@ def make_executor(
     """The executor for ``backend`` (see the module docstring for how a name is chosen).
 
     ``n_jobs="auto"`` starts in-process and moves to loky workers when they pay (``backend_options``
-    ``memory_room`` and ``aim_s``; see :mod:`batchmem.backends.auto`).
+    ``memory_room``, ``aim_s`` and ``workers_hint``; see :mod:`batchmem.backends.auto`).
     ``backend_options`` go to the factory (dask: ``client``, ``scheduler_address``).
     With ``opts.setup``, ``fn`` must accept ``state=`` (ConfigError otherwise).
     """
     if opts.setup is not None:
         check_accepts_state(fn)
     if _pickles(backend, n_jobs):
-        setup = opts.setup
-        check_picklable(fn, ("setup", setup.setup if setup else None), ("teardown", setup.teardown if setup else None))
+        _check_picklable(fn, opts)
     if n_jobs == "auto":
         return _auto(fn, opts, backend or "loky", **backend_options)
     name = backend if backend is not None else ("serial" if n_jobs == 1 else None)

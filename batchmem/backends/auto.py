@@ -8,10 +8,14 @@ from what was measured:
   measured (the worker unpickles them; taken as twice the pickling time),
   the encoded results travelling back at :data:`COPY_BYTES_PER_S`, the
   parent's own cost per item (:data:`SHIP_PER_ITEM_S`) and the round trip of
-  one task (:data:`TASK_OVERHEAD_S`) spread over the batch;
+  one task (:data:`TASK_OVERHEAD_S`) spread over the batch. Two or more
+  workers save at least half of an item's time in this process, so workers
+  pay once shipping costs less than half the compute;
 * **use workers** otherwise, as many as the cores allow and the memory
   target holds: ``workers x (peak bytes of a batch at the time aim)`` must fit
-  under ``memory_target_fraction x limit - baseline``.
+  under ``memory_target_fraction x limit - baseline`` (a per-item function's
+  peak does not grow with its batch, only the results it keeps do), and the
+  function must pickle.
 
 When workers pay, they are started in the background while batches go on
 in-process, and take over once they are up: their start-up is off the
@@ -21,13 +25,16 @@ choice and its reason are reported (``RunStats.n_jobs_choice``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..errors import ConfigError
 from .base import Executor, ExecutorBase
 from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
 
@@ -44,6 +51,11 @@ COPY_BYTES_PER_S = 1e9
 #: seconds: 1M trivial items took 1.4-1.6 s with 2 loky workers against 0.54 s in-process on the
 #: 2-core test machine, about 1 us per item (issue measurements, benchmarks/bench_peers.py tiny).
 SHIP_PER_ITEM_S = 1e-6
+#: ``sys.setswitchinterval`` while workers start, seconds (Python's default is 5 ms). Loky's start-up
+#: threads in this process wait for the GIL while a batch of pure Python runs in-process; at 5 ms
+#: two workers took 0.68 s to start beside such a batch, at 0.5 ms 0.44 s, as with nothing running
+#: beside them (measured on the 2-core test machine). The default is restored once they are up.
+WARMUP_SWITCH_INTERVAL_S = 5e-4
 #: In-process batches measured before settling in-process (the first ones are the smallest and noisiest).
 PROBE_BATCHES = 2
 
@@ -51,9 +63,14 @@ PROBE_BATCHES = 2
 class AutoExecutor(ExecutorBase):
     """In-process first, then ``parallel(workers)`` when it pays (see the module docstring).
 
-    ``parallel(workers)`` builds the worker executor; ``cores`` is the most workers to use;
+    ``parallel(workers)`` builds the worker executor; ``cores()`` is the most workers to use;
     ``memory_room()`` returns the bytes the batches in flight may still fill (target minus
-    baseline; None without a limit); ``aim_s`` is the batch duration the optimizer aims for, seconds.
+    baseline; None without a limit); ``aim_s`` is the batch duration the optimizer aims for, seconds;
+    ``check_picklable()`` raises :class:`~batchmem.errors.ConfigError` when the function cannot travel
+    to a worker (the run then stays in-process). ``cores`` and ``check_picklable`` are called only once
+    workers look worth it, so a run that stays in-process never imports joblib or cloudpickle.
+    ``workers_hint``: the workers this operation's last run chose (its history); above 1 they are
+    started before the first batch instead of after the probes.
     """
 
     def __init__(
@@ -62,13 +79,17 @@ class AutoExecutor(ExecutorBase):
         opts: RunOptions,
         *,
         parallel: Callable[[int], Executor],
-        cores: int,
+        cores: Callable[[], int],
         memory_room: Callable[[], float | None],
         aim_s: float,
+        check_picklable: Callable[[], None],
+        workers_hint: int | None = None,
     ):
         super().__init__()
         self.fn, self.opts = fn, opts
         self._parallel_factory, self.cores, self.memory_room, self.aim_s = parallel, cores, memory_room, aim_s
+        self.check_picklable = check_picklable
+        self.workers_hint = workers_hint
         self.active: Executor | None = None  # the worker executor once it is up
         self._starting: Executor | None = None
         self._warm: threading.Thread | None = None
@@ -82,7 +103,9 @@ class AutoExecutor(ExecutorBase):
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
         """In-process batches until the choice is made (and the workers are up), then the workers'."""
         it = iter(tasks)
-        probes, workers = 0, None
+        probes, workers = 0, self._hinted_workers()
+        if workers is not None:
+            self._start_workers(workers)
         for task in it:
             ship_s = self._ship_seconds(task) if workers is None else 0.0
             out = run_batch(self.fn, task, self.opts)
@@ -109,6 +132,23 @@ class AutoExecutor(ExecutorBase):
             for task in it:
                 yield run_batch(self.fn, task, self.opts)
 
+    @property
+    def chosen_workers(self) -> int | None:
+        """Workers the run settled on (1: in-process), None while still deciding; kept in history."""
+        if self.active is not None or self._starting is not None:
+            return (self.active or self._starting).in_flight
+        return 1 if self.choice == "in-process" and self.reason != "deciding" else None
+
+    def _hinted_workers(self) -> int | None:
+        if not self.workers_hint or self.workers_hint < 2:
+            return None
+        try:
+            self.check_picklable()
+        except ConfigError:
+            return None
+        self.reason = f"{self.workers_hint} workers paid in this operation's last run (history)"
+        return self.workers_hint
+
     def _ship_seconds(self, task: BatchTask) -> float:
         t0 = time.perf_counter()
         pickle.dumps(task.items, protocol=pickle.HIGHEST_PROTOCOL)
@@ -120,25 +160,45 @@ class AutoExecutor(ExecutorBase):
         ship_s += len(out.payload) / COPY_BYTES_PER_S + TASK_OVERHEAD_S + n * SHIP_PER_ITEM_S
         if compute_s <= 0:
             return None
-        if compute_s * (1 - 1 / max(2, self.cores)) <= ship_s:
+        # With w >= 2 workers a batch saves compute_s * (1 - 1/w) >= compute_s / 2 of this process's time.
+        if compute_s / 2 <= ship_s:
             self.reason = (
-                f"an item takes {compute_s / n * 1e6:.2f} us here, below the {ship_s / n * 1e6:.2f} us "
+                f"an item takes {compute_s / n * 1e6:.2f} us here, below twice the {ship_s / n * 1e6:.2f} us "
                 "of shipping it to a worker and back"
             )
             return 1
-        workers = self.cores
+        workers = self.cores()
+        if workers == 1:
+            self.reason = "one CPU available"
+            return 1
         room = self.memory_room()
         if room is not None and out.peak_bytes > 0:
-            per_batch = out.peak_bytes * max(1.0, self.aim_s / compute_s)  # a batch grows to the time aim
-            workers = max(1, min(workers, int(room // per_batch)))
+            workers = max(1, min(workers, int(room // self._batch_peak_at_aim(out))))
         if workers == 1:
             self.reason = "one batch at the time aim needs the whole memory target; a second worker would not fit"
-        else:
-            self.reason = (
-                f"an item takes {compute_s / n * 1e6:.1f} us, above the {ship_s / n * 1e6:.2f} us of "
-                f"shipping it; {workers} workers fit under the memory target"
-            )
+            return 1
+        try:
+            self.check_picklable()
+        except ConfigError as exc:
+            self.reason = str(exc).split(";")[0]
+            return 1
+        self.reason = (
+            f"an item takes {compute_s / n * 1e6:.1f} us, above twice the {ship_s / n * 1e6:.2f} us of "
+            f"shipping it; {workers} workers fit under the memory target"
+        )
         return workers
+
+    def _batch_peak_at_aim(self, out: BatchOutcome) -> float:
+        """Predicted peak bytes of one batch grown to the time aim.
+
+        A batched function may hold all of its items at once, so its peak grows with the batch. A
+        per-item function frees an item's transient memory before the next one starts: what grows
+        with the batch is only the results it keeps (their encoded bytes stand in for them).
+        """
+        growth = max(1.0, self.aim_s / out.duration_s)
+        if self.opts.batched:
+            return out.peak_bytes * growth
+        return out.peak_bytes + len(out.payload) * (growth - 1)
 
     def _start_workers(self, workers: int) -> None:
         """Build the worker executor and run an empty batch through it, so its processes exist
@@ -146,12 +206,13 @@ class AutoExecutor(ExecutorBase):
 
         def start() -> None:
             try:
-                executor = self._parallel_factory(workers)
-                executor.max_tasks_per_worker = self.max_tasks_per_worker
-                executor.run_isolated(BatchTask(-1, 0, []))
-                if self._guard is not None:
-                    executor.guard_memory(*self._guard)
-                self._starting = executor
+                with _switch_interval(WARMUP_SWITCH_INTERVAL_S):
+                    executor = self._parallel_factory(min(workers, self.cores()))
+                    executor.max_tasks_per_worker = self.max_tasks_per_worker
+                    executor.run_isolated(BatchTask(-1, 0, []))
+                    if self._guard is not None:
+                        executor.guard_memory(*self._guard)
+                    self._starting = executor
             except Exception:  # the run goes on in-process
                 logger.warning("n_jobs='auto': starting worker processes failed; staying in-process", exc_info=True)
 
@@ -202,3 +263,14 @@ class AutoExecutor(ExecutorBase):
             self.worker_deaths = used.worker_deaths
             self.recycles, self.recycle_reasons = used.recycles, used.recycle_reasons
         self._release_setup()
+
+
+@contextlib.contextmanager
+def _switch_interval(seconds: float) -> Iterator[None]:
+    """``sys.setswitchinterval(seconds)`` for the block (a process-wide setting, restored after)."""
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(saved)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from pydantic import ByteSize, TypeAdapter, ValidationError
 
 from batchmem.errors import ConfigError
 
@@ -38,8 +37,6 @@ _HAVE_PROCFS: bool = sys.platform.startswith("linux") and os.path.exists("/proc/
 _CGROUP_V1_UNLIMITED: int = 2**60
 
 _SIZE_EXAMPLE = '"512MB", "2GiB" or "1.5GB"'
-
-_BYTE_SIZE = TypeAdapter(ByteSize)
 
 # "0.5" / ".25" / "1.0": a fraction written as a string (CLI flags, env vars).
 _FRACTION_RE = re.compile(r"^\s*(?:0?\.\d+|1\.0*)\s*$")
@@ -77,8 +74,10 @@ def parse_size(value: str | int) -> int:
     if isinstance(value, numbers.Integral):
         n = int(value)
     else:
+        from pydantic import ByteSize, TypeAdapter, ValidationError  # imported here: workers never parse sizes
+
         try:
-            n = int(_BYTE_SIZE.validate_python(value.strip()))
+            n = int(TypeAdapter(ByteSize).validate_python(value.strip()))
         except ValidationError as exc:
             reason = exc.errors()[0].get("msg", "invalid size")
             raise ConfigError(f"memory size {value!r} cannot be parsed ({reason}); use e.g. {_SIZE_EXAMPLE}") from None

@@ -132,6 +132,11 @@ class BatchOptimizer:
             return None
         return self.history.load(operation)
 
+    def last_run(self, operation: str) -> dict | None:
+        """The summary of ``operation``'s last recorded run (see :meth:`HistoryStore.record_run`), or None."""
+        runs = (self._load(operation) or {}).get("runs_detail") or [None]
+        return runs[-1] if isinstance(runs[-1], dict) else None
+
     def start_run(
         self,
         operation: str | None = None,
