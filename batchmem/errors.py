@@ -37,11 +37,28 @@ class BatchmemError(Exception):
         #: The command that continues the run, as the user typed it (set by ``batchmem run``).
         self.resume_command: str | None = None
 
+    def __reduce__(self) -> tuple:
+        # Errors raised in worker processes travel back pickled; the default reduce calls
+        # ``cls(*args)`` and would lose the keyword-only fixes (and fail for subclasses with other
+        # signatures): rebuild from args and attributes instead.
+        state = dict(self.__dict__)
+        if isinstance(self, OSError):  # errno lives in OSError's own slot, not in __dict__
+            state["errno"] = self.errno
+        return _rebuild, (type(self), self.args, state)
+
     def cli_message(self) -> str:
         """The message for a command-line user: the fix in job-file and ``--set`` syntax where it differs,
         with :data:`RESUME_COMMAND` replaced by :attr:`resume_command` when the CLI set it."""
         text = one_line(self.base_message + self.cli_fix) if self.cli_fix is not None else one_line(self)
         return text.replace(RESUME_COMMAND, self.resume_command) if self.resume_command else text
+
+
+def _rebuild(cls: type[BatchmemError], args: tuple, state: dict) -> BatchmemError:
+    err = cls.__new__(cls)
+    err.args = args
+    for name, value in state.items():
+        setattr(err, name, value)
+    return err
 
 
 class ConfigError(BatchmemError, ValueError):

@@ -302,7 +302,9 @@ class BatchProcessor:
                 run.loop()
                 if signals.signum is not None:
                     stats.status = "interrupted"
-                    stats.stop_reason = f"{signal_name(signals.signum)} received; resume=True continues"
+                    stats.stop_reason = (
+                        f"{signal_name(signals.signum)} received; continue with resume=True (batchmem run JOB --resume)"
+                    )
                 else:
                     stats.status = "stopped" if run.stopped else "completed"
             except KeyboardInterrupt:

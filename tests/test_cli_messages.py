@@ -89,6 +89,36 @@ def test_exit_codes_are_the_errors_own(job_dir):
     proc = cli(job_dir, "run", "job.yaml", "--set", "function=msg_fns:returns_a_set", "--set", "output.path=set.jsonl")
     assert proc.returncode == SerializationError.exit_code == 1, proc.stderr
     assert proc.stderr.startswith("error: result of item 0 is not JSON-serialisable (set: ")
+    assert proc.stderr.rstrip().endswith(
+        "or set a fallback: output.json_default: str in the job file (or --set output.json_default=str)"
+    )
+
+    # raised in a loky worker and pickled back: the job-file form of the fix survives the trip
+    proc = cli(
+        job_dir,
+        "run",
+        "job.yaml",
+        "--set",
+        "function=msg_fns:returns_a_set",
+        "--set",
+        "output.path=set2.jsonl",
+        "--set",
+        "execution.n_jobs=2",
+        "--set",
+        "execution.backend=loky",
+    )
+    assert proc.returncode == 1 and "output.json_default: str in the job file" in proc.stderr, proc.stderr
+
+
+def test_an_output_of_another_job_is_refused_with_the_cli_fix(job_dir):
+    assert cli(job_dir, "run", "job.yaml", "--set", "function=msg_fns:slow").returncode == 0
+    proc = cli(job_dir, "run", "job.yaml")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: output.path: {job_dir / 'out.jsonl'} already exists; run with --restart to replace it "
+        "(or set output.overwrite: true), or with --resume to continue it"
+    ]
+    assert cli(job_dir, "run", "job.yaml", "--restart").returncode == 1  # replaced: its tenth items fail
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,11 @@ def check_output(path: Path, *, overwrite: bool, resume: bool) -> Path:
     Raises :class:`~batchmem.errors.OutputExistsError`.
     """
     if path.exists() and not (overwrite or resume):
-        raise OutputExistsError(f"output: {str(path)!r} exists; pass overwrite=True (overwrite: true) or resume")
+        raise OutputExistsError(
+            f"output: {str(path)!r} exists",
+            python_fix="; pass overwrite=True to replace it, or resume=True to continue the run that wrote it",
+            cli_fix="; run with --restart to replace it (or set output.overwrite: true in the job file)",
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

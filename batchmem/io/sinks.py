@@ -95,7 +95,9 @@ def serialization_error(result: Any, index: int, exc: BaseException) -> Serializ
     """The error for a result of item ``index`` that orjson could not encode."""
     return SerializationError(
         f"result of item {index} is not JSON-serialisable ({type(result).__name__}: {exc}); "
-        "return dicts/lists/str/numbers, or set a json fallback such as json_default=str"
+        "return dicts/lists/str/numbers, or set a fallback",
+        python_fix=": json_default=str",
+        cli_fix=": output.json_default: str in the job file (or --set output.json_default=str)",
     )
 
 

@@ -154,8 +154,8 @@ class JobActions:
             raise JobFileError(f"output.path: {out} is a folder; name a file such as {out / 'results.jsonl'}")
         if out.exists() and not self.output.overwrite and not resume:
             raise JobFileError(
-                f"output.path: {out} already exists; set output.overwrite: true (or --set output.overwrite=true) "
-                "to replace it, or run with --resume to continue it"
+                f"output.path: {out} already exists; run with --restart to replace it (or set output.overwrite: true), "
+                "or with --resume to continue it"
             )
 
     def check_source(self: Job) -> None:

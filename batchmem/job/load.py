@@ -70,7 +70,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw_value = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise JobFileError(f"{where}: expected KEY=VALUE such as batching.memory_limit=1GB")
+        raise JobFileError(f"{where}: expected KEY=VALUE such as batching.memory_limit=1GiB")
     parts = key.split(".")
     if any(not p for p in parts):
         raise JobFileError(f"{where}: {key!r} is not a dotted key; write it like batching.memory_limit")

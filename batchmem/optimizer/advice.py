@@ -329,7 +329,7 @@ def _longer_batch_fixes(f: RunFigures, s: RunSettings) -> list[str]:
     elif s.max_batch_size is not None and f.batch_size_max is not None and f.batch_size_max >= s.max_batch_size:
         fixes.append(f"a larger max_batch_size (now {s.max_batch_size})")
     if s.batched is False:
-        fixes.append("batched=True (fn called once per batch)")
+        fixes.append("batched=True (batched: true in a job file; fn called once per batch)")
     return fixes
 
 
