@@ -64,7 +64,7 @@ def test_an_unbatched_run_is_told_to_batch_and_the_figure_is_quoted():
     )
     assert recs == [
         "batches are short in this run (median batch time 0.001 s, target 0.2-2 s): per-batch "
-        "overhead is not amortised; use batched=True (fn called once per batch)"
+        "overhead is not amortised; use batched=True (batched: true in a job file; fn called once per batch)"
     ]
 
 

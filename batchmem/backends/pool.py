@@ -29,6 +29,7 @@ apart takes ``/proc/PID/smaps_rollup`` (about 0.7 ms per 500 MiB resident, too s
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import signal
 import time
@@ -101,11 +102,12 @@ class PoolExecutor(ExecutorBase):
 
     def _submit(self, task: BatchTask) -> Any:
         call = (_run_shipped, task) if self.kind == "multiprocessing" else (run_batch, self.fn, task, self.opts)
-        try:
-            return self._get_pool().submit(*call)
-        except _worker_death_types():  # a worker died since the last submit: the pool is broken, the task
-            self._drop_pool(kill=True)  # did not run; the batches it stranded fail through their futures
-            return self._get_pool().submit(*call)
+        with _sigint_blocked():
+            try:
+                return self._get_pool().submit(*call)
+            except _worker_death_types():  # a worker died since the last submit: the pool is broken, the task
+                self._drop_pool(kill=True)  # did not run; the batches it stranded fail through their futures
+                return self._get_pool().submit(*call)
 
     def worker_pids(self) -> list[int]:
         """Pids of the live worker processes (empty for threads)."""
@@ -320,3 +322,21 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return str(number)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while a submit may start worker processes (and loky's manager thread,
+    which starts the replacements). The mask is inherited through fork and exec, so a worker never sees
+    a Ctrl-C meant for the parent, not even while it imports before batchmem's code can ignore it (a
+    KeyboardInterrupt traceback from joblib's import reached the terminal); a SIGINT that arrives
+    meanwhile is delivered to this process when the block ends (pthread_sigmask(2), signal(7)). The
+    standard library's and loky's resource trackers start their process the same way (bpo-33613)."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

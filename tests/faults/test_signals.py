@@ -52,7 +52,7 @@ def test_signal_stops_cleanly_with_130_and_resume_completes(job_dir, sig, n_jobs
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr
     name = signal.Signals(sig).name
     assert f"interrupted by {name}:" in stderr and "--resume" in stderr
     ck = assert_committed_prefix(out)
