@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
+from batchmem import BatchProcessor
 from batchmem.errors import ConfigError
 from batchmem.io.sources import IterableSource
 from batchmem.optimizer.control import BatchMeasurement, BatchSizeController, ControlConfig
@@ -295,3 +296,16 @@ def test_a_csv_whose_text_grows_100x_gets_fewer_rows_per_chunk_weighed_by_their_
         start += r["items"]
     assert len(after) >= 3, records
     assert np.median(after) < np.median(before[len(before) // 2 :]) / 3, (before, after)
+
+
+@pytest.mark.parametrize(
+    "weigh",
+    [lambda x: 0, lambda x: 0 if x < 500 else 1.0, lambda x: 1.0 if x < 500 else 0],
+    ids=["all-weightless", "weightless-first", "weightless-last"],
+)
+def test_items_that_weigh_nothing_are_batched_and_written(tmp_path, weigh):
+    # empty texts or files weigh 0: no mean weight to divide a budget by, and a first batch of weight 0
+    # gives no budget to grow (both raised ZeroDivisionError on the embeddings example)
+    proc = BatchProcessor(weight=weigh, batched=True, progress=False, use_history=False, memory_limit="2GiB")
+    result = proc.process(range(1000), lambda batch: batch, tmp_path / "out.jsonl")
+    assert list(result) == list(range(1000)) and result.stats.weight == sum(weigh(x) for x in range(1000))

@@ -21,6 +21,10 @@ __all__ = ["BatchSource", "IterableSource", "as_source", "read_csv", "read_jsonl
 Weigher = Callable[[Sequence[Any]], "list[float] | None"]
 
 
+#: Items pulled at a time while every item seen so far weighed 0 (no mean weight to divide the budget by).
+ZERO_WEIGHT_RUN = 256
+
+
 @runtime_checkable
 class BatchSource(Protocol):
     """A lazy source of batches.
@@ -94,8 +98,14 @@ class IterableSource:
         total = 0.0
         while len(batch) < max_items:
             room = budget - total
-            unit = self._mean_weight in (None, 1.0)  # every item so far weighed 1: the count is exact
-            want = max(1, min(max_items - len(batch), int(room) if unit else int(room / self._mean_weight) + 1))
+            mean = self._mean_weight
+            if mean in (None, 1.0):  # every item so far weighed 1: the count is exact
+                guess = int(room)
+            elif mean > 0:
+                guess = int(room / mean) + 1
+            else:  # weightless items so far (empty texts, empty files): pull a run, weigh, go on
+                guess = ZERO_WEIGHT_RUN
+            want = max(1, min(max_items - len(batch), guess))
             items, ws = self._pull(want, weigh)
             if not items:
                 break

@@ -419,6 +419,9 @@ class BatchSizeController:
             self._raise_ceiling()
         cfg = self.config
         size = self._size if self._size is not None else units
+        if self.weighted and size <= 0:  # only weightless items so far: no budget yet, cut the next batch by count
+            self._size = None
+            return self.next_size()
         factor = self._growth(m, units, size)
         grown = size * factor if self.weighted else max(size + 1, int(size * factor))
         candidate, reason = grown, "growth"
