@@ -21,7 +21,7 @@ from typing import Any
 
 from .backends import RunOptions, make_executor
 from .backends.worker_setup import make_worker_setup
-from .errors import ConfigError
+from .errors import RESUME_COMMAND, ConfigError
 from .heap.monitor import MemoryMonitor, PressureLevel
 from .heap.pressure import PressureCallbacks
 from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
@@ -303,7 +303,7 @@ class BatchProcessor:
                 if signals.signum is not None:
                     stats.status = "interrupted"
                     stats.stop_reason = (
-                        f"{signal_name(signals.signum)} received; continue with resume=True (batchmem run JOB --resume)"
+                        f"{signal_name(signals.signum)} received; continue with resume=True ({RESUME_COMMAND})"
                     )
                 else:
                     stats.status = "stopped" if run.stopped else "completed"

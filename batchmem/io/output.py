@@ -20,7 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, OutputExistsError, OutputLockedError, OutputWriteError, ResumeMismatchError
+from ..errors import (
+    RESUME_COMMAND,
+    ConfigError,
+    OutputExistsError,
+    OutputLockedError,
+    OutputWriteError,
+    ResumeMismatchError,
+)
 from ..stats import BatchRecordWriter
 from .checkpoint import Checkpoint, checkpoint_path
 from .sinks import JsonlSink, encode_results, open_sink
@@ -108,7 +115,7 @@ def writing(what: str, path: Path) -> Iterator[None]:
             "free space (or fix the device) and resume",
             exc.errno,
             python_fix=" (process(..., resume=True))",
-            cli_fix=" (batchmem run JOB --resume)",
+            cli_fix=f" ({RESUME_COMMAND})",
         ) from exc
 
 
