@@ -79,3 +79,9 @@ def forever(x: int) -> dict:
             time.sleep(1)
     time.sleep(0.001)
     return expected(x)
+
+
+def sigint_mask(x: int) -> dict:
+    """Whether SIGINT is blocked in this process (``/proc/self/status`` SigBlk, signal(7)), by worker pid."""
+    blocked = next(int(line.split()[1], 16) for line in open("/proc/self/status") if line.startswith("SigBlk:"))
+    return {"pid": os.getpid(), "sigint_blocked": bool(blocked >> (signal.SIGINT - 1) & 1)}

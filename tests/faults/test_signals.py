@@ -79,3 +79,22 @@ def test_handlers_are_restored_after_process(tmp_path):
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the signal mask from /proc")
+def test_loky_workers_start_with_sigint_blocked(job_dir):
+    """A Ctrl-C reaching a loky worker while it imports (before it can ignore SIGINT) printed a
+    KeyboardInterrupt traceback: workers start with SIGINT blocked. In a fresh interpreter, since the
+    first submit also starts the resource trackers, and the standard library's launch unblocks SIGINT
+    in the submitting thread."""
+    code = (
+        "import faultfns, orjson, os\n"
+        "from batchmem import BatchProcessor\n"
+        "p = BatchProcessor(batch_size=5, n_jobs=2, backend='loky', progress=False, use_history=False)\n"
+        "print(orjson.dumps([os.getpid(), list(p.process(range(40), faultfns.sigint_mask))]).decode())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=job_dir, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    parent, seen = json.loads(run.stdout)
+    assert parent not in {r["pid"] for r in seen}, "the batches ran in worker processes"
+    assert all(r["sigint_blocked"] for r in seen), seen
