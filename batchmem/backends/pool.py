@@ -102,8 +102,8 @@ class PoolExecutor(ExecutorBase):
 
     def _submit(self, task: BatchTask) -> Any:
         call = (_run_shipped, task) if self.kind == "multiprocessing" else (run_batch, self.fn, task, self.opts)
-        if self.processes:
-            _start_resource_trackers(loky=self.kind == "loky")
+        if self.processes and self._pool is None:
+            _start_resource_trackers(self.kind)
         with _sigint_blocked():
             try:
                 return self._get_pool().submit(*call)
@@ -326,18 +326,20 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def _start_resource_trackers(*, loky: bool) -> None:
+def _start_resource_trackers(kind: str) -> None:
     """Start the standard library's and loky's resource tracker processes if they are not running.
 
     A submit that starts workers also starts these trackers on first use, and the standard library's
     launch ends by unblocking SIGINT and SIGTERM in the calling thread instead of restoring its mask
     (``Lib/multiprocessing/resource_tracker.py``, ``ensure_running``): inside ``_sigint_blocked`` the
-    workers spawned next would then take a Ctrl-C meant for the parent. Started beforehand, a tracker
-    that is up is only checked (one ``waitpid``)."""
+    workers spawned next would then take a Ctrl-C meant for the parent. Called before a pool is
+    created, outside the block; a tracker already up is only probed (one pipe write)."""
+    if kind == "multiprocessing" and _forks():  # forked workers share no named semaphores: no tracker
+        return
     from multiprocessing import resource_tracker
 
     resource_tracker.ensure_running()
-    if loky:
+    if kind == "loky":
         from joblib.externals.loky.backend import resource_tracker as loky_tracker
 
         loky_tracker.ensure_running()
