@@ -352,7 +352,8 @@ def _sigint_blocked() -> Iterator[None]:
     a Ctrl-C meant for the parent, not even while it imports before batchmem's code can ignore it (a
     KeyboardInterrupt traceback from joblib's import reached the terminal); a SIGINT that arrives
     meanwhile is delivered to this process when the block ends (pthread_sigmask(2), signal(7)). The
-    standard library's and loky's resource trackers start their process the same way (bpo-33613)."""
+    resource trackers block it around their own spawn too (bpo-33613), but the standard library's
+    then unblocks it: they are started before this block (:func:`_start_resource_trackers`)."""
     if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
         yield
         return
