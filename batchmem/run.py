@@ -217,6 +217,7 @@ class Run:
         while not self.stop_requested():
             budget = self._next_budget()
             size = self._next_size() if budget is None else self.config.batching.max_batch_size
+            size, budget = self._within_seconds(size, budget)
             asked = self.pressure.before_dispatch(self._balanced(size, start))  # backpressure, tail balance
             if self.stop_requested():
                 return
@@ -227,6 +228,21 @@ class Run:
             yield task
             index += 1
             start += len(task)
+
+    def _within_seconds(self, size: int, budget: float | None) -> tuple[int, float | None]:
+        """Cap the next batch (items, or weight budget) at the executor's ``batch_seconds_cap``,
+        predicted from the optimizer's seconds per item (or per weight unit). Unchanged without a
+        cap, an estimate, or when the size is fixed or the first weighted batch is cut by items."""
+        cap_s = self.executor.batch_seconds_cap
+        if cap_s is None or self.fixed_size is not None or (self.weighted and budget is None):
+            return size, budget
+        with self.lock:
+            per_unit = self.optimizer.controller.seconds_per_item
+        if not per_unit:
+            return size, budget
+        if budget is not None:
+            return size, min(budget, cap_s / per_unit)
+        return min(size, max(1, int(cap_s / per_unit))), None
 
     def _next_budget(self) -> float | None:
         if not self.weighted:

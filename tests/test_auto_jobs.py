@@ -83,3 +83,23 @@ def test_a_run_that_stays_in_process_imports_no_worker_pool():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == []
+
+
+def test_in_process_batches_stay_short_while_the_workers_start(tmp_path):
+    """The workers take over between two in-process batches: while they start, those batches are cut
+    at WARMUP_BATCH_S, not at the history's size, which had kept workers that were up idle."""
+    from batchmem.backends.auto import WARMUP_BATCH_S
+
+    proc = BatchProcessor(n_jobs="auto", progress=False, process_name="auto_warmup")
+    first = proc.process(range(3_000), costly, tmp_path / "first.jsonl").stats
+    assert first.n_jobs >= 2
+    second = proc.process(range(3_000), costly, tmp_path / "second.jsonl")
+    assert second.stats.n_jobs_choice.startswith(f"{first.n_jobs} workers")
+    records = second.stats.to_dataframe()
+    here = records[records["pid"] == os.getpid()]
+    assert len(here) and len(here) < len(records), "first batches here, the rest in workers"
+    # Predicted from the first run's seconds per item, with 2x slack for a slower start.
+    before = first.to_dataframe()
+    per_item = (before["duration_s"] / before["items"]).median()
+    assert here["items"].max() <= 2 * WARMUP_BATCH_S / per_item < first.learned_batch_size
+    assert [x for x, _ in second] == list(range(3_000))

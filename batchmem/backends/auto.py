@@ -56,6 +56,12 @@ SHIP_PER_ITEM_S = 1e-6
 #: two workers took 0.68 s to start beside such a batch, at 0.5 ms 0.44 s, as with nothing running
 #: beside them (measured on the 2-core test machine). The default is restored once they are up.
 WARMUP_SWITCH_INTERVAL_S = 5e-4
+#: Longest in-process batch while the workers start, seconds. The workers take over between two
+#: in-process batches, so a long one keeps them idle once they are up: with 0.4-0.6 s batches (the
+#: time aim learned in history) two workers that were up waited 0.06-0.25 s for the first of them
+#: (the CPU workload of benchmarks/bench_peers.py). At 50 ms the wait is short and the extra commits
+#: (~3 ms each, benchmarks/bench_core.py) last only while the workers start.
+WARMUP_BATCH_S = 0.05
 #: In-process batches measured before settling in-process (the first ones are the smallest and noisiest).
 PROBE_BATCHES = 2
 
@@ -99,6 +105,12 @@ class AutoExecutor(ExecutorBase):
     @property
     def in_flight(self) -> int:  # type: ignore[override]
         return self.active.in_flight if self.active is not None else 1
+
+    @property
+    def batch_seconds_cap(self) -> float | None:  # type: ignore[override]
+        """:data:`WARMUP_BATCH_S` from the start of the workers until they take over, else None."""
+        starting = self._warm is not None and (self._warm.is_alive() or self._starting is not None)
+        return WARMUP_BATCH_S if starting and self.active is None else None
 
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
         """In-process batches until the choice is made (and the workers are up), then the workers'."""

@@ -39,6 +39,9 @@ class Executor(Protocol):
         local_memory: True when batches run in this machine's process tree, so its resident
             set size (RSS) is theirs; False for remote workers (dask), whose peaks are measured
             in the worker and reported per worker.
+        batch_seconds_cap: longest batch the run loop should cut now, seconds (None: as the
+            optimizer says). ``n_jobs="auto"`` sets it while its workers start, so that the batch
+            running in-process ends soon after they are up.
     """
 
     opts: RunOptions
@@ -50,6 +53,7 @@ class Executor(Protocol):
     max_tasks_per_worker: int | None
     local_memory: bool
     watchdog_kills: int
+    batch_seconds_cap: float | None
 
     def map(self, tasks: Iterable[BatchTask]) -> Iterator[BatchOutcome]:
         """Run ``tasks`` (pulled lazily) and yield their outcomes in task order.
@@ -105,6 +109,7 @@ class ExecutorBase:
     max_tasks_per_worker: int | None = None
     local_memory: bool = True
     watchdog_kills: int = 0
+    batch_seconds_cap: float | None = None
 
     def __init__(self) -> None:
         self.worker_deaths = 0
