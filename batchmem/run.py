@@ -237,7 +237,7 @@ class Run:
         if cap_s is None or self.fixed_size is not None or (self.weighted and budget is None):
             return size, budget
         with self.lock:
-            per_unit = self.optimizer.controller.seconds_per_item
+            per_unit = self.optimizer.seconds_per_unit
         if not per_unit:
             return size, budget
         if budget is not None:

@@ -8,7 +8,8 @@ implement to plug in another (see :func:`batchmem.backends.register_backend`).
 Batch sizing is not an executor's business (as joblib keeps it in
 ``AutoBatchingMixin``): an executor runs the :class:`BatchTask` it is given,
 measures it where it runs (:func:`batchmem.backends.worker.run_batch`) and
-hands back a :class:`BatchOutcome`.
+hands back a :class:`BatchOutcome`. It may only ask for shorter batches for
+a while (``batch_seconds_cap``).
 """
 
 from __future__ import annotations

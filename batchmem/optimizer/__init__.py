@@ -187,6 +187,12 @@ class BatchOptimizer:
         self._ensure_run()
         return self.controller.next_size()
 
+    @property
+    def seconds_per_unit(self) -> float | None:
+        """Smoothed wall seconds per item (per weight unit when weighted) of the current run, or
+        None before its first batch (or a warm start's estimate)."""
+        return self.controller.seconds_per_item
+
     def next_batch_budget(self) -> float | None:
         """Weight budget of the next batch (weight units); None while the first weighted batch
         is still to be cut by items (:meth:`next_batch_size`)."""
