@@ -91,9 +91,10 @@ def test_in_process_batches_stay_short_while_the_workers_start(tmp_path):
     from batchmem.backends.auto import WARMUP_BATCH_S
 
     proc = BatchProcessor(n_jobs="auto", progress=False, process_name="auto_warmup")
-    first = proc.process(range(3_000), costly, tmp_path / "first.jsonl").stats
+    # ~3 s of work in-process: time enough for the workers to come up and take over on a slow machine
+    first = proc.process(range(6_000), costly, tmp_path / "first.jsonl").stats
     assert first.n_jobs >= 2
-    second = proc.process(range(3_000), costly, tmp_path / "second.jsonl")
+    second = proc.process(range(6_000), costly, tmp_path / "second.jsonl")
     assert second.stats.n_jobs_choice.startswith(f"{first.n_jobs} workers")
     records = second.stats.to_dataframe()
     here = records[records["pid"] == os.getpid()]
@@ -102,4 +103,4 @@ def test_in_process_batches_stay_short_while_the_workers_start(tmp_path):
     before = first.to_dataframe()
     per_item = (before["duration_s"] / before["items"]).median()
     assert here["items"].max() <= 2 * WARMUP_BATCH_S / per_item < first.learned_batch_size
-    assert [x for x, _ in second] == list(range(3_000))
+    assert [x for x, _ in second] == list(range(6_000))
