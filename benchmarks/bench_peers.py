@@ -300,7 +300,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
+    parser.add_argument("--systems", default="", help="comma-separated systems (default: all of each workload)")
     args = parser.parse_args()
+    if args.systems:
+        wanted = args.systems.split(",")
+        for name, (n, systems) in WORKLOADS.items():
+            WORKLOADS[name] = (n, [s for s in systems if s in wanted])
     repeats = 1 if args.quick else args.repeats
     results, sections = {}, []
     for workload in args.only.split(","):

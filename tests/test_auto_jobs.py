@@ -1,5 +1,5 @@
-"""n_jobs="auto" with real loky workers: in-process for cheap items, workers when an item costs more than
-shipping it."""
+"""n_jobs="auto" with real workers: in-process for cheap items, workers when an item costs more than
+shipping it; forked at once when this process runs no other thread, loky's otherwise."""
 
 import os
 import subprocess
@@ -20,8 +20,8 @@ def costly(x):
     return (x, os.getpid())
 
 
-def _run(fn, n):
-    return BatchProcessor(n_jobs="auto", progress=False, use_history=False).process(range(n), fn)
+def _run(fn, n, **options):
+    return BatchProcessor(n_jobs="auto", progress=False, use_history=False, **options).process(range(n), fn)
 
 
 def test_cheap_items_stay_in_process():
@@ -33,7 +33,7 @@ def test_cheap_items_stay_in_process():
 
 
 def test_costly_items_move_to_worker_processes():
-    result = _run(costly, 3_000)
+    result = _run(costly, 3_000, backend="loky")
     st = result.stats
     assert st.n_jobs == os.cpu_count() >= 2
     assert st.n_jobs_choice.startswith(f"{st.n_jobs} workers")
@@ -43,7 +43,7 @@ def test_costly_items_move_to_worker_processes():
 
 
 def test_a_second_run_starts_the_workers_its_history_chose():
-    proc = BatchProcessor(n_jobs="auto", progress=False, process_name="auto_costly")
+    proc = BatchProcessor(n_jobs="auto", backend="loky", progress=False, process_name="auto_costly")
     first = proc.process(range(3_000), costly).stats
     assert first.n_jobs >= 2
     result = proc.process(range(3_000), costly)
@@ -66,9 +66,9 @@ def test_a_per_item_function_gets_workers_when_one_item_fits_though_a_batch_of_t
     # At the 0.2 s time aim a batch holds ~15 items; counted as held together they would need ~600 MiB
     # per worker, more than the 400 MiB of room; one at a time each worker holds 40 MiB.
     limit = MemoryMonitor().rss_bytes() + (400 << 20)
-    result = BatchProcessor(n_jobs="auto", batch_size=2, memory_limit=limit, progress=False, use_history=False).process(
-        range(200), transient_40mib
-    )
+    result = BatchProcessor(
+        n_jobs="auto", backend="loky", batch_size=2, memory_limit=limit, progress=False, use_history=False
+    ).process(range(200), transient_40mib)
     st = result.stats
     assert st.n_jobs_choice.startswith(f"{st.n_jobs} workers") and st.n_jobs >= 2
     assert list(result) == [1.0 + x for x in range(200)]
@@ -90,7 +90,7 @@ def test_in_process_batches_stay_short_while_the_workers_start(tmp_path):
     at WARMUP_BATCH_S, not at the history's size, which had kept workers that were up idle."""
     from batchmem.backends.auto import WARMUP_BATCH_S
 
-    proc = BatchProcessor(n_jobs="auto", progress=False, process_name="auto_warmup")
+    proc = BatchProcessor(n_jobs="auto", backend="loky", progress=False, process_name="auto_warmup")
     # ~3 s of work in-process: time enough for the workers to come up and take over on a slow machine
     first = proc.process(range(6_000), costly, tmp_path / "first.jsonl").stats
     assert first.n_jobs >= 2
@@ -104,3 +104,56 @@ def test_in_process_batches_stay_short_while_the_workers_start(tmp_path):
     per_item = (before["duration_s"] / before["items"]).median()
     assert here["items"].max() <= 2 * WARMUP_BATCH_S / per_item < first.learned_batch_size
     assert [x for x, _ in second] == list(range(6_000))
+
+
+FORKED = """
+import os, sys, threading, time
+from batchmem import BatchProcessor
+
+def costly(x):
+    total = 0
+    for i in range(20_000):
+        total += i
+    return (x, os.getpid())
+
+if sys.argv[1] == "thread":  # a thread of the user's: forking could deadlock the children
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+result = BatchProcessor(n_jobs="auto", progress=False, use_history=False).process(range(3_000), costly)
+pids = {pid for _, pid in result}
+assert [x for x, _ in result] == list(range(3_000))
+print(result.stats.n_jobs_choice)
+print(len(pids - {os.getpid()}), "joblib" in sys.modules)
+"""
+
+
+def test_costly_items_go_to_forked_workers_when_no_other_thread_runs():
+    """A fresh interpreter runs only its main thread (and OpenBLAS's, which survive a fork): the workers are
+    forked before the first batch, and joblib is never imported."""
+    done = subprocess.run([sys.executable, "-c", FORKED, "alone"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    choice, (workers, joblib_imported) = done.stdout.splitlines()[0], done.stdout.splitlines()[1].split()
+    assert choice.startswith(f"{os.cpu_count()} forked workers: an item takes"), choice
+    assert int(workers) >= 2 and joblib_imported == "False"
+
+
+def test_a_running_thread_keeps_the_workers_loky():
+    done = subprocess.run([sys.executable, "-c", FORKED, "thread"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    choice, (workers, joblib_imported) = done.stdout.splitlines()[0], done.stdout.splitlines()[1].split()
+    assert choice.startswith(f"{os.cpu_count()} workers: an item takes"), choice
+    assert int(workers) >= 2 and joblib_imported == "True"
+
+
+def test_fork_unsafe_reason_names_python_threads():
+    import threading
+
+    from batchmem.backends.forking import fork_unsafe_reason
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert fork_unsafe_reason() == f"{threading.active_count()} Python threads are running"
+    finally:
+        stop.set()
+        thread.join()

@@ -206,6 +206,29 @@ def test_tree_rss_includes_child_process():
     assert MemoryMonitor().rss_bytes() < tree_after - 0.9 * CHILD_ALLOC
 
 
+def test_pressure_counts_pages_a_forked_child_shares_once():
+    """A forked child maps the parent's 300 MiB copy-on-write: the summed RSS reads it twice and would
+    escalate to warning; from warning up the sample takes the tree's Pss, which counts it once."""
+    block = np.ones((300 * MiB) // 8)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only waits
+        os.read(r, 1)
+        os._exit(0)
+    try:
+        tree = MemoryMonitor(memory_limit=int(current_rss_bytes() * 1.6))
+        summed = tree.rss_bytes()
+        assert summed >= 1.9 * current_rss_bytes() and summed / tree.limit.bytes >= 1.0  # emergency, summed
+        sample = tree.sample()
+        assert sample.rss_bytes < 0.7 * summed and sample.pressure == PressureLevel.NORMAL
+        quiet = MemoryMonitor(memory_limit=10 * summed)  # far from warning: the cheap sum is kept
+        assert quiet.sample().rss_bytes >= 0.95 * summed
+    finally:
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
+        del block
+
+
 # --- limits -----------------------------------------------------------------------
 
 

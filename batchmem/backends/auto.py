@@ -17,10 +17,15 @@ from what was measured:
   peak does not grow with its batch, only the results it keeps do), and the
   function must pickle.
 
-When workers pay, they are started in the background while batches go on
-in-process, and take over once they are up: their start-up is off the
-critical path, and a run that stays in-process never pays for it. The
-choice and its reason are reported (``RunStats.n_jobs_choice``).
+Where forking is safe (:mod:`batchmem.backends.forking`: Linux, no other
+Python thread, no OpenMP runtime), the workers are forked before the first
+batch, which takes milliseconds, and wait idle until the choice is made;
+they take over at once if workers pay and are shut down if not. Otherwise,
+when workers pay, loky workers are started in the background while batches
+go on in-process, and take over once they are up: their start-up (~0.45 s
+of CPU each) is off the critical path, and a run that stays in-process
+never pays for it. The choice and its reason are reported
+(``RunStats.n_jobs_choice``: "2 forked workers: ...", "2 workers: ...").
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ class AutoExecutor(ExecutorBase):
         aim_s: float,
         check_picklable: Callable[[], None],
         workers_hint: int | None = None,
+        forked: Executor | None = None,
     ):
         super().__init__()
         self.fn, self.opts = fn, opts
@@ -99,6 +105,7 @@ class AutoExecutor(ExecutorBase):
         self.check_picklable = check_picklable
         self.workers_hint = workers_hint
         self.active: Executor | None = None  # the worker executor once it is up
+        self._forked = forked  # workers forked before the run (see batchmem.backends.forking), idle until chosen
         self._starting: Executor | None = None
         self._warm: threading.Thread | None = None
         self.choice = "in-process"
@@ -120,31 +127,46 @@ class AutoExecutor(ExecutorBase):
         probes, workers = 0, self._hinted_workers()
         if workers is not None:
             self._start_workers(workers)
-        for task in it:
-            ship_s = self._ship_seconds(task) if workers is None else 0.0
-            out = run_batch(self.fn, task, self.opts)
-            yield out
-            probes += 1
-            if workers is None and not (out.split or out.error is not None or len(task) < 2):
-                workers = self._workers(task, out, ship_s)
-                if workers == 1 and probes < PROBE_BATCHES:
-                    workers = None  # one more measurement before settling in-process
-                elif workers is not None and workers > 1:
-                    self._start_workers(workers)
-            if workers == 1:
-                logger.info("n_jobs='auto': staying in-process: %s", self.reason)
-                break
-            if self._warm is not None and not self._warm.is_alive():
-                self.active = self._starting
-                if self.active is not None:
-                    self.choice = f"{self.active.in_flight} workers"
-                    logger.info("n_jobs='auto': %s: %s", self.choice, self.reason)
-                break
+        if workers is None or not self._handed_over():
+            for task in it:
+                ship_s = self._ship_seconds(task) if workers is None else 0.0
+                out = run_batch(self.fn, task, self.opts)
+                yield out
+                probes += 1
+                if workers is None and not (out.split or out.error is not None or len(task) < 2):
+                    workers = self._workers(task, out, ship_s)
+                    if workers == 1 and probes < PROBE_BATCHES:
+                        workers = None  # one more measurement before settling in-process
+                    elif workers is not None and workers > 1:
+                        self._start_workers(workers)
+                if workers == 1:
+                    logger.info("n_jobs='auto': staying in-process: %s", self.reason)
+                    self._close_forked()
+                    break
+                if self._handed_over():
+                    break
         if self.active is not None:
             yield from self.active.map(it)
         else:
             for task in it:
                 yield run_batch(self.fn, task, self.opts)
+
+    def _handed_over(self) -> bool:
+        """Whether the run has left this process: the workers are up (:attr:`active`), or they failed
+        to start (then the run stays in-process)."""
+        if self._starting is self._forked is not None or (self._warm is not None and not self._warm.is_alive()):
+            self.active = self._starting
+            if self.active is not None:
+                kind = "forked workers" if self.active is self._forked else "workers"
+                self.choice = f"{self.active.in_flight} {kind}"
+                logger.info("n_jobs='auto': %s: %s", self.choice, self.reason)
+            return True
+        return False
+
+    def _close_forked(self) -> None:
+        if self._forked is not None and self._forked is not self._starting:
+            self._forked.close()
+            self._forked = None
 
     @property
     def chosen_workers(self) -> int | None:
@@ -157,7 +179,8 @@ class AutoExecutor(ExecutorBase):
         if not self.workers_hint or self.workers_hint < 2:
             return None
         try:
-            self.check_picklable()
+            if self._forked is None:  # forked workers inherit the function
+                self.check_picklable()
         except ConfigError:
             return None
         self.reason = f"{self.workers_hint} workers paid in this operation's last run (history)"
@@ -181,7 +204,7 @@ class AutoExecutor(ExecutorBase):
                 "of shipping it to a worker and back"
             )
             return 1
-        workers = self.cores()
+        workers = self._forked.in_flight if self._forked is not None else self.cores()
         if workers == 1:
             self.reason = "one CPU available"
             return 1
@@ -192,7 +215,8 @@ class AutoExecutor(ExecutorBase):
             self.reason = "one batch at the time aim needs the whole memory target; a second worker would not fit"
             return 1
         try:
-            self.check_picklable()
+            if self._forked is None:  # forked workers inherit the function
+                self.check_picklable()
         except ConfigError as exc:
             self.reason = str(exc).split(";")[0]
             return 1
@@ -215,8 +239,15 @@ class AutoExecutor(ExecutorBase):
         return out.peak_bytes + len(out.payload) * (growth - 1)
 
     def _start_workers(self, workers: int) -> None:
-        """Build the worker executor and run an empty batch through it, so its processes exist
-        before the first real batch is handed over; batches go on in-process meanwhile."""
+        """Hand over to the forked workers at once, or build a loky executor and run an empty batch
+        through it, so its processes exist before the first real batch is handed over; batches go on
+        in-process meanwhile."""
+        if self._forked is not None:
+            self._forked.in_flight = min(workers, self._forked.in_flight)  # the others stay idle
+            if self._guard is not None:
+                self._forked.guard_memory(*self._guard)
+            self._starting = self._forked
+            return
 
         def start() -> None:
             try:
@@ -271,6 +302,7 @@ class AutoExecutor(ExecutorBase):
     def close(self) -> None:
         # Workers still starting when the run ended are left to finish starting (joblib's shared
         # executor keeps them for the next run); waiting for them would only add their start-up.
+        self._close_forked()
         used = self.active or self._starting
         if used is not None:
             used.close()

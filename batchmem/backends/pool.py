@@ -19,11 +19,12 @@ calls joblib shares the same workers. They are guarded by the OOM watchdog
 ``"multiprocessing"`` is :class:`concurrent.futures.ProcessPoolExecutor` with the platform's default
 start method (fork on Linux before Python 3.14, as ``multiprocessing.Pool``), since joblib's
 multiprocessing backend cannot return results as a generator. The function and its options travel
-once per pool, pickled with cloudpickle, not with every batch. A worker's exit code or signal is read
-from the pool's process table. Forked workers are not guarded by the watchdog: they map the parent's
-pages copy-on-write, so their resident size counts the parent's memory again, and telling the two
-apart takes ``/proc/PID/smaps_rollup`` (about 0.7 ms per 500 MiB resident, too slow to read every
-20 ms); use loky under a hard limit.
+once per pool, pickled with cloudpickle, not with every batch. ``"fork"`` is the same pool forked
+explicitly, with the function inherited rather than pickled: ``n_jobs="auto"`` uses it when forking is
+safe (:mod:`batchmem.backends.forking`), and a replacement pool forks again only while it still is. A
+worker's exit code or signal is read from the pool's process table. Forked workers map the parent's
+pages copy-on-write, so their resident sizes count those pages again; the watchdog confirms a reading
+over its level with proportional set sizes before it kills (:mod:`batchmem.backends.watchdog`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..errors import ConfigError
 from .base import ExecutorBase
+from .forking import fork_unsafe_reason, forking_allowed_threads
 from .joblib_backend import _died, _worker_death_types, worker_exit
+from .pickling import check_picklable
 from .watchdog import OomWatchdog
 from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
 from .worker_setup import _STATES
@@ -59,12 +63,15 @@ class PoolExecutor(ExecutorBase):
     """
 
     def __init__(self, fn: Callable[..., Any], opts: RunOptions, n_jobs: int, kind: str = "loky"):
-        import joblib
-
         super().__init__()
         self.fn, self.opts, self.kind = fn, opts, kind
-        self.in_flight = max(1, joblib.effective_n_jobs(n_jobs))
-        self.processes = kind in ("loky", "multiprocessing")
+        if kind == "fork":  # n_jobs="auto" gives a count; joblib is not imported for forked workers
+            self.in_flight = max(1, n_jobs)
+        else:
+            import joblib
+
+            self.in_flight = max(1, joblib.effective_n_jobs(n_jobs))
+        self.processes = kind != "threading"
         self._pool: Any = None
         self._procs: dict[int, Any] = {}  # multiprocessing: the pool's process table (pid -> Process)
         self._recycle_reason: str | None = None
@@ -78,12 +85,37 @@ class PoolExecutor(ExecutorBase):
                 from joblib.executor import get_memmapping_executor
 
                 self._pool = get_memmapping_executor(self.in_flight)
-            elif self.kind == "multiprocessing":
-                self._pool = _process_pool(self.in_flight, self.fn, self.opts)
+            elif self._stdlib:
+                self._pool = _process_pool(self.in_flight, self.fn, self.opts, fork=self.kind == "fork")
                 self._procs = self._pool._processes  # kept: shutdown() drops the pool's reference to it
             else:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.in_flight, thread_name_prefix="batchmem")
+            self._pools += 1
         return self._pool
+
+    _pools = 0  # pools started so far (a replacement of forked workers forks only while that is safe)
+
+    def _replace_with_loky(self) -> None:
+        """Make the replacement of forked workers loky's when forking is no longer safe (the watchdog's
+        thread runs by now, see :func:`~batchmem.backends.forking.fork_unsafe_reason`) and the function
+        can travel pickled. One that cannot is forked again, as ``multiprocessing.Pool`` replaces its
+        workers."""
+        why = fork_unsafe_reason()
+        if why is None:
+            return
+        setup = self.opts.setup
+        try:
+            check_picklable(self.fn, ("setup", setup.setup if setup else None))
+        except ConfigError:
+            logger.info("forking replacement workers although %s: the function cannot be pickled", why)
+            return
+        logger.info("replacement workers are loky's: %s", why)
+        self.kind = "loky"
+
+    @property
+    def _stdlib(self) -> bool:
+        """Workers of the standard library's process pool (``"multiprocessing"``, ``"fork"``)."""
+        return self.kind in ("multiprocessing", "fork")
 
     def _drop_pool(self, *, kill: bool) -> None:
         """Shut the pool down (``kill``: terminate the workers now; else let them finish and exit)."""
@@ -92,7 +124,7 @@ class PoolExecutor(ExecutorBase):
             return
         if self.kind == "loky":
             pool.shutdown(wait=not kill, kill_workers=kill)
-        elif self.kind == "multiprocessing":
+        elif self._stdlib:
             if kill:  # ProcessPoolExecutor has no kill_workers before Python 3.14
                 for proc in list(self._procs.values()):
                     proc.kill()
@@ -101,15 +133,21 @@ class PoolExecutor(ExecutorBase):
             pool.shutdown(wait=not kill, cancel_futures=kill)
 
     def _submit(self, task: BatchTask) -> Any:
-        call = (_run_shipped, task) if self.kind == "multiprocessing" else (run_batch, self.fn, task, self.opts)
         if self.processes and self._pool is None:
+            if self.kind == "fork" and self._pools:
+                self._replace_with_loky()
             _start_resource_trackers(self.kind)
-        with _sigint_blocked():
+        call = (_run_shipped, task) if self._stdlib else (run_batch, self.fn, task, self.opts)
+        with _sigint_blocked(), forking_allowed_threads() if self.kind == "fork" else contextlib.nullcontext():
             try:
                 return self._get_pool().submit(*call)
             except _worker_death_types():  # a worker died since the last submit: the pool is broken, the task
                 self._drop_pool(kill=True)  # did not run; the batches it stranded fail through their futures
                 return self._get_pool().submit(*call)
+
+    def start(self) -> None:
+        """Start the worker processes now (forked ones exist when this returns), without waiting for them."""
+        self._submit(BatchTask(-1, 0, []))
 
     def worker_pids(self) -> list[int]:
         """Pids of the live worker processes (empty for threads)."""
@@ -121,9 +159,7 @@ class PoolExecutor(ExecutorBase):
 
     def guard_memory(self, limit_bytes: int, terminate_fraction: float) -> None:
         """Start the OOM watchdog over the worker processes (threads share this process: nothing to guard)."""
-        if self.kind == "multiprocessing" and _forks():
-            logger.info("the OOM watchdog does not guard forked workers (see batchmem.backends.pool); use loky")
-        elif self.processes and self.watchdog is None:
+        if self.processes and self.watchdog is None:
             self.watchdog = OomWatchdog(self.worker_pids, limit_bytes, terminate_fraction).start()
 
     @property
@@ -200,7 +236,7 @@ class PoolExecutor(ExecutorBase):
         if self.watchdog is not None and self.watchdog.kills > self._kills_seen:
             self._kills_seen = self.watchdog.kills
             return self.watchdog.last_reason() or worker_exit(exc)
-        if self.kind == "multiprocessing":
+        if self._stdlib:
             return _exit_of(self._procs)
         return worker_exit(exc)
 
@@ -264,29 +300,35 @@ def _forks() -> bool:
     return multiprocessing.get_start_method(allow_none=False) == "fork"
 
 
-def _process_pool(workers: int, fn: Callable[..., Any], opts: RunOptions) -> concurrent.futures.ProcessPoolExecutor:
+def _process_pool(
+    workers: int, fn: Callable[..., Any], opts: RunOptions, *, fork: bool = False
+) -> concurrent.futures.ProcessPoolExecutor:
+    """The standard library's pool: the platform's default start method, or ``fork`` (the function and
+    options are then inherited, not pickled)."""
     import multiprocessing
 
-    import cloudpickle
+    if fork:
+        context, shipped = multiprocessing.get_context("fork"), (fn, opts)
+    else:
+        import cloudpickle
 
+        context, shipped = multiprocessing.get_context(), cloudpickle.dumps((fn, opts))
     return concurrent.futures.ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context(),
-        initializer=_init_worker,
-        initargs=(cloudpickle.dumps((fn, opts)), frozenset(_STATES._entries)),
+        workers, mp_context=context, initializer=_init_worker, initargs=(shipped, frozenset(_STATES._entries))
     )
 
 
-def _init_worker(shipped: bytes, inherited: frozenset[str]) -> None:
+def _init_worker(shipped: bytes | tuple[Callable[..., Any], RunOptions], inherited: frozenset[str]) -> None:
     """In a new worker: ignore SIGINT (the parent decides how a run stops), unpickle the function and
-    options once, and tear down the setup states this worker creates when it exits (a forked worker
-    does not run :mod:`atexit`; states it inherited from the parent are the parent's to tear down)."""
+    options once (a forked worker has them already), and tear down the setup states this worker creates
+    when it exits (a forked worker does not run :mod:`atexit`; states it inherited from the parent are the
+    parent's to tear down)."""
     import pickle
     from multiprocessing.util import Finalize
 
     global _SHIPPED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _SHIPPED = pickle.loads(shipped)
+    _SHIPPED = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
     Finalize(None, _release_own_states, args=(inherited,), exitpriority=10)
 
 
@@ -334,7 +376,7 @@ def _start_resource_trackers(kind: str) -> None:
     (``Lib/multiprocessing/resource_tracker.py``, ``ensure_running``): inside ``_sigint_blocked`` the
     workers spawned next would then take a Ctrl-C meant for the parent. Called before a pool is
     created, outside the block; a tracker already up is only probed (one pipe write)."""
-    if kind == "multiprocessing" and _forks():  # forked workers share no named semaphores: no tracker
+    if kind == "fork" or (kind == "multiprocessing" and _forks()):  # forked workers share no named semaphores
         return
     from multiprocessing import resource_tracker
 

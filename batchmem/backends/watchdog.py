@@ -16,7 +16,11 @@ The tree's total (:func:`tree_bytes`) counts each process's private pages
 (resident minus shared, statm's second and third fields) plus the largest
 shared set once: the libraries every worker maps (about 50 MiB each with
 numpy) are one set of pages for the kernel, so a plain sum of RSS would kill
-early with many workers. A worker already killed is left out of the total and
+early with many workers. Forked workers share the parent's pages copy-on-write, which
+statm counts as private in each of them: a total at or over the level is
+therefore confirmed with the tree's proportional set size (Pss, which counts
+every page once; :func:`batchmem.heap.monitor.tree_pss_bytes`, ~0.6 ms a
+process) before anything is killed. A worker already killed is left out of the total and
 never killed twice while the kernel tears it down (distributed's nanny
 remembers the pid it terminated for the same reason).
 
@@ -29,8 +33,7 @@ the pure function :func:`choose_victim`, tested with fake readings.
 Not covered: batches that run in this process (``n_jobs=1`` without a
 backend). Killing the only process would end the run; there the optimizer's
 prediction is the only guard. For hard container limits run one isolated
-worker instead: ``n_jobs=1, backend="loky"``. Nor are forked workers of
-``backend="multiprocessing"`` (see :mod:`batchmem.backends.pool`).
+worker instead: ``n_jobs=1, backend="loky"``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
+from ..heap.monitor import tree_pss_bytes
 from ..units import format_bytes
 
 __all__ = ["POLL_S", "OomWatchdog", "Rss", "choose_victim", "statm", "statm_rss_bytes", "tree_bytes"]
@@ -106,8 +110,9 @@ class OomWatchdog:
     ``worker_pids()`` lists the workers (cheap: the pool's own table); ``limit_bytes`` is the run's
     memory limit and ``terminate_fraction`` the share of it that triggers a kill. After a kill,
     :attr:`kills` counts it and :meth:`reason_for` gives the one-line reason for that pid.
-    ``read`` and ``kill`` default to :func:`statm` and :func:`os.kill`; tests pass fakes and call
-    :meth:`check` themselves.
+    ``read``, ``kill`` and ``confirm`` (the tree's bytes counting shared pages once, given the worker
+    pids; None when unknown) default to :func:`statm`, :func:`os.kill` and
+    :func:`~batchmem.heap.monitor.tree_pss_bytes`; tests pass fakes and call :meth:`check` themselves.
     """
 
     def __init__(
@@ -119,11 +124,12 @@ class OomWatchdog:
         *,
         read: Callable[[int], Rss | None] = statm,
         kill: Callable[[int, int], None] = os.kill,
+        confirm: Callable[[list[int]], int | None] = tree_pss_bytes,
     ):
         self.worker_pids, self.poll_s = worker_pids, poll_s
         self.limit_bytes, self.terminate_fraction = limit_bytes, terminate_fraction
         self.terminate_bytes = int(limit_bytes * terminate_fraction)
-        self.read, self._send = read, kill
+        self.read, self._send, self.confirm = read, kill, confirm
         self.kills = 0
         self._reasons: dict[int, str] = {}
         self._dying: set[int] = set()
@@ -161,7 +167,11 @@ class OomWatchdog:
         victim = choose_victim(parent, readings, self.terminate_bytes, self._dying)
         if victim is None:
             return None
-        total = tree_bytes(parent, (r for pid, r in readings.items() if pid not in self._dying))
+        live = [pid for pid in readings if pid not in self._dying]
+        total = tree_bytes(parent, (readings[pid] for pid in live))
+        shared_once = self.confirm(live)
+        if shared_once is not None and shared_once < self.terminate_bytes:
+            return None  # copy-on-write pages counted in every worker: the tree is below the level
         return victim if self._kill(victim, readings[victim].resident, total) else None
 
     def _kill(self, pid: int, rss: int, total: int) -> bool:

@@ -59,6 +59,8 @@ __all__ = [
     "MemoryMonitor",
     "PeakMemoryTracker",
     "detect_memory_limit",
+    "pss_bytes",
+    "tree_pss_bytes",
     "parse_size",
     "resolve_memory_limit",
     "current_rss_bytes",
@@ -184,6 +186,32 @@ def current_rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size of ``pid`` in bytes: its private pages plus each shared page divided by
+    the number of processes mapping it, so the sum over a process tree counts every page once, also
+    the pages forked workers share copy-on-write with their parent (``Pss`` in ``/proc/PID/smaps_rollup``,
+    proc(5)). None where it cannot be read (gone, not Linux 4.14+). About 0.6 ms a read, most of it the
+    kernel walking the mappings (measured on the 2-core test machine, 24 MiB to 2 GiB resident), so it
+    confirms a reading near a limit rather than replacing the ``statm`` one."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def tree_pss_bytes(pids: list[int]) -> int | None:
+    """The sum of :func:`pss_bytes` over ``pids`` (bytes); None if this process's own cannot be read.
+    A pid that is gone adds nothing."""
+    own = pss_bytes(os.getpid())
+    if own is None:
+        return None
+    return own + sum(pss_bytes(pid) or 0 for pid in pids if pid != os.getpid())
+
+
 @dataclass(frozen=True)
 class MemorySample:
     """One memory reading.
@@ -226,8 +254,11 @@ class MemoryMonitor:
     Raises:
         ConfigError: for a bad ``memory_limit``.
 
-    RSS of several processes is summed, so pages shared between them (e.g.
-    copy-on-write after fork) are counted once per process: an upper bound.
+    RSS of several processes is summed, so pages shared between them (libraries,
+    copy-on-write pages after a fork) are counted once per process: an upper bound.
+    From the warning level up, :meth:`sample` takes the tree's proportional set size
+    instead when it is lower (:func:`tree_pss_bytes`), so that shared pages do not
+    escalate the pressure early.
     """
 
     def __init__(
@@ -300,6 +331,16 @@ class MemoryMonitor:
                 continue
         return total
 
+    def _shared_once(self, rss_sum: int) -> int:
+        """The tree's proportional set size (:func:`tree_pss_bytes`) when it is lower than the sum of
+        RSS: pages shared by the processes (libraries, forked workers' copy-on-write pages) then count
+        once. Read only at warning and above, where a summed RSS would escalate early."""
+        children = self._children.get(self._self_process().pid) or []
+        if not children:
+            return rss_sum
+        pss = tree_pss_bytes([c.pid for c in children])
+        return rss_sum if pss is None else min(rss_sum, pss)
+
     def sample(self) -> MemorySample:
         """Take a :class:`MemorySample` (tree RSS, available memory, limit, pressure).
 
@@ -308,6 +349,8 @@ class MemoryMonitor:
         with 0 or 2 children (loaded 2-vCPU VM, ~90 processes).
         """
         rss = self.rss_bytes()
+        if self.include_children and self.thresholds.level(rss / self.limit.bytes) >= PressureLevel.WARNING:
+            rss = self._shared_once(rss)
         available = int(psutil.virtual_memory().available)
         utilization = rss / self.limit.bytes
         return MemorySample(

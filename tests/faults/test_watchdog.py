@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+
+import pytest
 
 from batchmem.backends.watchdog import OomWatchdog, Rss, choose_victim, statm, statm_rss_bytes, tree_bytes
+from batchmem.heap.monitor import tree_pss_bytes
 
 MiB = 1 << 20
 
@@ -45,7 +49,9 @@ class FakeTree:
 
 def test_the_watchdog_kills_once_and_spares_the_others_while_the_kernel_tears_the_victim_down():
     tree = FakeTree(Rss(100 * MiB))
-    dog = OomWatchdog(lambda: list(tree.workers), 1000 * MiB, 0.95, read=tree.rss.get, kill=tree.kill)
+    dog = OomWatchdog(
+        lambda: list(tree.workers), 1000 * MiB, 0.95, read=tree.rss.get, kill=tree.kill, confirm=lambda pids: None
+    )
     tree.workers = [7, 8]
     tree.rss.update({7: Rss(300 * MiB), 8: Rss(400 * MiB)})
     assert dog.check() is None and dog.kills == 0  # 800 MiB: below 950
@@ -68,9 +74,48 @@ def test_the_watchdog_kills_once_and_spares_the_others_while_the_kernel_tears_th
     assert dog.check() == 8 and dog.kills == 2
 
 
+def test_pages_shared_copy_on_write_are_confirmed_once_before_a_kill():
+    """Forked workers each count the parent's 400 MiB in statm; the tree's Pss says what is really held."""
+    tree = FakeTree(Rss(400 * MiB))
+    pss = {"total": 900 * MiB}
+    asked: list[list[int]] = []
+
+    def confirm(pids: list[int]) -> int:
+        asked.append(pids)
+        return pss["total"]
+
+    dog = OomWatchdog(lambda: [7, 8], 1000 * MiB, 0.95, read=tree.rss.get, kill=tree.kill, confirm=confirm)
+    tree.rss.update({7: Rss(450 * MiB), 8: Rss(450 * MiB)})  # statm: 1300 MiB, over 950
+    assert dog.check() is None and dog.kills == 0 and asked == [[7, 8]]
+    pss["total"] = 960 * MiB  # a batch grew past the level, counted once
+    assert dog.check() in (7, 8) and dog.kills == 1
+
+
+def test_tree_pss_counts_a_forked_childs_copy_on_write_pages_once():
+    """A real fork of a process holding 200 MiB: statm counts them twice, Pss once."""
+    import numpy as np
+
+    block = np.ones((200 * MiB) // 8)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child only waits, sharing every page with the parent
+        os.read(r, 1)
+        os._exit(0)
+    try:
+        time.sleep(0.2)
+        rss_sum = statm(os.getpid()).resident + statm(pid).resident
+        shared_once = tree_pss_bytes([pid])
+        assert rss_sum > 400 * MiB and shared_once is not None
+        assert 200 * MiB < shared_once < rss_sum - 150 * MiB
+    finally:
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
+        del block
+
+
 def test_a_worker_that_exits_before_the_signal_is_not_counted():
     tree = FakeTree(Rss(0))
-    dog = OomWatchdog(lambda: [5], 100 * MiB, read=lambda pid: Rss(200 * MiB), kill=tree.kill)
+    dog = OomWatchdog(lambda: [5], 100 * MiB, read=lambda pid: Rss(200 * MiB), kill=tree.kill, confirm=lambda p: None)
     assert dog.check() is None and dog.kills == 0 and dog.last_reason() is None
 
 
@@ -93,23 +138,32 @@ CHILD = textwrap.dedent("""
             for _ in range(80):
                 held.append(np.ones((50 << 20) // 8))
                 time.sleep(0.005)
+        time.sleep(0.002)  # costly enough that n_jobs="auto" hands the items to workers
         return x
 
     limit = current_rss_bytes() + (900 << 20)
-    proc = BatchProcessor(batch_size=8, auto_optimize=False, n_jobs=1, backend="loky", on_error="skip",
-                          memory_limit=limit, progress=False, use_history=False)
+    jobs = dict(n_jobs=1, backend="loky") if sys.argv[2] == "loky" else dict(n_jobs="auto")
+    proc = BatchProcessor(batch_size=8, auto_optimize=False, on_error="skip",
+                          memory_limit=limit, progress=False, use_history=False, **jobs)
     result = proc.process(range(200), grow, sys.argv[1])
     print(result.stats.watchdog_kills, result.stats.worker_deaths, result.stats.failed, flush=True)
+    print(result.stats.n_jobs_choice)
 """)
 
 
-def test_one_isolated_worker_is_guarded_an_item_past_the_limit_fails_alone_and_the_run_finishes(tmp_path):
-    """``n_jobs=1, backend="loky"``: the recommended setting under a hard limit (one isolated, guarded worker)."""
+@pytest.mark.parametrize("workers", ["loky", "forked"])
+def test_one_isolated_worker_is_guarded_an_item_past_the_limit_fails_alone_and_the_run_finishes(tmp_path, workers):
+    """``n_jobs=1, backend="loky"``: the recommended setting under a hard limit (one isolated, guarded worker);
+    forked workers of ``n_jobs="auto"`` share the parent's pages and are guarded as well."""
     script, out = tmp_path / "child.py", tmp_path / "out.jsonl"
     script.write_text(CHILD)
-    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, str(script), str(out), workers], capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    kills, deaths, failed = map(int, done.stdout.split())
+    counts, choice = done.stdout.splitlines()
+    kills, deaths, failed = map(int, counts.split())
+    assert workers == "loky" or choice.startswith("2 forked workers"), choice
     assert kills >= 1 and deaths >= kills and failed == 1
     lines = out.read_text().splitlines()
     assert len(lines) == 200
