@@ -118,6 +118,13 @@ def costly(x):
 
 if sys.argv[1] == "thread":  # a thread of the user's: forking could deadlock the children
     threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+if sys.argv[1] == "cheap":  # forked, then found not worth it: the workers are shut down
+    import psutil
+    result = BatchProcessor(n_jobs="auto", progress=False, use_history=False).process(range(300_000), abs)
+    assert list(result) == list(range(300_000))
+    print(result.stats.n_jobs_choice)
+    print(len(psutil.Process().children()), "joblib" in sys.modules)
+    sys.exit()
 result = BatchProcessor(n_jobs="auto", progress=False, use_history=False).process(range(3_000), costly)
 pids = {pid for _, pid in result}
 assert [x for x, _ in result] == list(range(3_000))
@@ -134,6 +141,14 @@ def test_costly_items_go_to_forked_workers_when_no_other_thread_runs():
     choice, (workers, joblib_imported) = done.stdout.splitlines()[0], done.stdout.splitlines()[1].split()
     assert choice.startswith(f"{os.cpu_count()} forked workers: an item takes"), choice
     assert int(workers) >= 2 and joblib_imported == "False"
+
+
+def test_cheap_items_leave_the_forked_workers_and_shut_them_down():
+    done = subprocess.run([sys.executable, "-c", FORKED, "cheap"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    choice, (children, joblib_imported) = done.stdout.splitlines()[0], done.stdout.splitlines()[1].split()
+    assert choice.startswith("in-process: an item takes"), choice
+    assert children == "0" and joblib_imported == "False"
 
 
 def test_a_running_thread_keeps_the_workers_loky():
