@@ -319,7 +319,9 @@ def _process_pool(
 
 
 def _init_worker(shipped: bytes | tuple[Callable[..., Any], RunOptions], inherited: frozenset[str]) -> None:
-    """In a new worker: ignore SIGINT (the parent decides how a run stops), unpickle the function and
+    """In a new worker: ignore SIGINT (the parent decides how a run stops), give SIGTERM its default
+    action back (a forked worker inherits the parent's handler, and the pool terminates broken workers
+    with SIGTERM, then joins them), unpickle the function and
     options once (a forked worker has them already), and tear down the setup states this worker creates
     when it exits (a forked worker does not run :mod:`atexit`; states it inherited from the parent are the
     parent's to tear down)."""
@@ -328,6 +330,7 @@ def _init_worker(shipped: bytes | tuple[Callable[..., Any], RunOptions], inherit
 
     global _SHIPPED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _SHIPPED = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
     Finalize(None, _release_own_states, args=(inherited,), exitpriority=10)
 
