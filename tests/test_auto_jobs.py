@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from batchmem import BatchProcessor, MemoryMonitor
 
 
@@ -133,14 +135,17 @@ print(len(pids - {os.getpid()}), "joblib" in sys.modules)
 """
 
 
-def test_costly_items_go_to_forked_workers_when_no_other_thread_runs():
+@pytest.mark.parametrize(
+    ("mode", "workers", "joblib_imported"), [("alone", "forked workers", "False"), ("thread", "workers", "True")]
+)
+def test_costly_items_go_to_forked_workers_unless_another_thread_runs(mode, workers, joblib_imported):
     """A fresh interpreter runs only its main thread (and OpenBLAS's, which survive a fork): the workers are
-    forked before the first batch, and joblib is never imported."""
-    done = subprocess.run([sys.executable, "-c", FORKED, "alone"], capture_output=True, text=True, timeout=120)
+    forked before the first batch, and joblib is never imported. A thread of the user's keeps them loky's."""
+    done = subprocess.run([sys.executable, "-c", FORKED, mode], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    choice, (workers, joblib_imported) = done.stdout.splitlines()[0], done.stdout.splitlines()[1].split()
-    assert choice.startswith(f"{os.cpu_count()} forked workers: an item takes"), choice
-    assert int(workers) >= 2 and joblib_imported == "False"
+    choice, (used, imported) = done.stdout.splitlines()[0], done.stdout.splitlines()[1].split()
+    assert choice.startswith(f"{os.cpu_count()} {workers}: an item takes"), choice
+    assert int(used) >= 2 and imported == joblib_imported
 
 
 def test_cheap_items_leave_the_forked_workers_and_shut_them_down():
@@ -149,14 +154,6 @@ def test_cheap_items_leave_the_forked_workers_and_shut_them_down():
     choice, (children, joblib_imported) = done.stdout.splitlines()[0], done.stdout.splitlines()[1].split()
     assert choice.startswith("in-process: an item takes"), choice
     assert children == "0" and joblib_imported == "False"
-
-
-def test_a_running_thread_keeps_the_workers_loky():
-    done = subprocess.run([sys.executable, "-c", FORKED, "thread"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    choice, (workers, joblib_imported) = done.stdout.splitlines()[0], done.stdout.splitlines()[1].split()
-    assert choice.startswith(f"{os.cpu_count()} workers: an item takes"), choice
-    assert int(workers) >= 2 and joblib_imported == "True"
 
 
 def test_fork_unsafe_reason_names_python_threads():
