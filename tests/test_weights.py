@@ -309,3 +309,55 @@ def test_items_that_weigh_nothing_are_batched_and_written(tmp_path, weigh):
     proc = BatchProcessor(weight=weigh, batched=True, progress=False, use_history=False, memory_limit="2GiB")
     result = proc.process(range(1000), lambda batch: batch, tmp_path / "out.jsonl")
     assert list(result) == list(range(1000)) and result.stats.weight == sum(weigh(x) for x in range(1000))
+
+
+# -- the reused free heap (real allocations) -------------------------------------------------------
+
+
+def test_a_batch_that_reuses_free_heap_counts_it_in_its_peak():
+    """Real allocations: 30 MiB of heap blocks are touched and freed (a small block pins the top, so
+    glibc keeps the pages); a batch that mallocs the same blocks again barely moves RSS, and its
+    peak must still read ~30 MiB."""
+    import ctypes
+
+    from batchmem.backends.worker import BatchTask, RunOptions, run_batch
+    from batchmem.heap.malloc import heap_free_bytes
+
+    if heap_free_bytes() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    block, count = 100 << 10, 300  # under glibc's 128 KiB mmap threshold: heap chunks
+
+    def touch_all() -> list[int]:
+        ptrs = [libc.malloc(block) for _ in range(count)]
+        for p in ptrs:
+            ctypes.memset(p, 1, block)
+        return ptrs
+
+    ptrs = touch_all()
+    pin = libc.malloc(block)  # after the blocks: from the top of the heap, which it pins
+    for p in ptrs:
+        libc.free(p)
+
+    def batch(items):
+        again = touch_all()
+        for p in again:
+            libc.free(p)
+        return items
+
+    try:
+        out = run_batch(batch, BatchTask(0, 0, [1, 2]), RunOptions(batched=True))
+    finally:
+        libc.free(pin)
+    used = block * count
+    assert out.free_heap_bytes >= 0.9 * used  # what the earlier blocks left free
+    assert out.peak_bytes - out.free_heap_bytes < 0.5 * used  # RSS hardly moved: the pages were reused
+    assert out.peak_bytes >= 0.9 * used  # and still the batch's peak counts them
+    # The optimizer's baseline leaves out what the next batch here may reuse: counted in its peak.
+    from batchmem.backends.serial import SerialExecutor
+
+    rss = 500 * MiB
+    baseline, _, _ = SerialExecutor(batch, RunOptions(batched=True)).memory_plan(out, rss, 0, None)
+    assert out.free_heap_end_bytes >= 0.9 * used and baseline == rss - out.free_heap_end_bytes
