@@ -311,7 +311,54 @@ def test_items_that_weigh_nothing_are_batched_and_written(tmp_path, weigh):
     assert list(result) == list(range(1000)) and result.stats.weight == sum(weigh(x) for x in range(1000))
 
 
-# -- the reused free heap (real allocations) -------------------------------------------------------
+# -- the throughput hill-climb (synthetic measurements) and the reused free heap (real allocations) --
+
+
+def _climb(seconds_per_unit, batches: int = 200) -> tuple[BatchSizeController, list[float], list[str]]:
+    """Feed a weighted controller batches of unit-weight items costing ``seconds_per_unit(budget, i)``
+    per unit. Returns the controller, each batch's weight and each decision's reason."""
+    ctrl = BatchSizeController(ControlConfig(initial_batch_size=100), memory_limit_bytes=LIMIT, weighted=True)
+    weights, reasons = [], []
+    for i in range(batches):
+        budget = ctrl.next_budget()
+        w = float(ctrl.next_size()) if budget is None else float(max(1, int(budget)))
+        m = BatchMeasurement(int(w), seconds_per_unit(w, i) * w, int(w * PER_UNIT), weight=w)
+        ctrl.observe(m, baseline_bytes=BASELINE)
+        weights.append(w)
+        reasons.append(ctrl.last_decision.reason)
+    return ctrl, weights, reasons
+
+
+def _cliff(w: float, i: int = 0) -> float:
+    """Batches of up to 32 units reuse the allocator's pages: 4x cheaper per unit than larger ones."""
+    return 1e-4 if w <= 32 else 4e-4
+
+
+def test_the_climb_moves_to_the_cheaper_size_below_a_cost_cliff_and_probes_above_it_rarely():
+    ctrl, weights, _ = _climb(_cliff)
+    tail = weights[50:]
+    # The time band alone would aim at 0.2 s / 4e-4 = 500 units; the climb holds the cheap side.
+    assert ctrl.throughput_cap is not None and 16 <= ctrl.throughput_cap <= 32
+    assert sum(w <= 32 for w in tail) >= 0.9 * len(tail)
+    probes = [w for w in tail if w > 32]
+    assert 1 <= len(probes) <= len(tail) / ControlConfig().probe_every + 1  # one probe up per 16 batches
+    spent = sum(w * _cliff(w) + ControlConfig().batch_overhead_s for w in tail) / sum(tail)
+    law = (500 * 4e-4 + ControlConfig().batch_overhead_s) / 500  # per unit in the time band's 500-unit batch
+    assert spent < 0.7 * law
+
+
+def test_without_a_cheaper_size_the_climb_leaves_the_law_alone():
+    ctrl, weights, reasons = _climb(lambda w, i: 4e-4)
+    assert ctrl.throughput_cap is None
+    assert weights[-1] == pytest.approx(ControlConfig().aim_s / 4e-4, rel=0.01)  # the time band's aim
+    assert "throughput" not in reasons[20:]
+
+
+def test_the_cap_is_lifted_once_larger_batches_are_as_cheap():
+    ctrl, weights, _ = _climb(lambda w, i: _cliff(w) if i < 60 else 1e-4, batches=160)
+    assert max(weights[:60][20:]) <= 64  # capped while the cliff lasts (probes at twice the cap)
+    assert ctrl.throughput_cap is None
+    assert weights[-1] == pytest.approx(ControlConfig().aim_s / 1e-4, rel=0.01)
 
 
 def test_a_batch_that_reuses_free_heap_counts_it_in_its_peak():

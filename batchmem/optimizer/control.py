@@ -81,6 +81,16 @@ With ``weighted=True`` the same law runs in weight units instead of items
 unit, the size is a weight budget, and the item bounds
 (``min_batch_size``/``max_batch_size``) are kept by the batcher, which cuts
 a batch at the item that would cross the budget.
+
+Weighted runs add a throughput hill-climb (perturb and observe, see
+``BatchSizeController._climb``): items that differ in size can cost less per
+unit in small batches (batches that fit in the heap pages the allocator keeps
+skip the page faults of larger ones), which the time band does not see. From
+the first batch the budget halves while that is not clearly dearer per unit
+(``(duration_s + batch_overhead_s) / weight``); a budget cheaper by more than
+``probe_margin`` caps the law's size, and a batch at twice the cap every
+``probe_every`` batches checks whether the cap still pays. Memory and
+pressure can still ask for less. Unweighted runs are unchanged.
 """
 
 from __future__ import annotations
@@ -163,6 +173,23 @@ class ControlConfig:
         outlier_ratio: a per-item sample further than this factor from the
             estimate is clipped (one outlier) or, twice in a row on the same
             side, taken as a level shift; > 1.
+        batch_overhead_s: seconds one batch costs outside its own wall time (a
+            memory sample, the fsyncs of output and checkpoint: ~3 ms,
+            benchmarks/bench_core.py), added to each batch in the throughput
+            hill-climb (weighted runs), >= 0.
+        probe_margin: the hill-climb moves to a probed size only when its
+            seconds per unit are lower by more than this fraction, and gives
+            up a probe once they are higher by more, >= 0. Default 0.25: one
+            batch's seconds per unit fall 3-21 % below their median (10th
+            percentile in the four cells of benchmarks/bench_weighted.py,
+            the lines under its table), so a 25 % gain is beyond the noise.
+            Noise upward (90th percentile 1.6-3x) can only end the descent
+            early or keep a cap until the next probe.
+        probe_every: batches at the hill-climb's cap between two probes of
+            twice the cap, >= 1. Default 16: a probe into a dearer octave
+            costs about ``2 * (ratio - 1) / (probe_every + 2)`` of the
+            throughput, 3-5 % with the 1.3-1.5x of 32- over 16-item batches
+            in benchmarks/bench_weighted.py (log-normal, serial).
     """
 
     initial_batch_size: int = 100
@@ -175,6 +202,9 @@ class ControlConfig:
     max_growth_factor: float = 8.0
     shrink_factor: float = 0.5
     outlier_ratio: float = field(default=3.0)
+    batch_overhead_s: float = 0.003
+    probe_margin: float = 0.25
+    probe_every: int = 16
 
     def __post_init__(self) -> None:
         for name in ("initial_batch_size", "min_batch_size", "max_batch_size"):
@@ -223,6 +253,15 @@ class ControlConfig:
         r = self.outlier_ratio
         if not _is_number(r) or r <= 1:
             raise ConfigError(f"outlier_ratio={r!r} is not > 1: give e.g. 3.0")
+        o = self.batch_overhead_s
+        if not _is_number(o) or o < 0:
+            raise ConfigError(f"batch_overhead_s={o!r} is not >= 0 seconds: give e.g. 0.003")
+        pm = self.probe_margin
+        if not _is_number(pm) or pm < 0:
+            raise ConfigError(f"probe_margin={pm!r} is not >= 0: give e.g. 0.25")
+        pe = self.probe_every
+        if not _is_int(pe) or pe < 1:
+            raise ConfigError(f"probe_every={pe!r} is not a whole number >= 1: give e.g. 16")
 
     @property
     def aim_s(self) -> float:
@@ -236,7 +275,9 @@ class Decision:
 
     ``reason`` is one of ``"initial"``, ``"growth"``, ``"memory"``,
     ``"time"``, ``"hold"``, ``"pressure"``, ``"ceiling"``, ``"min"``,
-    ``"max"``, ``"memory_error"``. Sizes are items.
+    ``"max"``, ``"memory_error"``, and for weighted runs ``"probe"`` (the
+    throughput hill-climb tries another size) and ``"throughput"`` (it holds
+    the size whose seconds per unit were lowest). Sizes are items.
     """
 
     size: int
@@ -307,6 +348,13 @@ class BatchSizeController:
         self._seconds = _Ewma(cfg.ewma_alpha, cfg.outlier_ratio)
         self._ceiling: float | None = None
         self._ceiling_step = self._ceiling_drop = 0.0
+        # Throughput hill-climb (weighted runs), see _climb: "down" explores smaller budgets from
+        # the first batch's, "capped" holds the cheapest one found, "off" leaves the law alone.
+        self._climb_state = "down" if weighted else "off"
+        self._octaves: dict[int, _Ewma] = {}  # seconds per unit of the batches weighing (2^k, 2^(k+1)]
+        self._cap_octave: int | None = None  # the octave the cap fills batches up to
+        self._since_probe = 0
+        self._probing_up = False
         size: float | None = cfg.initial_batch_size
         if weighted:  # the first batch is cut by items; its measured weight seeds the budget
             size = None
@@ -429,6 +477,9 @@ class BatchSizeController:
         tim = self.time_target_size()
         if tim is not None and tim < candidate:
             candidate, reason = tim, ("hold" if tim == size else "time")
+        climb = self._climb(m, units, candidate) if self.weighted else None
+        if climb is not None:
+            candidate, reason = climb
         if mem is not None and mem <= candidate:
             candidate, reason = mem, "memory"
         level = int(pressure)
@@ -440,6 +491,75 @@ class BatchSizeController:
         self._size, reason = self._clamp_reason(candidate, reason)
         self.last_decision = Decision(self.next_size(), reason, _round(mem), _round(tim))
         return self.next_size()
+
+    @property
+    def throughput_cap(self) -> float | None:
+        """Budget the throughput hill-climb holds batches at (weight units), or None."""
+        return None if self._cap_octave is None else float(2 ** (self._cap_octave + 1))
+
+    def _climb(self, m: BatchMeasurement, units: float, law: float) -> tuple[float, str] | None:
+        """Throughput hill-climb on seconds per weight unit (weighted runs): a size, or None.
+
+        Perturb and observe, the hill-climbing search for a maximum power point (Esram and
+        Chapman, "Comparison of Photovoltaic Array Maximum Power Point Tracking Techniques",
+        IEEE Trans. Energy Conversion 22(2), 2007): change the size, keep the change while the
+        measured cost per unit improves, turn back once it worsens. The cost of a batch is
+        ``(duration_s + batch_overhead_s) / units``, so batches too small to amortise the
+        per-batch overhead read as dearer. Why: seconds per unit need not be flat in the size.
+        Batches that fit in the heap pages the allocator keeps reuse them; larger ones fault
+        their pages in again (benchmarks/bench_weighted.py, log-normal mix: 16-item batches
+        0.5-0.8 s, 64 to 512 items 1.3-2.2 s, most of it in the kernel), a cost the time band
+        (aimed at amortising overhead) does not see.
+
+        Costs are kept per octave of batch weight (``(2^k, 2^(k+1)]`` units, each an EWMA with
+        the estimates' outlier clipping), so measurements may arrive in any order: with batches
+        in flight, those cut before a decision come back after it. From the first batch the
+        budget halves (into the next octave down) while the smallest octave measured is not
+        dearer than the cheapest by more than ``probe_margin``. Then, if the cheapest octave is
+        cheaper than the largest measured by more than the margin, its top caps the law's size
+        (memory and pressure may still ask for less). Every ``probe_every`` batches at the cap,
+        one batch at twice the cap (at most the law's size) tests whether the octave above has
+        become as cheap; if so the cap doubles and the next batch probes again, and the cap is
+        dropped once the law's own size is as cheap. Without a clear gain the law runs as before.
+        """
+        cfg = self.config
+        if units <= 0 or m.failed or m.duration_s < 0:
+            return None
+        cost = (m.duration_s + cfg.batch_overhead_s) / units
+        worse = 1.0 + cfg.probe_margin
+        k = math.ceil(math.log2(units)) - 1 if units > 1 else -1  # (2^k, 2^(k+1)]; up to 1 unit: one octave
+        octave = self._octaves.setdefault(k, _Ewma(cfg.ewma_alpha, cfg.outlier_ratio))
+        octave.update(cost)
+        costs = {o: e.value for o, e in self._octaves.items() if e.value is not None}
+        best = min(costs, key=costs.__getitem__)
+        if self._climb_state == "down":
+            low = min(costs)
+            if costs[low] <= costs[best] * worse and (k != low or m.size > 1) and low >= 0:
+                return float(2**low), "probe"  # budget 2^low: batches in the octave below
+            self._climb_state = "off"
+            if best < max(costs) and costs[best] * worse < costs[max(costs)]:
+                self._climb_state, self._cap_octave, self._since_probe = "capped", best, 0
+            else:
+                return None
+        if self._climb_state != "capped" or self._cap_octave is None:
+            return None
+        cap = float(2 ** (self._cap_octave + 1))
+        if self._probing_up and k > self._cap_octave:  # the probe (or a batch as large) came back
+            self._probing_up, self._since_probe = False, 0
+            if cost <= costs.get(self._cap_octave, cost) * worse:  # as cheap: raise the cap, probe on
+                if cap * 2 >= law:
+                    self._climb_state, self._cap_octave = "off", None
+                    return None
+                self._cap_octave += 1
+                cap, self._since_probe = cap * 2, cfg.probe_every
+        elif not self._probing_up:
+            self._since_probe += 1
+        if cap >= law:
+            return None
+        if self._since_probe >= cfg.probe_every and not self._probing_up:
+            self._probing_up = True
+            return min(2 * cap, law), "probe"
+        return cap, "throughput"
 
     def _growth(self, m: BatchMeasurement, units: float, size: float) -> float:
         """Increase factor: ``growth_factor``, or up to ``max_growth_factor`` while the batch just run
