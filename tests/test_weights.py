@@ -314,16 +314,22 @@ def test_items_that_weigh_nothing_are_batched_and_written(tmp_path, weigh):
 # -- the throughput hill-climb (synthetic measurements) and the reused free heap (real allocations) --
 
 
-def _climb(seconds_per_unit, batches: int = 200) -> tuple[BatchSizeController, list[float], list[str]]:
+def _climb(
+    seconds_per_unit, batches: int = 200, in_flight: int = 1
+) -> tuple[BatchSizeController, list[float], list[str]]:
     """Feed a weighted controller batches of unit-weight items costing ``seconds_per_unit(budget, i)``
-    per unit. Returns the controller, each batch's weight and each decision's reason."""
+    per unit; with ``in_flight`` > 1 each batch reports only after the next ones were cut, as with
+    workers. Returns the controller, each batch's weight and each decision's reason."""
     ctrl = BatchSizeController(ControlConfig(initial_batch_size=100), memory_limit_bytes=LIMIT, weighted=True)
-    weights, reasons = [], []
+    weights, reasons, running = [], [], []
     for i in range(batches):
         budget = ctrl.next_budget()
-        w = float(ctrl.next_size()) if budget is None else float(max(1, int(budget)))
+        running.append(float(ctrl.next_size()) if budget is None else float(max(1, int(budget))))
+        if len(running) < in_flight:
+            continue
+        w = running.pop(0)
         m = BatchMeasurement(int(w), seconds_per_unit(w, i) * w, int(w * PER_UNIT), weight=w)
-        ctrl.observe(m, baseline_bytes=BASELINE)
+        ctrl.observe(m, baseline_bytes=BASELINE, in_flight=in_flight)
         weights.append(w)
         reasons.append(ctrl.last_decision.reason)
     return ctrl, weights, reasons
@@ -334,8 +340,16 @@ def _cliff(w: float, i: int = 0) -> float:
     return 1e-4 if w <= 32 else 4e-4
 
 
-def test_the_climb_moves_to_the_cheaper_size_below_a_cost_cliff_and_probes_above_it_rarely():
-    ctrl, weights, _ = _climb(_cliff)
+def _noisy_cliff(w: float, i: int) -> float:
+    """The cliff, with the first batch below it six times dearer (another process took the CPU)."""
+    return _cliff(w) * (6 if i == 2 else 1)
+
+
+@pytest.mark.parametrize(
+    "cost, in_flight", [(_cliff, 1), (_noisy_cliff, 1), (_cliff, 2)], ids=["serial", "noise", "in-flight"]
+)
+def test_the_climb_moves_to_the_cheaper_size_below_a_cost_cliff_and_probes_above_it_rarely(cost, in_flight):
+    ctrl, weights, _ = _climb(cost, in_flight=in_flight)
     tail = weights[50:]
     # The time band alone would aim at 0.2 s / 4e-4 = 500 units; the climb holds the cheap side.
     assert ctrl.throughput_cap is not None and 16 <= ctrl.throughput_cap <= 32
