@@ -504,7 +504,8 @@ class BatchSizeController:
         climb = self._climb(m, units, candidate) if self.weighted else None
         if climb is not None:
             candidate, reason = climb
-        if mem is not None and mem <= candidate:
+        # Unweighted, memory_target_size is clamped at max_batch_size: there the max binds, not memory.
+        if mem is not None and mem <= candidate and (self.weighted or mem < cfg.max_batch_size):
             candidate, reason = mem, "memory"
         level = int(pressure)
         if level >= _WARNING:
