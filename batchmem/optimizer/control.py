@@ -379,6 +379,7 @@ class BatchSizeController:
         self._since_probe = 0
         self._probe = 0  # +1 / -1: a batch one octave above / below the cap is on its way
         self._probe_wait = 0  # batches observed since that probe was asked for
+        self._warm_up: int | None = None  # first batches not scored: one per process running them
         size: float | None = cfg.initial_batch_size
         if weighted:  # the first batch is cut by items; its measured weight seeds the budget
             size = None
@@ -501,7 +502,7 @@ class BatchSizeController:
         tim = self.time_target_size()
         if tim is not None and tim < candidate:
             candidate, reason = tim, ("hold" if tim == size else "time")
-        climb = self._climb(m, units, candidate) if self.weighted else None
+        climb = self._climb(m, units, candidate, in_flight) if self.weighted else None
         if climb is not None:
             candidate, reason = climb
         # Unweighted, memory_target_size is clamped at max_batch_size: there the max binds, not memory.
@@ -522,7 +523,7 @@ class BatchSizeController:
         """Budget the throughput hill-climb holds batches at (weight units), or None."""
         return None if self._cap_octave is None else float(2 ** (self._cap_octave + 1))
 
-    def _climb(self, m: BatchMeasurement, units: float, law: float) -> tuple[float, str] | None:
+    def _climb(self, m: BatchMeasurement, units: float, law: float, in_flight: int) -> tuple[float, str] | None:
         """Throughput hill-climb on seconds per weight unit (weighted runs): a size, or None.
 
         Perturb and observe, the hill-climbing search for a maximum power point (Esram and
@@ -538,9 +539,13 @@ class BatchSizeController:
 
         Costs are kept per octave of batch weight (``(2^k, 2^(k+1)]`` units), so batches may
         report in any order: with batches in flight, those cut before a decision come back after
-        it. An octave is scored by the least of its last three batches' costs, the least
-        disturbed figure (noise on a shared machine only adds time; benchmarks/bench_weighted.py
-        takes the best of its repeats for the same reason). From the first batch the budget
+        it. With batches in flight (worker processes), the first ``in_flight`` batches are not
+        scored: each pays a fresh worker's cold start (new heap pages, first calls), which made
+        later, smaller batches look cheaper (tests/test_weights.py, the shift under n_jobs=2); the
+        size is held for them. An octave is scored by the
+        least of its last three batches' costs, the least disturbed figure (noise on a shared
+        machine only adds time; benchmarks/bench_weighted.py takes the best of its repeats for
+        the same reason). From the first batch the budget
         halves (into the next octave down) while the smallest octave measured is not dearer
         than the cheapest by more than ``probe_margin``; one batch dearer than that is run once
         more before the descent turns back. Then, if the cheapest octave beats the largest
@@ -556,6 +561,11 @@ class BatchSizeController:
             return None
         cost = (m.duration_s + cfg.batch_overhead_s) / units
         worse = 1.0 + cfg.probe_margin
+        if self._warm_up is None:  # worker processes start cold; batches in this process run in a warm one
+            self._warm_up = in_flight if in_flight > 1 else 0
+        if self._warm_up > 0:  # a worker's first batch pays its cold start: hold the size, score the next
+            self._warm_up -= 1
+            return units, "probe"
         k = math.ceil(math.log2(units)) - 1 if units > 1 else -1  # (2^k, 2^(k+1)]; up to 1 unit: one octave
         self._octaves.setdefault(k, _Octave(cfg.ewma_alpha, cfg.outlier_ratio)).add(cost)
         scores = {o: oc.score for o, oc in self._octaves.items()}
