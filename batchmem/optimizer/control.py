@@ -180,13 +180,13 @@ class ControlConfig:
         probe_margin: the hill-climb moves to a probed size only when its
             seconds per unit are lower by more than this fraction, and gives
             up a probe once they are higher by more, >= 0. Default 0.25: a
-            serial batch's seconds per unit fall 10-15 % below their median
+            serial batch's seconds per unit fall 10-23 % below their median
             (10th percentile, benchmarks/bench_weighted.py, the lines under
             its table), so a 25 % gain is beyond that noise. With two workers
-            on two shared cores the spread reached 25-45 %, which is why
-            octaves are compared by the least of their last three batches,
-            not by one. Noise upward (90th percentile 1.9-3.7x) can only end
-            the descent early or keep a cap until the next probe.
+            on two shared, loaded cores the spread reached 25-64 %, which is
+            why octaves are compared by the least of their last three
+            batches, not by one. Noise upward (90th percentile 1.8-8x) can
+            only end the descent early or keep a cap until the next probe.
         probe_every: batches at the hill-climb's cap between two probes of
             twice the cap, >= 1. Default 16: a probe into a dearer octave
             costs about ``2 * (ratio - 1) / (probe_every + 2)`` of the
