@@ -13,7 +13,8 @@ limit, to find the fastest size that stays under it. Every run's output is check
 once, in order. Time is the child's process() call (imports excluded), CPU the child's and its workers'
 user + system seconds (imports included); the table shows the best of the repeats (runs interleaved, so
 load drift hits every mode alike; on a shared machine the minimum is the least disturbed figure) and the
-highest peak of any repeat.
+highest peak of any repeat. Below the table: how far one weighted batch's seconds per MiB (its overhead of
+3 ms included) stray from their median, the noise the throughput hill-climb's probe_margin must clear.
 """
 
 from __future__ import annotations
@@ -62,8 +63,16 @@ proc = BatchProcessor(batched=True, memory_limit=limit, n_jobs=n_jobs, backend="
 t0 = time.perf_counter()
 s = proc.process(items, work, out, overwrite=True).stats
 took = time.perf_counter() - t0
+spread = None
+if mode == "weighted":  # seconds per MiB of each batch after the first 8, the one overhead included
+    recs = [json.loads(line) for line in open(out + ".batches.jsonl")]
+    costs = [(r["duration_s"] + 0.003) / r["weight"] for r in recs[8:] if r["weight"]]
+    if len(costs) >= 10:
+        q = statistics.quantiles(costs, n=10)
+        spread = [q[0] / statistics.median(costs), q[-1] / statistics.median(costs)]
 print(json.dumps({"time": took, "status": s.status, "batches": s.batches,
-                  "median_batch": statistics.median(s.batch_sizes), "bytes_per_weight": s.bytes_per_weight}),
+                  "median_batch": statistics.median(s.batch_sizes), "bytes_per_weight": s.bytes_per_weight,
+                  "spread": spread}),
       flush=True)
 """
 
@@ -100,6 +109,7 @@ def run(tmp: Path, workload: str, mode: str, n_jobs: int) -> dict:
         "once": bool(once and info.get("status") == "completed"),
         "batches": info.get("batches", 0),
         "median_batch": info.get("median_batch", 0),
+        "spread": info.get("spread"),
     }
 
 
@@ -165,6 +175,14 @@ def main() -> None:
                 f"| {workload} | {n_jobs} | {label} | {s['time']:.2f} | {s['cpu']:.1f} ({s['sys']:.1f}) "
                 f"| {s['peak']:.2f}{'' if s['safe'] else ' ✘'} | {s['batches']:.0f} | {s['median_batch']:.0f} "
                 f"| {'yes' if s['once'] else 'no'} | {ratio:.2f} |"
+            )
+    for (workload, n_jobs), modes in seen.items():  # the noise the hill-climb's probe_margin must clear
+        spreads = [r["spread"] for r in modes.get("weighted", []) if r["spread"]]
+        if spreads:
+            lo, hi = min(s[0] for s in spreads), max(s[1] for s in spreads)
+            print(
+                f"\n{workload}, n_jobs={n_jobs}, batchmem weighted: seconds per MiB of one batch (+3 ms), "
+                f"10th / 90th percentile over the median: {lo:.2f} / {hi:.2f}"
             )
 
 

@@ -123,8 +123,14 @@ class ExecutorBase:
     def memory_plan(
         self, outcome: BatchOutcome | None, rss_bytes: int, pressure: PressureLevel, thresholds: PressureThresholds
     ) -> tuple[int, PressureLevel, int]:
-        """The local process tree's resident bytes and pressure as sampled, and ``in_flight``."""
-        return rss_bytes, pressure, self.in_flight
+        """The local process tree's resident bytes and pressure as sampled, and ``in_flight``.
+
+        Less the free heap the batch's process held when it ended: the next batch there counts
+        those bytes in its peak (:func:`~batchmem.backends.worker.run_batch`), so the baseline
+        must not count them a second time.
+        """
+        reusable = outcome.free_heap_end_bytes if outcome is not None else 0
+        return max(0, rss_bytes - reusable), pressure, self.in_flight
 
     def request_recycle(self, reason: str) -> bool:
         return False

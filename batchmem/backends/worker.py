@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from ..errors import BatchFunctionError
-from ..heap.malloc import heap_in_use_bytes
+from ..heap.malloc import heap_free_bytes, heap_in_use_bytes
 from ..heap.monitor import PeakMemoryTracker
 from ..io.sinks import NULL_LINE, encode_results, encoder_args, error_record, row_dicts, serialization_error
 from .worker_setup import WorkerSetup
@@ -102,16 +102,14 @@ class BatchOutcome:
     worker_exit: str = ""  # split == "worker_died": how the worker ended, e.g. "exit code 3", "signal SIGKILL"
     duration_s: float = 0.0
     start_rss_bytes: int = 0
-    peak_bytes: int = 0  # peak RSS above start_rss_bytes during the batch
+    peak_bytes: int = 0  # peak RSS above start_rss_bytes during the batch, plus free_heap_bytes (see run_batch)
     gc_collections: int = 0
     pid: int = 0
     heap_bytes: int = 0  # malloc in-use bytes of this process when the batch started (glibc; 0 elsewhere)
+    free_heap_bytes: int = 0  # free heap counted in the peak: what the batch could reuse (see _reusable_free_heap)
+    free_heap_end_bytes: int = 0  # free heap at its end that the next batch here will count (0: it will trim)
     weight: float | None = None  # the task's weight (set by the run loop; None: its item count)
     worker: str = ""  # where it ran, for remote workers (dask: the worker's address)
-
-
-#: Batches whose peak grew by at least this many bytes hand their freed heap back to the kernel.
-TRIM_AFTER_BYTES = 16 << 20
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -125,20 +123,31 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 _MALLOC_TRIM = _load_malloc_trim()
 
+#: Peak (bytes, as in BatchOutcome.peak_bytes) of the last batch this process ran; 0 before the first.
+_last_peak_bytes = 0
 
-def release_free_heap() -> None:
-    """Return freed heap pages to the kernel (glibc ``malloc_trim(0)``; nothing elsewhere).
 
-    After a batch frees large arrays, glibc may keep their pages: its dynamic mmap
-    threshold moves blocks of a size once freed onto the heap, whose top a small
-    live object can pin (mallopt(3), "M_MMAP_THRESHOLD"). The next batch then reuses
-    those pages and its peak above the starting RSS reads as ~0 bytes, so the
-    optimizer would learn a cost far below the real one. distributed recommends the
-    same call for memory "not released back to the OS"
-    (https://distributed.dask.org/en/stable/worker-memory.html).
+def _reusable_free_heap() -> int:
+    """Free heap bytes the coming batch may reuse without its RSS moving, to count in its peak.
+
+    Up to twice the last batch's peak, malloc's free bytes (``mallinfo2().fordblks``) are kept and
+    counted: the last batch's freed pages (at most its peak) plus as much again of older free
+    heap. The next batch reuses them without page faults (benchmarks/bench_weighted.py,
+    log-normal mix: trimming them after every large batch cost 1.4-1.7 s of page faults in a 2 s
+    run). More free heap than that (or any before the first batch) is not recent batches'
+    leftovers but earlier work's, pinned by live objects; counted, it would make every peak read
+    that large and shrink batches to single items (300 MiB of pinned 100 KiB blocks under a limit
+    of RSS + 100 MiB: 199,000 one-item batches). It is handed back to the kernel (glibc
+    ``malloc_trim(0)``, as distributed recommends for memory "not released back to the OS",
+    https://distributed.dask.org/en/stable/worker-memory.html); then no free chunk holds
+    resident pages, so nothing is counted and the batch's RSS growth is its whole peak.
     """
+    free = heap_free_bytes() or 0
+    if free <= 2 * _last_peak_bytes:
+        return free
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+    return 0
 
 
 def _gc_collections() -> int:
@@ -290,6 +299,7 @@ def run_batch(
         kwargs = {**kwargs, "state": opts.setup.state()}
     out = BatchOutcome(task.index, task.start, len(task), pid=os.getpid())
     out.heap_bytes = heap_in_use_bytes() or 0  # the previous batch's settled heap: what HeapAnalyzer trends
+    out.free_heap_bytes = _reusable_free_heap()
     gc_before = _gc_collections()
     t0 = time.perf_counter()
     with PeakMemoryTracker(force_sampling=opts.peak_by_sampling) as peak:
@@ -300,9 +310,15 @@ def run_batch(
             results, out.split = None, "memory"
     out.duration_s = time.perf_counter() - t0
     out.start_rss_bytes = peak.start_rss_bytes
-    out.peak_bytes = peak.peak_delta_bytes
-    if out.peak_bytes >= TRIM_AFTER_BYTES:
-        release_free_heap()
+    # Memory the batch took from malloc's free chunks does not raise RSS: an earlier batch's freed
+    # pages (glibc keeps them, mallopt(3) M_TRIM_THRESHOLD) serve it without a page fault. Counting
+    # the free bytes held at the start (or none after a trim) makes the peak an upper bound of what
+    # the batch needed, whichever pages it reused.
+    out.peak_bytes = peak.peak_delta_bytes + out.free_heap_bytes
+    global _last_peak_bytes
+    _last_peak_bytes = out.peak_bytes
+    end = heap_free_bytes() or 0
+    out.free_heap_end_bytes = end if end <= 2 * out.peak_bytes else 0  # what the next batch here will count
     out.gc_collections = _gc_collections() - gc_before
     if results is None or out.split:
         return out

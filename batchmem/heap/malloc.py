@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-__all__ = ["heap_in_use_bytes"]
+__all__ = ["heap_free_bytes", "heap_in_use_bytes"]
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -61,3 +61,17 @@ def heap_in_use_bytes() -> int | None:
         return None
     m = _MALLINFO2()
     return int(m.uordblks + m.hblkhd)
+
+
+def heap_free_bytes() -> int | None:
+    """Bytes malloc holds free for reuse in this process (``mallinfo2().fordblks``), or None off glibc.
+
+    Free chunks of every arena plus the top chunk (mallinfo(3)). The next allocations are served
+    from them before the heap grows, so a block of work can use up to this many bytes without its
+    resident size moving: :func:`batchmem.backends.worker.run_batch` counts them into a batch's
+    peak. An upper bound of what is resident: chunks that ``malloc_trim`` gave back with
+    ``madvise`` stay counted. Cost ~10 us.
+    """
+    if _MALLINFO2 is None:
+        return None
+    return int(_MALLINFO2().fordblks)

@@ -81,6 +81,16 @@ With ``weighted=True`` the same law runs in weight units instead of items
 unit, the size is a weight budget, and the item bounds
 (``min_batch_size``/``max_batch_size``) are kept by the batcher, which cuts
 a batch at the item that would cross the budget.
+
+Weighted runs add a throughput hill-climb (perturb and observe, see
+``BatchSizeController._climb``): items that differ in size can cost less per
+unit in small batches (batches that fit in the heap pages the allocator keeps
+skip the page faults of larger ones), which the time band does not see. From
+the first batch the budget halves while that is not clearly dearer per unit
+(``(duration_s + batch_overhead_s) / weight``); a budget cheaper by more than
+``probe_margin`` caps the law's size, and a batch at twice the cap every
+``probe_every`` batches checks whether the cap still pays. Memory and
+pressure can still ask for less. Unweighted runs are unchanged.
 """
 
 from __future__ import annotations
@@ -163,6 +173,25 @@ class ControlConfig:
         outlier_ratio: a per-item sample further than this factor from the
             estimate is clipped (one outlier) or, twice in a row on the same
             side, taken as a level shift; > 1.
+        batch_overhead_s: seconds one batch costs outside its own wall time (a
+            memory sample, the fsyncs of output and checkpoint: ~3 ms,
+            benchmarks/bench_core.py), added to each batch in the throughput
+            hill-climb (weighted runs), >= 0.
+        probe_margin: the hill-climb moves to a probed size only when its
+            seconds per unit are lower by more than this fraction, and gives
+            up a probe once they are higher by more, >= 0. Default 0.25: a
+            serial batch's seconds per unit fall 10-23 % below their median
+            (10th percentile, benchmarks/bench_weighted.py, the lines under
+            its table), so a 25 % gain is beyond that noise. With two workers
+            on two shared, loaded cores the spread reached 25-64 %, which is
+            why octaves are compared by the least of their last three
+            batches, not by one. Noise upward (90th percentile 1.8-8x) can
+            only end the descent early or keep a cap until the next probe.
+        probe_every: batches at the hill-climb's cap between two probes of
+            twice the cap, >= 1. Default 16: a probe into a dearer octave
+            costs about ``2 * (ratio - 1) / (probe_every + 2)`` of the
+            throughput, 3-5 % with the 1.3-1.5x of 32- over 16-item batches
+            in benchmarks/bench_weighted.py (log-normal, serial).
     """
 
     initial_batch_size: int = 100
@@ -175,6 +204,9 @@ class ControlConfig:
     max_growth_factor: float = 8.0
     shrink_factor: float = 0.5
     outlier_ratio: float = field(default=3.0)
+    batch_overhead_s: float = 0.003
+    probe_margin: float = 0.25
+    probe_every: int = 16
 
     def __post_init__(self) -> None:
         for name in ("initial_batch_size", "min_batch_size", "max_batch_size"):
@@ -223,6 +255,15 @@ class ControlConfig:
         r = self.outlier_ratio
         if not _is_number(r) or r <= 1:
             raise ConfigError(f"outlier_ratio={r!r} is not > 1: give e.g. 3.0")
+        o = self.batch_overhead_s
+        if not _is_number(o) or o < 0:
+            raise ConfigError(f"batch_overhead_s={o!r} is not >= 0 seconds: give e.g. 0.003")
+        pm = self.probe_margin
+        if not _is_number(pm) or pm < 0:
+            raise ConfigError(f"probe_margin={pm!r} is not >= 0: give e.g. 0.25")
+        pe = self.probe_every
+        if not _is_int(pe) or pe < 1:
+            raise ConfigError(f"probe_every={pe!r} is not a whole number >= 1: give e.g. 16")
 
     @property
     def aim_s(self) -> float:
@@ -236,7 +277,9 @@ class Decision:
 
     ``reason`` is one of ``"initial"``, ``"growth"``, ``"memory"``,
     ``"time"``, ``"hold"``, ``"pressure"``, ``"ceiling"``, ``"min"``,
-    ``"max"``, ``"memory_error"``. Sizes are items.
+    ``"max"``, ``"memory_error"``, and for weighted runs ``"probe"`` (the
+    throughput hill-climb tries another size) and ``"throughput"`` (it holds
+    the size whose seconds per unit were lowest). Sizes are items.
     """
 
     size: int
@@ -276,6 +319,27 @@ class _Ewma:
         return self.value
 
 
+class _Octave:
+    """Seconds per unit of the batches in one octave of weight: an EWMA and the last three costs."""
+
+    __slots__ = ("ewma", "recent", "count")
+
+    def __init__(self, alpha: float, ratio: float):
+        self.ewma = _Ewma(alpha, ratio)
+        self.recent: list[float] = []
+        self.count = 0
+
+    def add(self, cost: float) -> None:
+        self.ewma.update(cost)
+        self.recent = [*self.recent[-2:], cost]
+        self.count += 1
+
+    @property
+    def score(self) -> float:
+        """The least of the last three costs: the least disturbed by other work on the machine."""
+        return min(self.recent)
+
+
 class BatchSizeController:
     """Chooses the next batch size (items) from per-batch measurements.
 
@@ -307,6 +371,15 @@ class BatchSizeController:
         self._seconds = _Ewma(cfg.ewma_alpha, cfg.outlier_ratio)
         self._ceiling: float | None = None
         self._ceiling_step = self._ceiling_drop = 0.0
+        # Throughput hill-climb (weighted runs), see _climb: "down" explores smaller budgets from
+        # the first batch's, "capped" holds the cheapest one found, "off" leaves the law alone.
+        self._climb_state = "down" if weighted else "off"
+        self._octaves: dict[int, _Octave] = {}  # seconds per unit of the batches weighing (2^k, 2^(k+1)]
+        self._cap_octave: int | None = None  # the octave the cap fills batches up to
+        self._since_probe = 0
+        self._probe = 0  # +1 / -1: a batch one octave above / below the cap is on its way
+        self._probe_wait = 0  # batches observed since that probe was asked for
+        self._warm_up: int | None = None  # first batches not scored: one per process running them
         size: float | None = cfg.initial_batch_size
         if weighted:  # the first batch is cut by items; its measured weight seeds the budget
             size = None
@@ -429,7 +502,11 @@ class BatchSizeController:
         tim = self.time_target_size()
         if tim is not None and tim < candidate:
             candidate, reason = tim, ("hold" if tim == size else "time")
-        if mem is not None and mem <= candidate:
+        climb = self._climb(m, units, candidate, in_flight) if self.weighted else None
+        if climb is not None:
+            candidate, reason = climb
+        # Unweighted, memory_target_size is clamped at max_batch_size: there the max binds, not memory.
+        if mem is not None and mem <= candidate and (self.weighted or mem < cfg.max_batch_size):
             candidate, reason = mem, "memory"
         level = int(pressure)
         if level >= _WARNING:
@@ -440,6 +517,98 @@ class BatchSizeController:
         self._size, reason = self._clamp_reason(candidate, reason)
         self.last_decision = Decision(self.next_size(), reason, _round(mem), _round(tim))
         return self.next_size()
+
+    @property
+    def throughput_cap(self) -> float | None:
+        """Budget the throughput hill-climb holds batches at (weight units), or None."""
+        return None if self._cap_octave is None else float(2 ** (self._cap_octave + 1))
+
+    def _climb(self, m: BatchMeasurement, units: float, law: float, in_flight: int) -> tuple[float, str] | None:
+        """Throughput hill-climb on seconds per weight unit (weighted runs): a size, or None.
+
+        Perturb and observe, the hill-climbing search for a maximum power point (Esram and
+        Chapman, "Comparison of Photovoltaic Array Maximum Power Point Tracking Techniques",
+        IEEE Trans. Energy Conversion 22(2), 2007): change the size, keep the change while the
+        measured cost per unit improves, turn back once it worsens. The cost of a batch is
+        ``(duration_s + batch_overhead_s) / units``, so batches too small to amortise the
+        per-batch overhead read as dearer. Why: seconds per unit need not be flat in the size.
+        Batches that fit in the heap pages the allocator keeps reuse them; larger ones fault
+        their pages in again (benchmarks/bench_weighted.py, log-normal mix: 16-item batches
+        0.5-0.8 s, 64 to 512 items 1.3-2.2 s, most of it in the kernel), a cost the time band
+        (aimed at amortising overhead) does not see.
+
+        Costs are kept per octave of batch weight (``(2^k, 2^(k+1)]`` units), so batches may
+        report in any order: with batches in flight, those cut before a decision come back after
+        it. With batches in flight (worker processes), the first ``in_flight`` batches are not
+        scored: each pays a fresh worker's cold start (new heap pages, first calls), which made
+        later, smaller batches look cheaper (tests/test_weights.py, the shift under n_jobs=2); the
+        size is held for them. An octave is scored by the
+        least of its last three batches' costs, the least disturbed figure (noise on a shared
+        machine only adds time; benchmarks/bench_weighted.py takes the best of its repeats for
+        the same reason). From the first batch the budget
+        halves (into the next octave down) while the smallest octave measured is not dearer
+        than the cheapest by more than ``probe_margin``; one batch dearer than that is run once
+        more before the descent turns back. Then, if the cheapest octave beats the largest
+        measured by more than the margin, its top caps the law's size (memory and pressure may
+        still ask for less). At the cap, one batch in ``probe_every`` tries the octave above,
+        and one, half-way between, the octave below: the cap moves up when the batch above cost
+        no more per unit than the cap's own (an EWMA of its batches), and down when the batch
+        below was cheaper by more than the margin; it is dropped once the law's own size is as
+        cheap. Without a clear gain the law runs as before.
+        """
+        cfg = self.config
+        if units <= 0 or m.failed or m.duration_s < 0:
+            return None
+        cost = (m.duration_s + cfg.batch_overhead_s) / units
+        worse = 1.0 + cfg.probe_margin
+        if self._warm_up is None:  # worker processes start cold; batches in this process run in a warm one
+            self._warm_up = in_flight if in_flight > 1 else 0
+        if self._warm_up > 0:  # a worker's first batch pays its cold start: hold the size, score the next
+            self._warm_up -= 1
+            return units, "probe"
+        k = math.ceil(math.log2(units)) - 1 if units > 1 else -1  # (2^k, 2^(k+1)]; up to 1 unit: one octave
+        self._octaves.setdefault(k, _Octave(cfg.ewma_alpha, cfg.outlier_ratio)).add(cost)
+        scores = {o: oc.score for o, oc in self._octaves.items()}
+        best = min(scores, key=scores.__getitem__)
+        if self._climb_state == "down":
+            low = min(scores)
+            if low >= 0 and (k != low or m.size > 1):
+                if scores[low] <= scores[best] * worse:
+                    return float(2**low), "probe"  # budget 2^low: batches in the octave below
+                if self._octaves[low].count < 2:
+                    return float(2 ** (low + 1)), "probe"  # dearer on one batch: once more to be sure
+            top = max(scores)
+            if best < top and scores[best] * worse < scores[top]:
+                self._climb_state, self._cap_octave, self._since_probe = "capped", best, 0
+            else:
+                self._climb_state = "off"
+                return None
+        if self._climb_state != "capped" or self._cap_octave is None:
+            return None
+        c = self._cap_octave
+        cap_cost = self._octaves[c].ewma.value if c in self._octaves else None
+        self._since_probe += 1
+        if self._probe and (k - c) * self._probe > 0:  # the probe (or a batch as far out) came back
+            up, self._probe = self._probe > 0, 0
+            if cap_cost is not None and (cost <= cap_cost if up else cost * worse < cap_cost):
+                self._cap_octave = c = c + (1 if up else -1)
+                if up:
+                    self._since_probe = cfg.probe_every  # as cheap above: try higher still
+        elif self._probe:
+            self._probe_wait += 1
+            if self._probe_wait > 4:  # its batch was cut smaller (memory, the tail): give up on it
+                self._probe = 0
+        cap = float(2 ** (c + 1))
+        if cap >= law:
+            self._climb_state, self._cap_octave = "off", None
+            return None
+        if not self._probe and self._since_probe >= cfg.probe_every:
+            self._probe, self._probe_wait, self._since_probe = 1, 0, 0
+            return min(2 * cap, law), "probe"
+        if not self._probe and self._since_probe == cfg.probe_every // 2 and c > 0:
+            self._probe, self._probe_wait = -1, 0
+            return cap / 2, "probe"
+        return cap, "throughput"
 
     def _growth(self, m: BatchMeasurement, units: float, size: float) -> float:
         """Increase factor: ``growth_factor``, or up to ``max_growth_factor`` while the batch just run
