@@ -2,7 +2,7 @@
 against sentence-transformers' own ``model.encode(texts, batch_size=B)`` for B in 8, 32, 128.
 
     pip install torch==2.13.0 && pip install -e ".[embeddings]"
-    python benchmarks/bench_embeddings.py [--texts 200] [--memory-limit 1.5GiB] [--repeat 1]
+    python benchmarks/bench_embeddings.py [--texts 200] [--memory-limit 1.5GiB] [--repeat 1] [--runs FILE]
 
 The texts are the first N standard-library ``.py`` files in path order (examples/embeddings/embed.py).
 batchmem runs the shipped job file, ``examples/embeddings/embeddings_job.yaml``, through ``batchmem run``
@@ -16,7 +16,8 @@ from the start of its first batch (setup done in the worker) to the end of the r
 the limit; the others are only measured against it. A row whose peak passes the limit, or whose vectors
 differ from ``model.encode(batch_size=32)`` (cosine < 0.999), is marked ✘. The ratio columns divide by the
 fastest ``model.encode`` row under the limit (target for batchmem: <= 1.00). With ``--repeat`` the rows are
-interleaved and each keeps its fastest wall time.
+interleaved and each keeps its fastest wall time. ``--runs FILE`` adds this invocation's runs to those kept in
+FILE (JSON) and prints the fastest of all of them: repeats split over several commands.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=200, help="first N standard-library files (default 200)")
     parser.add_argument("--memory-limit", default="1.5GiB", help="memory_limit (default 1.5GiB, the job file's)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row; the fastest is kept (default 1)")
+    parser.add_argument("--runs", type=Path, help="JSON file of earlier runs (same --texts) to add these to")
     args = parser.parse_args()
     sys.path.insert(0, str(EXAMPLE))
     import embed
@@ -157,9 +159,10 @@ def main() -> None:
         jobs[name] = partial(run_batchmem, args.texts, args.memory_limit, order, weight, paths)
     names = list(jobs)
     rows: dict[str, Run] = {}
+    done = json.loads(args.runs.read_text())["repeats"] if args.runs is not None and args.runs.exists() else 0
     with tempfile.TemporaryDirectory(prefix="bench_embeddings_") as tmp:
-        for repeat in range(args.repeat):  # interleaved, each repeat starting one row later: the machine's
-            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:  # speed drifts
+        for repeat in range(done, done + args.repeat):  # interleaved, each repeat starting one row later:
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:  # the machine's speed drifts
                 run = jobs[name](Path(tmp))
                 if name not in rows or run[0] < rows[name][0]:
                     rows[name] = run
@@ -174,13 +177,27 @@ def main() -> None:
         return bool(cos.min() >= 0.999)
 
     ok = {name: same(v) and peak <= limit for name, (_, _, peak, v, _) in rows.items()}
+    repeats = args.repeat
+    if args.runs is not None:  # earlier commands' runs: each row keeps its fastest wall time over all of them
+        kept = json.loads(args.runs.read_text()) if args.runs.exists() else {"texts": args.texts, "repeats": 0}
+        if kept["texts"] != args.texts:
+            raise SystemExit(f"{args.runs} holds runs of {kept['texts']} texts, not {args.texts}")
+        for name, (wall, loaded, peak, _, batches) in rows.items():
+            old = kept.get(name)
+            if old is None or wall < old["wall"]:
+                kept[name] = {"wall": wall, "loaded": loaded, "peak": peak, "batches": batches, "ok": ok[name]}
+        kept["repeats"] += args.repeat
+        args.runs.write_text(json.dumps(kept, indent=1))
+        repeats = kept["repeats"]
+        rows = {n: (kept[n]["wall"], kept[n]["loaded"], kept[n]["peak"], None, kept[n]["batches"]) for n in names}
+        ok = {name: kept[name]["ok"] for name in names}
     safe = [name for name in rows if name.startswith("model.encode") and ok[name]]
     best = min(safe, key=lambda name: rows[name][0]) if safe else None
     best_loaded = min(safe, key=lambda name: rows[name][1]) if safe else None
     print(
         f"\n{args.texts} standard-library texts, {min(lengths):,} to {max(lengths):,} characters "
         f"({sum(lengths):,} in all); memory_limit {limit / 2**30:.2f} GiB; {os.cpu_count()} cores; "
-        f"fastest of {args.repeat} run(s)\n"
+        f"fastest of {repeats} run(s)\n"
     )
     print(
         "| run | batches (texts) | wall s | after model load s | peak RSS MiB | peak / limit "
