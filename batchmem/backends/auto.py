@@ -70,7 +70,8 @@ WARMUP_SWITCH_INTERVAL_S = 5e-4
 #: workloads, 5 interleaved warm runs each, medians: 3.14 s against 3.47 s without the cap, 1.77 s
 #: against 1.91 s.
 WARMUP_BATCH_S = 0.05
-#: In-process batches measured before settling in-process (the first ones are the smallest and noisiest).
+#: Batches measured before settling in-process (loky path; the first ones are the smallest and noisiest), or
+#: before either choice with forked workers, which run the probes anyway (the cheaper per item is used).
 PROBE_BATCHES = 2
 
 
@@ -159,7 +160,10 @@ class AutoExecutor(ExecutorBase):
 
     def _map_forked(self, it: Iterator[BatchTask]) -> Iterator[BatchOutcome]:
         """Batches go to the forked workers from the first on, and the choice is made from their first
-        outcomes (compute measured in the worker, shipping measured here). If the run should stay
+        outcomes (compute measured in the worker, shipping measured here): the cheaper per item of
+        :data:`PROBE_BATCHES` batches, a worker's first batch left out (it pays the copy-on-write faults
+        of every page it touches, which made 100 trivial items look costly enough for workers). If the
+        run should stay
         in-process, no new batch goes out: those in flight come back, the workers are shut down and the
         rest runs here. Probing in a worker keeps the other workers busy meanwhile, which an
         in-process probe of 100 items (0.3 s at 3 ms an item) did not."""
@@ -171,7 +175,8 @@ class AutoExecutor(ExecutorBase):
         if workers is not None:
             self._settle(forked, workers)
         ship: dict[int, float] = {}  # first item's index -> shipping seconds measured here, while deciding
-        probes = 0
+        probes: list[tuple[BatchOutcome, float]] = []  # (outcome, shipping seconds) of warm workers' batches
+        warm: set[int] = set()  # workers whose first batch came back
 
         def feed() -> Iterator[BatchTask]:
             while self.active is forked:
@@ -184,12 +189,15 @@ class AutoExecutor(ExecutorBase):
 
         for out in forked.map(feed()):
             yield out
-            if workers is None and out.start in ship and _measurable(out):
-                probes += 1
-                workers = self._workers(out, ship.pop(out.start))
-                if workers == 1 and probes < PROBE_BATCHES:
-                    workers = None
-                elif workers == 1:
+            cold = out.pid not in warm
+            warm.add(out.pid)
+            if workers is None and out.start in ship and _measurable(out) and not cold:
+                probes.append((out, ship.pop(out.start)))
+                if len(probes) < PROBE_BATCHES:
+                    continue
+                # the least disturbed probe: noise on a shared machine only adds time
+                workers = self._workers(*min(probes, key=lambda p: p[0].duration_s / p[0].size))
+                if workers == 1:
                     logger.info("n_jobs='auto': staying in-process: %s", self.reason)
                     self.active = self._starting = None  # feed() stops; the batches in flight drain
                 elif workers is not None:
@@ -249,9 +257,9 @@ class AutoExecutor(ExecutorBase):
         if workers == 1:
             self.reason = "one CPU available"
             return 1
-        room = self.memory_room()
-        if room is not None and out.peak_bytes > 0:
-            workers = max(1, min(workers, int(room // self._batch_peak_at_aim(out))))
+        room, peak = self.memory_room(), self._batch_peak_at_aim(out)
+        if room is not None and peak > 0:
+            workers = max(1, min(workers, int(room // peak)))
         if workers == 1:
             self.reason = "one batch at the time aim needs the whole memory target; a second worker would not fit"
             return 1
@@ -272,12 +280,16 @@ class AutoExecutor(ExecutorBase):
 
         A batched function may hold all of its items at once, so its peak grows with the batch. A
         per-item function frees an item's transient memory before the next one starts: what grows
-        with the batch is only the results it keeps (their encoded bytes stand in for them).
+        with the batch is only the results it keeps (their encoded bytes stand in for them). The free
+        heap counted into the measured peak (:func:`~batchmem.backends.worker.run_batch`) is left out:
+        it belongs to the process the batch ran in, and a worker's heap is its own (a pytest parent's
+        free heap made one 40 MiB item read as ~120 MiB, so a second worker "would not fit").
         """
         growth = max(1.0, self.aim_s / out.duration_s)
+        own = max(0, out.peak_bytes - out.free_heap_bytes)
         if self.opts.batched:
-            return out.peak_bytes * growth
-        return out.peak_bytes + len(out.payload) * (growth - 1)
+            return own * growth
+        return own + len(out.payload) * (growth - 1)
 
     def _start_workers(self, workers: int) -> None:
         """Build the worker executor and run an empty batch through it, so its processes exist
