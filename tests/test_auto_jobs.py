@@ -9,6 +9,7 @@ import time
 import pytest
 
 from batchmem import BatchProcessor, MemoryMonitor
+from batchmem.options import Batching
 
 
 def cheap(x):
@@ -66,8 +67,9 @@ def transient_40mib(x):
 
 def test_a_per_item_function_gets_workers_when_one_item_fits_though_a_batch_of_them_would_not():
     # At the 0.2 s time aim a batch holds ~15 items; counted as held together they would need ~600 MiB
-    # per worker, more than the 400 MiB of room; one at a time each worker holds 40 MiB.
-    limit = MemoryMonitor().rss_bytes() + (400 << 20)
+    # per worker, more than the 400 MiB of room; one at a time each worker holds 40 MiB. The room is
+    # under the memory target (0.6 of the limit) above this process's RSS, which earlier tests grow.
+    limit = int((MemoryMonitor().rss_bytes() + (400 << 20)) / Batching().memory_target_fraction)
     result = BatchProcessor(
         n_jobs="auto", backend="loky", batch_size=2, memory_limit=limit, progress=False, use_history=False
     ).process(range(200), transient_40mib)
