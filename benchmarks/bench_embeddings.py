@@ -44,8 +44,8 @@ EXAMPLE = ROOT / "examples" / "embeddings"
 JOB = EXAMPLE / "embeddings_job.yaml"
 SIZES = (8, 32, 128)
 BATCHMEM_ROWS = (  # row name, source order, batching.weight
-    ("batchmem job (weight = model cost)", "path", "embed:model_cost"),
-    ("batchmem job, texts sorted by length", "length", "embed:model_cost"),
+    ("batchmem job (shipped: weight = model cost, texts by length)", "length", "embed:model_cost"),
+    ("batchmem job, texts in path order", "path", "embed:model_cost"),
     ("batchmem job, weight = characters", "path", "embed:text_length"),
 )
 
