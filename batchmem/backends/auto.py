@@ -21,8 +21,8 @@ Where forking is safe (:mod:`batchmem.backends.forking`: Linux, no other
 Python thread, no OpenMP runtime), the workers are forked before the first
 batch, which takes milliseconds, and run the batches from the first on: the
 choice is made from their first outcomes, and if the run should stay
-in-process the batches in flight come back and the workers are shut down. Otherwise,
-when workers pay, loky workers are started in the background while batches
+in-process the batches in flight come back and the workers are shut down.
+Otherwise, when workers pay, loky workers are started in the background while batches
 go on in-process, and take over once they are up: their start-up (~0.45 s
 of CPU each) is off the critical path, and a run that stays in-process
 never pays for it. The choice and its reason are reported
@@ -163,10 +163,9 @@ class AutoExecutor(ExecutorBase):
         outcomes (compute measured in the worker, shipping measured here): the cheaper per item of
         :data:`PROBE_BATCHES` batches, a worker's first batch left out (it pays the copy-on-write faults
         of every page it touches, which made 100 trivial items look costly enough for workers). If the
-        run should stay
-        in-process, no new batch goes out: those in flight come back, the workers are shut down and the
-        rest runs here. Probing in a worker keeps the other workers busy meanwhile, which an
-        in-process probe of 100 items (0.3 s at 3 ms an item) did not."""
+        run should stay in-process, no new batch goes out: those in flight come back, the workers are
+        shut down and the rest runs here. Probing in a worker keeps the other workers busy meanwhile,
+        which an in-process probe of 100 items (0.3 s at 3 ms an item) did not."""
         forked = self.active = self._starting = self._forked
         assert forked is not None
         if self._guard is not None:
