@@ -49,6 +49,12 @@ __all__ = ["Run"]
 logger = logging.getLogger("batchmem")
 
 
+#: Shortest batch the tail balance cuts (seconds of work, from the run's seconds per item): the
+#: last worker to finish idles at most about this long. Shrinking on to single items added ~24
+#: round trips of ~1-3 ms for the last ~300 items of the CPU workload of benchmarks/bench_peers.py.
+TAIL_MIN_BATCH_S = 0.01
+
+
 @dataclass
 class _Reading:
     """Memory after a committed batch: the sample (None without monitoring), tree RSS, pressure."""
@@ -202,14 +208,18 @@ class Run:
         With ``W`` batches in flight and ``R`` items left, no batch takes more than
         ``ceil(R / (2 W))`` items, so the last batches shrink geometrically instead of
         one worker running a full-size last batch while the others idle (measured in
-        benchmarks/bench_core.py parallel: speedup 1.71 -> 1.81). Serial runs, fixed
-        batch sizes and sources of unknown length are not capped.
+        benchmarks/bench_core.py parallel: speedup 1.71 -> 1.81). They stop shrinking at
+        :data:`TAIL_MIN_BATCH_S` of work. Serial runs, fixed batch sizes and sources of unknown
+        length are not capped.
         """
         total, width = self.source.total, self.executor.in_flight
         if total is None or width <= 1 or self.fixed_size is not None:
             return size
         left = total - start
-        return max(1, min(size, -(-left // (2 * width))))
+        with self.lock:
+            per_item = None if self.weighted else self.optimizer.seconds_per_unit
+        floor = int(TAIL_MIN_BATCH_S / per_item) if per_item else 1
+        return max(1, min(size, max(floor, -(-left // (2 * width)))))
 
     def tasks(self) -> Iterator[BatchTask]:
         """Cut batches lazily, asking the optimizer for each size (or weight budget) just before the cut."""
