@@ -11,11 +11,9 @@ Each run is its own subprocess, so imports, workers and peaks do not mix; the pe
 process tree is watched from this process every 10 ms. Wall time is measured in the child after its
 imports: starting pools, workers and clusters counts, importing the libraries does not. Repeats are
 interleaved (the order of the systems rotates) and the table shows medians. Ratios: time over the
-best peer (every system but batchmem and the ceiling) and over the limit (serial time divided by the
-cores). The ceiling row is no peer: each core forks a process that runs its share of the items into
-its own file, and the files are joined; with no coordination at all, its time over the limit is what
-the machine allows. A system whose peak passes the memory workload's limit gets ✘. A peer that is not
-installed gets "not installed".
+best peer (every system but batchmem) and over the limit (serial time divided by the cores). A
+system whose peak passes the memory workload's limit gets ✘. A peer that is not installed gets "not
+installed".
 
 Workloads:
   tiny    1,000,000 trivial items (x -> x + 1)
@@ -47,17 +45,12 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 TMP = Path(tempfile.mkdtemp(prefix="batchmem-peers-"))
 CORES = os.cpu_count() or 1
-#: Not a peer: the cores' share of the items forked to each, written to its own file, then joined. No
-#: coordination at all, so its time / limit is what this machine allows (cores that slow each other down
-#: show here).
-CEILING = "ceiling: a fork per core, a share each"
 
 #: The child program: ``python -c CHILD workload system n out``; prints "ok" or "missing <module>".
 CHILD = r"""
 import json, os, sys, time
 sys.path.insert(0, os.path.join(sys.argv[5], "examples", "flights"))
 workload, system, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-CEILING = "ceiling: a fork per core, a share each"
 
 def tiny(x):
     return x + 1
@@ -75,30 +68,11 @@ def memory(x):
 
 fn = {"tiny": tiny, "cpu": cpu, "memory": memory}.get(workload)
 
-def write(results, path=out):
+def write(results):
     import orjson
-    with open(path, "wb") as f:
+    with open(out, "wb") as f:
         for r in results:
             f.write(orjson.dumps(r) + b"\n")
-
-def ideal_split():
-    import shutil
-    cores = os.cpu_count() or 1
-    bounds = [n * k // cores for k in range(cores + 1)]
-    pids = []
-    for k in range(cores):
-        pid = os.fork()
-        if pid == 0:
-            write((fn(x) for x in range(bounds[k], bounds[k + 1])), f"{out}.{k}")
-            os._exit(0)
-        pids.append(pid)
-    for pid in pids:
-        os.waitpid(pid, 0)
-    with open(out, "wb") as f:
-        for k in range(cores):
-            with open(f"{out}.{k}", "rb") as part:
-                shutil.copyfileobj(part, f)
-            os.remove(f"{out}.{k}")
 
 def flights_batchmem():
     import batchmem, flights_etl
@@ -133,8 +107,6 @@ def run():
         proc.process(items, fn, out, overwrite=True)
     elif system == "serial":
         write(fn(x) for x in items)
-    elif system == CEILING:
-        ideal_split()
     elif system == "joblib":
         from joblib import Parallel, delayed
         write(Parallel(n_jobs=2, batch_size="auto", return_as="generator")(delayed(fn)(x) for x in items))
@@ -179,11 +151,20 @@ except ImportError as exc:
     print("missing", exc.name, flush=True)
 """
 
-PARALLEL = ["batchmem", "serial", "joblib", "multiprocessing.Pool", "mpire", "dask.bag", "dask LocalCluster"]
+PARALLEL = [
+    "batchmem",
+    "serial",
+    "joblib",
+    "multiprocessing.Pool",
+    "mpire",
+    "dask.bag",
+    "dask LocalCluster",
+    "Ray Data",
+]
 WORKLOADS = {
-    "tiny": (1_000_000, [*PARALLEL, "Ray Data", CEILING]),
-    "cpu": (20_000, [*PARALLEL, "Ray Data", CEILING]),
-    "memory": (400, [*PARALLEL, "Ray Data", CEILING]),
+    "tiny": (1_000_000, PARALLEL),
+    "cpu": (20_000, PARALLEL),
+    "memory": (400, PARALLEL),
     "flights": (336_776, ["batchmem", "pandas loop", "dask.dataframe"]),
 }
 QUICK = {"tiny": 100_000, "cpu": 2_000, "memory": 60, "flights": 336_776}
@@ -260,11 +241,7 @@ def bench(workload: str, n: int, repeats: int) -> list[dict]:
 
 def table(workload: str, n: int, rows: list[dict]) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
-    peers = [
-        r
-        for r in ok
-        if r["system"] not in ("batchmem", CEILING) and (r["limit"] is None or r["peak"] <= r["limit"])
-    ]
+    peers = [r for r in ok if r["system"] != "batchmem" and (r["limit"] is None or r["peak"] <= r["limit"])]
     best = min((r["wall"] for r in peers), default=None)
     serial = next((r["wall"] for r in ok if r["system"] in ("serial", "pandas loop")), None)
     lines = [
