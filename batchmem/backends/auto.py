@@ -154,9 +154,11 @@ class AutoExecutor(ExecutorBase):
                 break
         if self.active is not None:
             yield from self.active.map(it)
-        else:
-            for task in it:
-                yield run_batch(self.fn, task, self.opts)
+            return
+        for task in it:
+            yield run_batch(self.fn, task, self.opts)
+        if self._warm is not None:  # workers were worth starting, but the batches ran out first
+            self.reason += "; the run ended before they were up"
 
     def _map_forked(self, it: Iterator[BatchTask]) -> Iterator[BatchOutcome]:
         """Batches go to the forked workers from the first on, and the choice is made from their first

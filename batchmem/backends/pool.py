@@ -39,7 +39,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import ExecutorBase
-from .forking import fork_unsafe_reason, forking_allowed_threads
+from .forking import fork_unsafe_reason, forking_allowed_threads, usable_cpus
+from .inner_threads import apply_in_worker, worker_env
 from .joblib_backend import _died, _worker_death_types, worker_exit
 from .pickling import check_picklable
 from .watchdog import OomWatchdog
@@ -81,11 +82,13 @@ class PoolExecutor(ExecutorBase):
     def _get_pool(self) -> Any:
         if self._pool is None:
             if self.kind == "loky":
+                from joblib import cpu_count
                 from joblib.executor import get_memmapping_executor
 
-                self._pool = get_memmapping_executor(self.in_flight)
+                self._pool = get_memmapping_executor(self.in_flight, env=worker_env(self.in_flight, cpu_count()))
             elif self._stdlib:
-                self._pool = _process_pool(self.in_flight, self.fn, self.opts, fork=self.kind == "fork")
+                env = worker_env(self.in_flight, usable_cpus())
+                self._pool = _process_pool(self.in_flight, self.fn, self.opts, env, fork=self.kind == "fork")
                 self._procs = self._pool._processes  # kept: shutdown() drops the pool's reference to it
             else:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.in_flight, thread_name_prefix="batchmem")
@@ -312,10 +315,11 @@ def _forks() -> bool:
 
 
 def _process_pool(
-    workers: int, fn: Callable[..., Any], opts: RunOptions, *, fork: bool = False
+    workers: int, fn: Callable[..., Any], opts: RunOptions, env: dict[str, str], *, fork: bool = False
 ) -> concurrent.futures.ProcessPoolExecutor:
     """The standard library's pool: the platform's default start method, or ``fork`` (the function and
-    options are then inherited, not pickled)."""
+    options are then inherited, not pickled); ``env`` limits the workers' thread pools
+    (:mod:`batchmem.backends.inner_threads`)."""
     import multiprocessing
 
     if fork:
@@ -325,23 +329,29 @@ def _process_pool(
 
         context, shipped = multiprocessing.get_context(), cloudpickle.dumps((fn, opts))
     return concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(shipped, frozenset(_STATES._entries))
+        workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(shipped, frozenset(_STATES._entries), env),
     )
 
 
-def _init_worker(shipped: bytes | tuple[Callable[..., Any], RunOptions], inherited: frozenset[str]) -> None:
+def _init_worker(
+    shipped: bytes | tuple[Callable[..., Any], RunOptions], inherited: frozenset[str], env: dict[str, str]
+) -> None:
     """In a new worker: ignore SIGINT (the parent decides how a run stops), give SIGTERM its default
     action back (a forked worker inherits the parent's handler, and the pool terminates broken workers
-    with SIGTERM, then joins them), unpickle the function and
-    options once (a forked worker has them already), and tear down the setup states this worker creates
-    when it exits (a forked worker does not run :mod:`atexit`; states it inherited from the parent are the
-    parent's to tear down)."""
+    with SIGTERM, then joins them), limit its thread pools (:func:`~batchmem.backends.inner_threads.apply_in_worker`),
+    unpickle the function and options once (a forked worker has them already), and tear down the setup
+    states this worker creates when it exits (a forked worker does not run :mod:`atexit`; states it
+    inherited from the parent are the parent's to tear down)."""
     import pickle
     from multiprocessing.util import Finalize
 
     global _SHIPPED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    apply_in_worker(env)
     _SHIPPED = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
     Finalize(None, _release_own_states, args=(inherited,), exitpriority=10)
 

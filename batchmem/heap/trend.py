@@ -68,13 +68,13 @@ def theil_sen(x: Sequence[float], y: Sequence[float]) -> Trend:
     return Trend(slope, intercept, confidence, n)
 
 
-
 def _median(a: np.ndarray) -> float:
     """Median of a non-empty 1-d array. ``np.median`` would do, but its first call imports
     ``numpy.ma`` (30-70 ms, numpy 2.x), paid by the first leak verdict of every run."""
     half = a.size // 2
     part = np.partition(a, (half - 1, half) if a.size % 2 == 0 else half)
     return float(part[half] if a.size % 2 else (part[half - 1] + part[half]) / 2)
+
 
 @dataclass(frozen=True)
 class LineGrowth:

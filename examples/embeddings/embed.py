@@ -44,19 +44,26 @@ def stdlib_texts(limit: int | None = None, order: str = "path") -> Iterator[dict
 
 #: Characters of Python source in the model's 256 tokens (median 865 over the standard library, measured).
 CHARS_READ = 900
-#: Tokenizing costs about 1/64 of what running the model costs per character read (measured: a 60,000-character
-#: text takes 92 ms, a 6,000-character one 55 ms, a 120-character one 19 ms).
-TOKENIZE_SHARE = 1 / 64
+#: What one text costs whatever its length, in characters read: 12 ms a text against 36 us a character
+#: read, in batches of 4 and of 8 alike (so not a per-batch cost); ``python benchmarks/fit_embeddings_cost.py``.
+PER_TEXT = 330
+#: Tokenizing costs about 1/60 of what running the model costs per character read (same fit: 0.6 us against
+#: 36 us a character).
+TOKENIZE_SHARE = 1 / 60
 
 
 def model_cost(item: dict[str, Any]) -> float:
-    """The job's weight, in characters the model reads: its first ~900 (256 tokens) plus 1/64 of all of them.
+    """The job's weight, in characters the model reads: a fixed 330 per text, its first ~900 characters
+    (256 tokens) and 1/60 of all of them.
 
     The model truncates every text to 256 tokens, so a 200,000-character file costs about twice a
-    2,000-character one, not 100x; tokenizing the whole text is the part that keeps growing.
+    2,000-character one, not 100x; tokenizing the whole text is the part that keeps growing. Without the
+    fixed part a short text read as dear per unit as a long one is cheap, and with the texts sorted by
+    length the cost per unit fell all along the run, which the throughput hill-climb took for cheaper
+    batches: single texts for a fifth of the run.
     """
     chars = len(item["text"])
-    return min(chars, CHARS_READ) + chars * TOKENIZE_SHARE
+    return PER_TEXT + min(chars, CHARS_READ) + chars * TOKENIZE_SHARE
 
 
 def text_length(item: dict[str, Any]) -> int:

@@ -157,9 +157,7 @@ def test_one_isolated_worker_is_guarded_an_item_past_the_limit_fails_alone_and_t
     forked workers of ``n_jobs="auto"`` share the parent's pages and are guarded as well."""
     script, out = tmp_path / "child.py", tmp_path / "out.jsonl"
     script.write_text(CHILD)
-    done = subprocess.run(
-        [sys.executable, str(script), str(out), workers], capture_output=True, text=True, timeout=180
-    )
+    done = subprocess.run([sys.executable, str(script), str(out), workers], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     counts, choice = done.stdout.splitlines()
     kills, deaths, failed = map(int, counts.split())
