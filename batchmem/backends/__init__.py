@@ -162,7 +162,10 @@ def make_executor(
     ``n_jobs="auto"`` starts in-process and moves to loky workers when they pay (``backend_options``
     ``memory_room``, ``aim_s`` and ``workers_hint``; see :mod:`batchmem.backends.auto`).
     ``backend_options`` go to the factory (dask: ``client``, ``scheduler_address``).
-    With ``opts.setup``, ``fn`` must accept ``state=`` (ConfigError otherwise).
+    With ``opts.setup``, ``fn`` must accept ``state=`` (ConfigError otherwise). Worker processes
+    are started here, with an empty batch that runs the setup: they boot (a loky worker is a new
+    interpreter, and a setup may import torch) while the caller opens its output and cuts the first
+    batch, instead of after the first submit.
     """
     if opts.setup is not None:
         check_accepts_state(fn)
@@ -172,8 +175,11 @@ def make_executor(
         return _auto(fn, opts, backend, **backend_options)
     name = backend if backend is not None else ("serial" if n_jobs == 1 else None)
     if name is None:
-        return _configured(fn, opts, n_jobs)
-    factory = BACKENDS.get(name)
-    if factory is None:  # a backend registered with joblib (register_parallel_backend)
+        executor = _configured(fn, opts, n_jobs)
+    elif (factory := BACKENDS.get(name)) is None:  # a backend registered with joblib (register_parallel_backend)
         return JoblibExecutor(fn, opts, n_jobs, backend)
-    return factory(fn, opts, n_jobs, **backend_options)
+    else:
+        executor = factory(fn, opts, n_jobs, **backend_options)
+    if isinstance(executor, PoolExecutor) and executor.processes:
+        executor.start()  # the workers boot, and run the setup, while this process opens its files
+    return executor
