@@ -36,3 +36,20 @@ def test_batches_are_cut_at_most_n_jobs_plus_one_ahead_of_the_commits(tmp_path, 
     assert list(result) == list(range(600))
     assert len(lags) >= 20
     assert max(lags) <= 2 + 1, lags  # n_jobs + 1
+
+
+def sleepy(x):
+    time.sleep(0.001)
+    return x
+
+
+def test_the_tail_is_shared_out_in_batches_of_at_least_10_ms(tmp_path):
+    """The last batches of a sized source shrink so that both workers finish together, down to
+    TAIL_MIN_BATCH_S of work (10 items at ~1 ms each), not to single items."""
+    proc = BatchProcessor(n_jobs=2, backend="threading", progress=False, use_history=False)
+    result = proc.process(range(2_000), sleepy, tmp_path / "out.jsonl")
+    assert list(result) == list(range(2_000))
+    sizes = result.stats.batch_sizes
+    top = sizes.index(max(sizes))
+    assert sizes[-2] < max(sizes), sizes  # the tail shrinks
+    assert min(sizes[top:-1]) >= 5, sizes  # 10 ms at ~1 ms an item, 2x slack; the last takes what is left
