@@ -8,15 +8,19 @@ variables of those libraries set to ``max(cpu_count() // n_jobs, 1)``, unless th
 environment sets them already, plus ``ENABLE_IPC=1`` for TBB (``ParallelBackendBase._prepare_worker_env``
 in ``joblib/_parallel_backends.py``; joblib PR #940, "over-subscription mitigation"). batchmem's
 process workers get the same: loky's through the executor's ``env``, forked and standard-library ones
-in their initializer (:func:`apply_in_worker`), which also limits the libraries a forked worker
-inherits already loaded (their variables were read at load time) with threadpoolctl.
+in their initializer, for the libraries they load from then on (PyTorch
+imported by a setup, say). A library a forked worker inherits already loaded (numpy's OpenBLAS, loaded
+with numpy in the parent) keeps the parent's count: capping it in the child with threadpoolctl starts
+OpenBLAS's pool again, and its thread spins for ~0.1 s of CPU in every worker (measured: 0.40 s of CPU
+for 0.3 s of pure Python in a forked child, 0.30 s without), which slowed the pure-Python CPU workload
+of benchmarks/bench_peers.py.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["THREAD_VARS", "apply_in_worker", "worker_env"]
+__all__ = ["THREAD_VARS", "worker_env"]
 
 #: The variables joblib sets in loky workers (``ParallelBackendBase.MAX_NUM_THREADS_VARS``).
 THREAD_VARS = (
@@ -40,15 +44,3 @@ def worker_env(workers: int, cpus: int) -> dict[str, str]:
     if TBB_IPC_VAR not in os.environ:
         env[TBB_IPC_VAR] = "1"
     return env
-
-
-def apply_in_worker(env: dict[str, str]) -> None:
-    """In a worker process: set ``env`` for the libraries loaded from now on, and cap the thread pools of
-    those loaded already (a forked worker inherits numpy's OpenBLAS, started with the parent's count) at
-    ``OMP_NUM_THREADS`` with threadpoolctl. A no-op for an empty ``env``."""
-    if not env:
-        return
-    os.environ.update(env)
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(int(env["OMP_NUM_THREADS"]))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections import deque
@@ -40,7 +41,7 @@ from typing import Any
 from ..errors import ConfigError
 from .base import ExecutorBase
 from .forking import fork_unsafe_reason, forking_allowed_threads, usable_cpus
-from .inner_threads import apply_in_worker, worker_env
+from .inner_threads import worker_env
 from .joblib_backend import _died, _worker_death_types, worker_exit
 from .pickling import check_picklable
 from .watchdog import OomWatchdog
@@ -341,7 +342,7 @@ def _init_worker(
 ) -> None:
     """In a new worker: ignore SIGINT (the parent decides how a run stops), give SIGTERM its default
     action back (a forked worker inherits the parent's handler, and the pool terminates broken workers
-    with SIGTERM, then joins them), limit its thread pools (:func:`~batchmem.backends.inner_threads.apply_in_worker`),
+    with SIGTERM, then joins them), set the thread-count variables (:mod:`batchmem.backends.inner_threads`),
     unpickle the function and options once (a forked worker has them already), and tear down the setup
     states this worker creates when it exits (a forked worker does not run :mod:`atexit`; states it
     inherited from the parent are the parent's to tear down)."""
@@ -351,7 +352,7 @@ def _init_worker(
     global _SHIPPED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    apply_in_worker(env)
+    os.environ.update(env)  # thread pools of the libraries it loads from now on (batchmem.backends.inner_threads)
     _SHIPPED = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
     Finalize(None, _release_own_states, args=(inherited,), exitpriority=10)
 
