@@ -8,12 +8,12 @@ variables of those libraries set to ``max(cpu_count() // n_jobs, 1)``, unless th
 environment sets them already, plus ``ENABLE_IPC=1`` for TBB (``ParallelBackendBase._prepare_worker_env``
 in ``joblib/_parallel_backends.py``; joblib PR #940, "over-subscription mitigation"). batchmem's
 process workers get the same: loky's through the executor's ``env``, forked and standard-library ones
-in their initializer, for the libraries they load from then on (PyTorch
-imported by a setup, say). A library a forked worker inherits already loaded (numpy's OpenBLAS, loaded
-with numpy in the parent) keeps the parent's count: capping it in the child with threadpoolctl starts
-OpenBLAS's pool again, and its thread spins for ~0.1 s of CPU in every worker (measured: 0.40 s of CPU
-for 0.3 s of pure Python in a forked child, 0.30 s without), which slowed the pure-Python CPU workload
-of benchmarks/bench_peers.py.
+in their initializer, for the libraries they load from then on (PyTorch imported by a setup, say).
+A library a forked worker inherits already loaded (numpy's OpenBLAS, loaded with numpy in the
+parent) keeps the parent's count: capping it in the child with threadpoolctl starts OpenBLAS's pool
+again, and its thread spins for ~0.1 s of CPU in every worker (measured: 0.40 s of CPU for 0.3 s of
+pure Python in a forked child, 0.30 s without), which slowed the pure-Python CPU workload of
+benchmarks/bench_peers.py.
 """
 
 from __future__ import annotations
