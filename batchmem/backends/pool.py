@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import ConfigError
-from ..heap.malloc import reuse_large_blocks
 from .base import ExecutorBase
 from .forking import fork_unsafe_reason, forking_allowed_threads, usable_cpus
 from .inner_threads import worker_env
@@ -344,7 +343,6 @@ def _init_worker(
     """In a new worker: ignore SIGINT (the parent decides how a run stops), give SIGTERM its default
     action back (a forked worker inherits the parent's handler, and the pool terminates broken workers
     with SIGTERM, then joins them), set the thread-count variables (:mod:`batchmem.backends.inner_threads`),
-    let large blocks be reused (:func:`~batchmem.heap.malloc.reuse_large_blocks`),
     unpickle the function and options once (a forked worker has them already), and tear down the setup
     states this worker creates when it exits (a forked worker does not run :mod:`atexit`; states it
     inherited from the parent are the parent's to tear down)."""
@@ -355,7 +353,6 @@ def _init_worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.update(env)  # thread pools of the libraries it loads from now on (batchmem.backends.inner_threads)
-    reuse_large_blocks()
     _SHIPPED = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
     Finalize(None, _release_own_states, args=(inherited,), exitpriority=10)
 

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from ..errors import BatchFunctionError
-from ..heap.malloc import heap_free_bytes, heap_in_use_bytes, reuse_large_blocks
+from ..heap.malloc import heap_free_bytes, heap_in_use_bytes
 from ..heap.monitor import PeakMemoryTracker
 from ..io.sinks import NULL_LINE, encode_results, encoder_args, error_record, row_dicts, serialization_error
 from .worker_setup import WorkerSetup
@@ -265,10 +265,9 @@ def _run_batched(
     return results
 
 
-def _prepare_loky_worker() -> None:
-    """Once in a loky worker: ignore SIGINT (a terminal's Ctrl-C reaches the whole process group, and the
-    parent, see :mod:`batchmem.signals`, decides to finish the batches in flight, not the workers) and
-    let large blocks be reused (:func:`~batchmem.heap.malloc.reuse_large_blocks`)."""
+def _ignore_sigint_in_loky_worker() -> None:
+    """In a loky worker, ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
+    parent (see :mod:`batchmem.signals`) decides to finish the batches in flight, not the workers."""
     import multiprocessing
     import signal
 
@@ -278,7 +277,6 @@ def _prepare_loky_worker() -> None:
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     ):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        reuse_large_blocks()
 
 
 def run_batch(
@@ -296,7 +294,7 @@ def run_batch(
     encode.
     """
     kwargs = kwargs or {}
-    _prepare_loky_worker()
+    _ignore_sigint_in_loky_worker()
     if opts.setup is not None:  # before the measurement: the setup's time and memory are not this batch's
         kwargs = {**kwargs, "state": opts.setup.state()}
     out = BatchOutcome(task.index, task.start, len(task), pid=os.getpid())

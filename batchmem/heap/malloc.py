@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-__all__ = ["REUSE_BLOCKS_BYTES", "heap_free_bytes", "heap_in_use_bytes", "reuse_large_blocks"]
+__all__ = ["heap_free_bytes", "heap_in_use_bytes"]
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -76,25 +76,3 @@ def heap_free_bytes() -> int | None:
     if _MALLINFO2 is None:
         return None
     return int(_MALLINFO2().fordblks)
-
-
-#: Blocks up to this size come from the heap in worker processes, and the heap keeps up to this much free
-#: at its top (mallopt(3) ``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``), bytes. glibc's own threshold moves
-#: up to 32 MiB at most, so a larger block (a 40 MiB array) is mapped and unmapped every time, and every
-#: item faults its pages in again: 3.47 ms against 1.42 ms an item for ``np.ones(40 MiB)`` with the pages
-#: kept (the memory workload of benchmarks/bench_peers.py). What is kept is counted: a batch's peak
-#: includes the free heap at its start, and free heap beyond twice the last peak is trimmed
-#: (:func:`batchmem.backends.worker.run_batch`).
-REUSE_BLOCKS_BYTES = 256 << 20
-
-
-def reuse_large_blocks(limit: int = REUSE_BLOCKS_BYTES) -> bool:
-    """Serve blocks up to ``limit`` bytes from the heap and keep up to ``limit`` free at its top, in this
-    process (for worker processes, which batchmem owns: it changes the allocator for the whole process).
-    False where glibc's ``mallopt`` is unavailable or refuses."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
