@@ -1,5 +1,4 @@
-"""glibc's count of heap bytes in use (``mallinfo2``): a leak baseline steadier than RSS; and the
-``mallopt`` setting that lets worker processes reuse large freed blocks (:func:`reuse_large_blocks`).
+"""glibc's count of heap bytes in use (``mallinfo2``): a leak baseline steadier than RSS.
 
 RSS moves with the allocator's free pages; ``mallinfo2().uordblks + hblkhd`` counts the bytes
 malloc has handed out and not taken back (mallinfo(3), glibc >= 2.33). Workers read it at the start

@@ -16,7 +16,7 @@ import time
 
 from conftest import assert_committed_prefix, assert_complete, batchmem, checkpoint, write_job
 
-N_ITEMS = 20_000  # about 0.55 ms each: ~11 s of work in batches of ~50 ms
+N_ITEMS = 40_000  # about 0.55 ms each: ~22 s of work in batches of ~50 ms, more than 20 kills interrupt
 KILLS = 20
 
 
