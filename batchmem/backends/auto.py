@@ -22,10 +22,10 @@ Python thread, no OpenMP runtime), the workers are forked before the first
 batch, which takes milliseconds, and run the batches from the first on: the
 choice is made from their first outcomes, and if the run should stay
 in-process the batches in flight come back and the workers are shut down.
-Otherwise, when workers pay, loky workers are started in the background while batches
-go on in-process, and take over once they are up: their start-up (~0.45 s
-of CPU each) is off the critical path, and a run that stays in-process
-never pays for it. The choice and its reason are reported
+Otherwise, when workers pay, loky workers are started in the background
+while batches go on in-process, and take over once they are up: their
+start-up (~0.45 s of CPU each) is off the critical path, and a run that
+stays in-process never pays for it. The choice and its reason are reported
 (``RunStats.n_jobs_choice``: "2 forked workers: ...", "2 workers: ...").
 """
 

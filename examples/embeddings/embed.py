@@ -60,7 +60,7 @@ def model_cost(item: dict[str, Any]) -> float:
     2,000-character one, not 100x; tokenizing the whole text is the part that keeps growing. Without the
     fixed part a short text read as dear per unit as a long one is cheap, and with the texts sorted by
     length the cost per unit fell all along the run, which the throughput hill-climb took for cheaper
-    batches: single texts for a fifth of the run.
+    small batches (19 single texts among 96 batches in one run of 400 texts).
     """
     chars = len(item["text"])
     return PER_TEXT + min(chars, CHARS_READ) + chars * TOKENIZE_SHARE
