@@ -11,7 +11,15 @@ import time
 
 import pytest
 
-from batchmem.backends.watchdog import OomWatchdog, Rss, choose_victim, statm, statm_rss_bytes, tree_bytes
+from batchmem.backends.watchdog import (
+    OomWatchdog,
+    Rss,
+    StatmReader,
+    choose_victim,
+    statm,
+    statm_rss_bytes,
+    tree_bytes,
+)
 from batchmem.heap.monitor import tree_pss_bytes
 
 MiB = 1 << 20
@@ -124,6 +132,25 @@ def test_statm_reads_this_process():
     assert me is not None and me.resident > 10 * MiB and 0 < me.shared < me.resident
     assert statm_rss_bytes(os.getpid()) >= me.resident // 2
     assert statm(2**22 + 7) is None  # no such pid
+
+
+def test_statm_reader_rereads_open_files_and_drops_reaped_pids():
+    read = StatmReader()
+    before = read(os.getpid())
+    block = b"x" * (64 * MiB)  # written: resident
+    grown = read(os.getpid())
+    assert before is not None and grown is not None and grown.resident - before.resident >= 60 * MiB
+    del block
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(0.2)
+        os._exit(0)
+    assert read(pid).resident > 10 * MiB
+    os.waitpid(pid, 0)
+    assert read(pid) is None and read(2**22 + 7) is None
+    read.keep([os.getpid()])
+    assert read(os.getpid()) is not None
+    read.close()
 
 
 CHILD = textwrap.dedent("""
