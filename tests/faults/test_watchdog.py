@@ -141,11 +141,15 @@ def test_statm_reader_rereads_open_files_and_drops_reaped_pids():
     grown = read(os.getpid())
     assert before is not None and grown is not None and grown.resident - before.resident >= 60 * MiB
     del block
+    hold, release = os.pipe()
     pid = os.fork()
     if pid == 0:
-        time.sleep(0.2)
+        os.close(release)
+        os.read(hold, 1)  # alive until the parent has read it
         os._exit(0)
+    os.close(hold)
     assert read(pid).resident > 10 * MiB
+    os.close(release)
     os.waitpid(pid, 0)
     assert read(pid) is None and read(2**22 + 7) is None
     read.keep([os.getpid()])
