@@ -13,7 +13,6 @@ import functools
 import gc
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +24,16 @@ from ..errors import BatchFunctionError
 from ..heap.malloc import heap_free_bytes, heap_in_use_bytes
 from ..heap.monitor import PeakMemoryTracker
 from ..io.sinks import NULL_LINE, encode_results, encoder_args, error_record, row_dicts, serialization_error
+from .loky_worker import prepare_loky_worker
 from .worker_setup import WorkerSetup
 
 __all__ = ["BatchTask", "BatchOutcome", "RunOptions", "run_batch"]
 
 logger = logging.getLogger("batchmem")
+
+# A loky worker imports this module to unpickle its first batch, before the function's module: the
+# earliest point to set the worker up (its SIGINT, its exit; see loky_worker.py).
+prepare_loky_worker()
 
 
 @dataclass(frozen=True)
@@ -265,20 +269,6 @@ def _run_batched(
     return results
 
 
-def _ignore_sigint_in_loky_worker() -> None:
-    """In a loky worker, ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
-    parent (see :mod:`batchmem.signals`) decides to finish the batches in flight, not the workers."""
-    import multiprocessing
-    import signal
-
-    if (
-        multiprocessing.current_process().name.startswith("LokyProcess")
-        and threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    ):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def run_batch(
     fn: Callable[..., Any], task: BatchTask, opts: RunOptions, kwargs: dict[str, Any] | None = None
 ) -> BatchOutcome:
@@ -294,7 +284,6 @@ def run_batch(
     encode.
     """
     kwargs = kwargs or {}
-    _ignore_sigint_in_loky_worker()
     if opts.setup is not None:  # before the measurement: the setup's time and memory are not this batch's
         kwargs = {**kwargs, "state": opts.setup.state()}
     out = BatchOutcome(task.index, task.start, len(task), pid=os.getpid())
