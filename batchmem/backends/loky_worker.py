@@ -28,15 +28,15 @@ __all__ = ["prepare_loky_worker"]
 _exiting_cleanly = False
 
 
-def prepare_loky_worker() -> None:
-    """In a loky worker (call once): ignore SIGINT and exit without the interpreter's teardown.
+def prepare_loky_worker() -> bool:
+    """In a loky worker (call once): ignore SIGINT and exit without the interpreter's teardown; True there.
 
     SIGINT: a terminal's Ctrl-C reaches the whole process group, and the parent (see
     :mod:`batchmem.signals`) decides to finish the batches in flight, not the workers. Does nothing
-    in other processes.
+    in other processes, and returns False.
     """
     if not multiprocessing.current_process().name.startswith("LokyProcess"):
-        return
+        return False
     if threading.current_thread() is threading.main_thread():
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -46,6 +46,7 @@ def prepare_loky_worker() -> None:
     # Registered before the function's module and the setup register theirs: atexit runs handlers in
     # reverse order of registration, so this one runs after them.
     atexit.register(_exit_without_teardown)
+    return True
 
 
 def _note_exit() -> None:

@@ -45,7 +45,7 @@ from .inner_threads import worker_env
 from .joblib_backend import _died, _worker_death_types, worker_exit
 from .pickling import check_picklable
 from .watchdog import OomWatchdog
-from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
+from .worker import BatchOutcome, BatchTask, RunOptions, own_this_process, run_batch
 from .worker_setup import _STATES
 
 __all__ = ["PoolExecutor"]
@@ -353,6 +353,7 @@ def _init_worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.update(env)  # thread pools of the libraries it loads from now on (batchmem.backends.inner_threads)
+    own_this_process()
     _SHIPPED = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
     Finalize(None, _release_own_states, args=(inherited,), exitpriority=10)
 

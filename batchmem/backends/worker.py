@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from ..errors import BatchFunctionError
-from ..heap.malloc import heap_free_bytes, heap_in_use_bytes
+from ..heap.malloc import heap_free_bytes, heap_in_use_bytes, reuse_large_blocks
 from ..heap.monitor import PeakMemoryTracker
 from ..io.sinks import NULL_LINE, encode_results, encoder_args, error_record, row_dicts, serialization_error
 from .loky_worker import prepare_loky_worker
@@ -33,7 +33,7 @@ logger = logging.getLogger("batchmem")
 
 # A loky worker imports this module to unpickle its first batch, before the function's module: the
 # earliest point to set the worker up (its SIGINT, its exit; see loky_worker.py).
-prepare_loky_worker()
+_owned_worker = prepare_loky_worker()  # a process batchmem started and may tune (see own_this_process)
 
 
 @dataclass(frozen=True)
@@ -129,25 +129,51 @@ _MALLOC_TRIM = _load_malloc_trim()
 
 #: Peak (bytes, as in BatchOutcome.peak_bytes) of the last batch this process ran; 0 before the first.
 _last_peak_bytes = 0
+#: Whether this process reuses its heap within a batch and hands it back between batches (decided at
+#: its first batch, see _reusable_free_heap); None before.
+_reuse_within_batches: bool | None = None
 
 
-def _reusable_free_heap() -> int:
+def own_this_process() -> None:
+    """Mark this process as a worker batchmem started (a process pool's worker), whose allocator
+    it may tune (:func:`_reusable_free_heap`); a forked one decides again what its parent decided.
+    loky workers are recognised by themselves."""
+    global _owned_worker, _reuse_within_batches
+    _owned_worker, _reuse_within_batches = True, None
+
+
+def _reusable_free_heap(batched: bool) -> int:
     """Free heap bytes the coming batch may reuse without its RSS moving, to count in its peak.
 
-    Up to twice the last batch's peak, malloc's free bytes (``mallinfo2().fordblks``) are kept and
-    counted: the last batch's freed pages (at most its peak) plus as much again of older free
-    heap. The next batch reuses them without page faults (benchmarks/bench_weighted.py,
-    log-normal mix: trimming them after every large batch cost 1.4-1.7 s of page faults in a 2 s
-    run). More free heap than that (or any before the first batch) is not recent batches'
-    leftovers but earlier work's, pinned by live objects; counted, it would make every peak read
-    that large and shrink batches to single items (300 MiB of pinned 100 KiB blocks under a limit
-    of RSS + 100 MiB: 199,000 one-item batches). It is handed back to the kernel (glibc
-    ``malloc_trim(0)``, as distributed recommends for memory "not released back to the OS",
-    https://distributed.dask.org/en/stable/worker-memory.html); then no free chunk holds
-    resident pages, so nothing is counted and the batch's RSS growth is its whole peak.
+    Per-item calls in a worker batchmem started reuse the heap within a batch: blocks up to 256 MiB
+    are kept in it (:func:`~batchmem.heap.malloc.reuse_large_blocks`), so only the first item of a
+    batch faults its pages in (the memory workload of benchmarks/bench_peers.py, 400 items of 40 MiB
+    on 2 workers: 1.30 s against 2.24 s unmapping every block, mpire 2.13-2.62 s). Between batches the
+    free heap goes back to the kernel, so the next batch's RSS growth is its whole peak: free heap
+    counted in a peak is an upper bound of what the batch reused, and one that feeds itself (a batch
+    needing less reads the whole free heap, the estimate per item rises, batches shrink and the same
+    free heap reads dearer per item: 12 MiB per MiB of weight in tests/test_weights.py's shift).
+
+    Elsewhere (batched calls, whose reuse is across batches; in-process runs, whose allocator is the
+    user's) up to twice the last batch's peak, malloc's free bytes (``mallinfo2().fordblks``) are kept
+    and counted: the last batch's freed pages (at most its peak) plus as much again of older free
+    heap. The next batch reuses them without page faults (benchmarks/bench_weighted.py, log-normal
+    mix: trimming them after every large batch cost 1.4-1.7 s of page faults in a 2 s run; with
+    2 workers 1.88 s against 1.54 s). More free heap than that (or any before the first batch) is not
+    recent batches' leftovers but earlier work's, pinned by live objects; counted, it would make
+    every peak read that large and shrink batches to single items (300 MiB of pinned 100 KiB blocks
+    under a limit of RSS + 100 MiB: 199,000 one-item batches).
+
+    Free heap that is not counted is handed back to the kernel (glibc ``malloc_trim(0)``, as
+    distributed recommends for memory "not released back to the OS",
+    https://distributed.dask.org/en/stable/worker-memory.html); then no free chunk holds resident
+    pages, so nothing is counted and the batch's RSS growth is its whole peak.
     """
+    global _reuse_within_batches
+    if _reuse_within_batches is None:
+        _reuse_within_batches = _owned_worker and not batched and reuse_large_blocks()
     free = heap_free_bytes() or 0
-    if free <= 2 * _last_peak_bytes:
+    if free <= (0 if _reuse_within_batches else 2 * _last_peak_bytes):
         return free
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
@@ -288,7 +314,7 @@ def run_batch(
         kwargs = {**kwargs, "state": opts.setup.state()}
     out = BatchOutcome(task.index, task.start, len(task), pid=os.getpid())
     out.heap_bytes = heap_in_use_bytes() or 0  # the previous batch's settled heap: what HeapAnalyzer trends
-    out.free_heap_bytes = _reusable_free_heap()
+    out.free_heap_bytes = _reusable_free_heap(opts.batched)
     gc_before = _gc_collections()
     t0 = time.perf_counter()
     with PeakMemoryTracker(force_sampling=opts.peak_by_sampling) as peak:
@@ -307,7 +333,8 @@ def run_batch(
     global _last_peak_bytes
     _last_peak_bytes = out.peak_bytes
     end = heap_free_bytes() or 0
-    out.free_heap_end_bytes = end if end <= 2 * out.peak_bytes else 0  # what the next batch here will count
+    keeps = not _reuse_within_batches and end <= 2 * out.peak_bytes
+    out.free_heap_end_bytes = end if keeps else 0  # what the next batch here will count
     out.gc_collections = _gc_collections() - gc_before
     if results is None or out.split:
         return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-__all__ = ["heap_free_bytes", "heap_in_use_bytes"]
+__all__ = ["heap_free_bytes", "heap_in_use_bytes", "reuse_large_blocks"]
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -75,3 +75,22 @@ def heap_free_bytes() -> int | None:
     if _MALLINFO2 is None:
         return None
     return int(_MALLINFO2().fordblks)
+
+
+def reuse_large_blocks(limit: int = 256 << 20) -> bool:
+    """Serve blocks up to ``limit`` bytes from the heap and keep up to ``limit`` free at its top, in
+    this process (mallopt(3) ``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``); False where glibc's
+    ``mallopt`` is unavailable or refuses.
+
+    glibc's own threshold moves up to 32 MiB at most (its ``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit,
+    mallopt(3)), so a larger block, a 40 MiB array, is mapped and unmapped every time and every use
+    faults its pages in again: 3.47 ms against 1.42 ms an item for ``np.ones(40 MiB)`` with the pages
+    kept (the memory workload of benchmarks/bench_peers.py). Setting either value turns glibc's
+    dynamic threshold off for good, so this is for processes batchmem owns (its workers), once.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
