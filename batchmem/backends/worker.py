@@ -148,11 +148,12 @@ def _reusable_free_heap(batched: bool) -> int:
     Per-item calls in a worker batchmem started reuse the heap within a batch: blocks up to 256 MiB
     are kept in it (:func:`~batchmem.heap.malloc.reuse_large_blocks`), so only the first item of a
     batch faults its pages in (the memory workload of benchmarks/bench_peers.py, 400 items of 40 MiB
-    on 2 workers: 1.30 s against 2.24 s unmapping every block, mpire 2.13-2.62 s). Between batches the
-    free heap goes back to the kernel, so the next batch's RSS growth is its whole peak: free heap
-    counted in a peak is an upper bound of what the batch reused, and one that feeds itself (a batch
-    needing less reads the whole free heap, the estimate per item rises, batches shrink and the same
-    free heap reads dearer per item: 12 MiB per MiB of weight in tests/test_weights.py's shift).
+    on 2 workers: 1.30-1.40 s in two runs against 2.24 s unmapping every block; mpire 2.13-2.64 s).
+    Between batches the free heap goes back to the kernel, so the next batch's RSS growth is its
+    whole peak: free heap counted in a peak is an upper bound of what the batch reused, and one that
+    feeds itself (a batch needing less reads the whole free heap, the estimate per item rises,
+    batches shrink and the same free heap reads dearer per item: 12 MiB per MiB of weight in
+    tests/test_weights.py's shift with 2 workers, when the blocks were kept across batches).
 
     Elsewhere (batched calls, whose reuse is across batches; in-process runs, whose allocator is the
     user's) up to twice the last batch's peak, malloc's free bytes (``mallinfo2().fordblks``) are kept
