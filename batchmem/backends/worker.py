@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from ..errors import BatchFunctionError
-from ..heap.malloc import heap_free_bytes, heap_in_use_bytes, reuse_large_blocks
+from ..heap.malloc import heap_free_bytes, heap_in_use_bytes, reuse_large_blocks, trim_heap
 from ..heap.monitor import PeakMemoryTracker
 from ..io.sinks import NULL_LINE, encode_results, encoder_args, error_record, row_dicts, serialization_error
 from .loky_worker import prepare_loky_worker
@@ -116,17 +116,6 @@ class BatchOutcome:
     worker: str = ""  # where it ran, for remote workers (dask: the worker's address)
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
 #: Peak (bytes, as in BatchOutcome.peak_bytes) of the last batch this process ran; 0 before the first.
 _last_peak_bytes = 0
 #: Whether this process reuses its heap within a batch and hands it back between batches (decided at
@@ -176,8 +165,7 @@ def _reusable_free_heap(batched: bool) -> int:
     free = heap_free_bytes() or 0
     if free <= (0 if _reuse_within_batches else 2 * _last_peak_bytes):
         return free
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    trim_heap()
     return 0
 
 
@@ -333,9 +321,9 @@ def run_batch(
     out.peak_bytes = peak.peak_delta_bytes + out.free_heap_bytes
     global _last_peak_bytes
     _last_peak_bytes = out.peak_bytes
-    end = heap_free_bytes() or 0
-    keeps = not _reuse_within_batches and end <= 2 * out.peak_bytes
-    out.free_heap_end_bytes = end if keeps else 0  # what the next batch here will count
+    if not _reuse_within_batches:  # what the next batch here will count (it trims the rest)
+        end = heap_free_bytes() or 0
+        out.free_heap_end_bytes = end if end <= 2 * out.peak_bytes else 0
     out.gc_collections = _gc_collections() - gc_before
     if results is None or out.split:
         return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-__all__ = ["heap_free_bytes", "heap_in_use_bytes", "reuse_large_blocks"]
+__all__ = ["heap_free_bytes", "heap_in_use_bytes", "reuse_large_blocks", "trim_heap"]
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -33,18 +33,26 @@ class _Mallinfo2(ctypes.Structure):
     ]
 
 
-def _load_mallinfo2() -> Any:
+def _glibc(name: str) -> Any:
+    """The C library's function ``name``, or None where it has none (not glibc, or too old)."""
     try:
-        fn = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
         return None
-    fn.restype = _Mallinfo2
-    fn.argtypes = []
+
+
+def _load_mallinfo2() -> Any:
+    fn = _glibc("mallinfo2")  # glibc >= 2.33
+    if fn is not None:
+        fn.restype = _Mallinfo2
+        fn.argtypes = []
     return fn
 
 
-#: glibc's mallinfo2, resolved once at import (None where unavailable); read-only.
+#: glibc's mallinfo2, malloc_trim and mallopt, resolved once at import (None where unavailable); read-only.
 _MALLINFO2 = _load_mallinfo2()
+_MALLOC_TRIM = _glibc("malloc_trim")
+_MALLOPT = _glibc("mallopt")
 
 
 def heap_in_use_bytes() -> int | None:
@@ -88,9 +96,15 @@ def reuse_large_blocks(limit: int = 256 << 20) -> bool:
     kept (the memory workload of benchmarks/bench_peers.py). Setting either value turns glibc's
     dynamic threshold off for good, so this is for processes batchmem owns (its workers), once.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
+    if _MALLOPT is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
+    return bool(_MALLOPT(m_mmap_threshold, limit)) and bool(_MALLOPT(m_trim_threshold, limit))
+
+
+def trim_heap() -> None:
+    """Hand the free heap's pages back to the kernel (glibc ``malloc_trim(0)``; nothing elsewhere).
+
+    About 0.15 ms for a fragmented heap of small free chunks, 2.3 ms for a freed 40 MiB block."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
