@@ -368,6 +368,17 @@ def test_without_a_cheaper_size_the_climb_leaves_the_law_alone():
     assert "throughput" not in reasons[20:]
 
 
+def test_a_dear_start_does_not_cap_the_budget_once_the_first_size_measures_cheap_again():
+    # The first three batches cost 3x (one fresh worker warming up while the parent starts), then
+    # the cost is flat: smaller batches look cheaper only against that start. Measuring the first
+    # size again before capping finds no cheaper size (the embeddings example, n_jobs=1 on loky,
+    # capped at one text without it). With batches in flight the warm-up hold already re-measures it.
+    ctrl, weights, reasons = _climb(lambda w, i: 4e-4 * (3 if i < 3 else 1))
+    assert ctrl.throughput_cap is None
+    assert "throughput" not in reasons
+    assert weights[-1] == pytest.approx(ControlConfig().aim_s / 4e-4, rel=0.01)  # the time band's aim
+
+
 def test_the_cap_is_lifted_once_larger_batches_are_as_cheap():
     ctrl, weights, _ = _climb(lambda w, i: _cliff(w) if i < 60 else 1e-4, batches=160)
     assert max(weights[:60][20:]) <= 64  # capped while the cliff lasts (probes at twice the cap)

@@ -372,13 +372,15 @@ class BatchSizeController:
         self._ceiling: float | None = None
         self._ceiling_step = self._ceiling_drop = 0.0
         # Throughput hill-climb (weighted runs), see _climb: "down" explores smaller budgets from
-        # the first batch's, "capped" holds the cheapest one found, "off" leaves the law alone.
+        # the first batch's, "confirm" measures the largest once more, "capped" holds the cheapest
+        # one found, "off" leaves the law alone.
         self._climb_state = "down" if weighted else "off"
         self._octaves: dict[int, _Octave] = {}  # seconds per unit of the batches weighing (2^k, 2^(k+1)]
         self._cap_octave: int | None = None  # the octave the cap fills batches up to
         self._since_probe = 0
         self._probe = 0  # +1 / -1: a batch one octave above / below the cap is on its way
-        self._probe_wait = 0  # batches observed since that probe was asked for
+        self._probe_wait = 0  # batches observed since that probe (or the confirmation) was asked for
+        self._confirm = (0, 0)  # "confirm": the largest octave measured and its batch count then
         self._warm_up: int | None = None  # first batches not scored: one per process running them
         size: float | None = cfg.initial_batch_size
         if weighted:  # the first batch is cut by items; its measured weight seeds the budget
@@ -549,8 +551,15 @@ class BatchSizeController:
         halves (into the next octave down) while the smallest octave measured is not dearer
         than the cheapest by more than ``probe_margin``; one batch dearer than that is run once
         more before the descent turns back. Then, if the cheapest octave beats the largest
-        measured by more than the margin, its top caps the law's size (memory and pressure may
-        still ask for less). At the cap, one batch in ``probe_every`` tries the octave above,
+        measured by more than the margin, one more batch in the largest octave checks that: its
+        costs are the run's first, measured while a fresh worker warms up and the parent starts
+        (the embeddings example, one loky worker: its first three batches of 8 texts cost
+        71-131 us a character against 31-40 us later, which capped the budget at one text for 20
+        batches). This is the extra measurement of the dP-P&O variant, which tells a change of
+        conditions from the effect of a perturbation (Sera et al., "Optimized Maximum Power Point
+        Tracker for Fast-Changing Environmental Conditions", IEEE Trans. Industrial Electronics
+        55(7), 2008). If the cheapest octave still wins, its top caps the law's size (memory and
+        pressure may still ask for less). At the cap, one batch in ``probe_every`` tries the octave above,
         and one, half-way between, the octave below: the cap moves up when the batch above cost
         no more per unit than the cap's own (an EWMA of its batches), and down when the batch
         below was cheaper by more than the margin; it is dropped once the law's own size is as
@@ -578,11 +587,23 @@ class BatchSizeController:
                 if self._octaves[low].count < 2:
                     return float(2 ** (low + 1)), "probe"  # dearer on one batch: once more to be sure
             top = max(scores)
-            if best < top and scores[best] * worse < scores[top]:
-                self._climb_state, self._cap_octave, self._since_probe = "capped", best, 0
-            else:
+            if not (best < top and scores[best] * worse < scores[top]):
                 self._climb_state = "off"
                 return None
+            # Measure the largest octave once more before capping below it: its costs are the
+            # run's first, and a fresh worker's first batches (and the parent's start-up) read dear.
+            self._climb_state, self._confirm, self._probe_wait = "confirm", (top, self._octaves[top].count), 0
+            return float(2 ** (top + 1)), "probe"
+        if self._climb_state == "confirm":
+            top, count = self._confirm
+            self._probe_wait += 1
+            if max(scores) == top and self._octaves[top].count == count and self._probe_wait <= 4:
+                return float(2 ** (top + 1)), "probe"  # on its way (or cut smaller, by memory or the tail)
+            top = max(scores)
+            if not (best < top and scores[best] * worse < scores[top]):
+                self._climb_state = "off"
+                return None
+            self._climb_state, self._cap_octave, self._since_probe = "capped", best, 0
         if self._climb_state != "capped" or self._cap_octave is None:
             return None
         c = self._cap_octave
