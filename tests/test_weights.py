@@ -246,9 +246,12 @@ def test_items_that_grow_100x_stay_under_the_limit_when_weighed(tmp_path, n_jobs
     assert start == len(SHIFT_MIB)
     light = [r["items"] for r in records if r["weight"] < 0.1 * r["items"]]
     heavy = [r for r in records if r["weight"] > 4 * r["items"]]
-    # Light batches are cut by time, not memory; every batch of heavy ones holds less than the 800 MiB room
-    # (counted in items, the size learned on light items would hold max(light) x 5 MiB).
-    assert max(r["weight"] for r in heavy) < 800 < max(light) * 5
+    # Every batch of heavy items holds less than the 800 MiB room, and fewer items than the light ones
+    # had: the batches are cut by weight at the shift (counted in items, the size learned on light items
+    # meets the heavy ones: test_without_weights_the_same_shift_overshoots). How large the light batches
+    # grow is the time band's and the machine's: 100-160 items under load, thousands on an idle machine.
+    assert max(r["weight"] for r in heavy) < 800
+    assert max(r["items"] for r in heavy) < max(light)
 
 
 def test_without_weights_the_same_shift_overshoots(tmp_path):
