@@ -116,6 +116,10 @@ __all__ = [
 #: does not import the heap package (PressureLevel is an IntEnum).
 _WARNING = 1
 
+#: Batches the hill-climb waits for a probe (or the confirmation) to come back before it gives up on
+#: it: with batches in flight, those cut before it report first, and memory or the tail may cut it smaller.
+_PROBE_WAIT = 4
+
 
 @dataclass(frozen=True)
 class BatchMeasurement:
@@ -587,7 +591,7 @@ class BatchSizeController:
                 if self._octaves[low].count < 2:
                     return float(2 ** (low + 1)), "probe"  # dearer on one batch: once more to be sure
             top = max(scores)
-            if not (best < top and scores[best] * worse < scores[top]):
+            if not _clearly_cheaper(scores, best, top, worse):
                 self._climb_state = "off"
                 return None
             # Measure the largest octave once more before capping below it: its costs are the
@@ -597,10 +601,9 @@ class BatchSizeController:
         if self._climb_state == "confirm":
             top, count = self._confirm
             self._probe_wait += 1
-            if max(scores) == top and self._octaves[top].count == count and self._probe_wait <= 4:
+            if max(scores) == top and self._octaves[top].count == count and self._probe_wait <= _PROBE_WAIT:
                 return float(2 ** (top + 1)), "probe"  # on its way (or cut smaller, by memory or the tail)
-            top = max(scores)
-            if not (best < top and scores[best] * worse < scores[top]):
+            if not _clearly_cheaper(scores, best, max(scores), worse):
                 self._climb_state = "off"
                 return None
             self._climb_state, self._cap_octave, self._since_probe = "capped", best, 0
@@ -617,7 +620,7 @@ class BatchSizeController:
                     self._since_probe = cfg.probe_every  # as cheap above: try higher still
         elif self._probe:
             self._probe_wait += 1
-            if self._probe_wait > 4:  # its batch was cut smaller (memory, the tail): give up on it
+            if self._probe_wait > _PROBE_WAIT:  # its batch was cut smaller (memory, the tail): give up on it
                 self._probe = 0
         cap = float(2 ** (c + 1))
         if cap >= law:
@@ -704,6 +707,11 @@ class BatchSizeController:
         if size < self._lower():
             return self._clamp(self._lower()), "min"
         return (size if self.weighted else int(size)), reason
+
+
+def _clearly_cheaper(scores: Mapping[int, float], best: int, top: int, worse: float) -> bool:
+    """Whether octave ``best`` is below ``top`` and cheaper per unit by more than the margin (``worse``: 1 + it)."""
+    return best < top and scores[best] * worse < scores[top]
 
 
 def _round(value: float | None) -> int | None:
