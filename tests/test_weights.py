@@ -169,6 +169,20 @@ def test_the_budget_converges_to_the_memory_set_point_in_weight_units():
     assert ctrl.bytes_per_item == pytest.approx(PER_UNIT) and ctrl.last_decision.reason == "memory"
 
 
+def test_a_baseline_above_the_set_point_keeps_one_item_batches_until_memory_frees():
+    # The embeddings example on a fresh machine: the model in the tree already filled the set-point. A budget
+    # of 0 cut one item, and the next decision took 0 for "no budget yet" and cut initial_batch_size again.
+    ctrl = BatchSizeController(ControlConfig(initial_batch_size=8), memory_limit_bytes=LIMIT, weighted=True)
+    full = int(0.6 * LIMIT) + 10 * MiB  # resident already: above the set-point
+    budgets = []
+    for size in [8] + [1] * 6:
+        ctrl.observe(BatchMeasurement(size, 0.05, size * 1000 * PER_UNIT, weight=size * 1000.0), baseline_bytes=full)
+        budgets.append(ctrl.next_budget())
+    assert budgets == [0.0] * 7 and ctrl.last_decision.reason == "memory"
+    ctrl.observe(BatchMeasurement(1, 0.05, 1000 * PER_UNIT, weight=1000.0), baseline_bytes=BASELINE)
+    assert ctrl.next_budget() >= 2 * 1000.0 and ctrl.last_decision.reason != "memory"  # room: growth from what ran
+
+
 def test_items_ten_times_heavier_get_ten_times_fewer_per_batch_and_the_first_heavy_batch_fits():
     batches = _drive(weighted=True)
     light = [n for n, w, _ in batches if w / n == 100]

@@ -497,7 +497,8 @@ class BatchSizeController:
         if self._ceiling is not None:
             self._raise_ceiling()
         cfg = self.config
-        size = self._size if self._size is not None else units
+        # A weighted budget of 0 (memory left no room: the batcher then cuts one item) grows from what ran.
+        size = self._size if self._size else units
         if self.weighted and size <= 0:  # only weightless items so far: no budget yet, cut the next batch by count
             self._size = None
             return self.next_size()
