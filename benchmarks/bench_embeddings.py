@@ -2,7 +2,7 @@
 against sentence-transformers' own ``model.encode(texts, batch_size=B)`` for B in 8, 32, 128.
 
     pip install torch==2.13.0 && pip install -e ".[embeddings]"
-    python benchmarks/bench_embeddings.py [--texts 200] [--memory-limit 1.5GiB] [--repeat 1] [--runs FILE]
+    python benchmarks/bench_embeddings.py [--texts 200] [--memory-limit 2GiB] [--repeat 1] [--runs FILE]
 
 The texts are the first N standard-library ``.py`` files in path order (examples/embeddings/embed.py).
 batchmem runs the shipped job file, ``examples/embeddings/embeddings_job.yaml``, through ``batchmem run``
@@ -140,7 +140,7 @@ def run_batchmem(n: int, limit: str, order: str, weight: str, paths: list[str], 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=200, help="first N standard-library files (default 200)")
-    parser.add_argument("--memory-limit", default="1.5GiB", help="memory_limit (default 1.5GiB, the job file's)")
+    parser.add_argument("--memory-limit", default="2GiB", help="memory_limit (default 2GiB, the job file's)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row; the fastest is kept (default 1)")
     parser.add_argument("--runs", type=Path, help="JSON file of earlier runs (same --texts) to add these to")
     args = parser.parse_args()
