@@ -550,6 +550,9 @@ class Run:
         """Issues of the analyzer, the pressure escalation and worker recycling, and GC figures, into the stats."""
         st, ex = self.stats, self.executor
         found = [*self.leaks.finish(), *self.pressure.issues()]
+        bound = self.optimizer.memory_bound() if self.fixed_size is None else None
+        if bound:  # e.g. what the process tree holds before any batch already fills the memory target
+            found.append(Issue(kind="memory_bound", severity="warning", message=bound))
         if ex.recycles:
             found.append(
                 Issue(

@@ -253,3 +253,44 @@ def test_real_allocations_stay_under_the_limit_only_when_adaptive(tmp_path, mode
         assert peak < limit, f"peak {peak >> 20} MB over limit {limit >> 20} MB; batch sizes {sizes[:300]}"
     else:
         assert peak > limit
+
+
+MEMORY_BOUND = textwrap.dedent(
+    """
+    import json, sys
+    from batchmem import BatchProcessor
+    from batchmem.heap import current_rss_bytes
+
+    def hold_a_mib_each(batch):
+        held = [b"x" * (1 << 20) for _ in batch]  # 1 MiB written per item, held for the batch
+        return [len(h) for h in held]
+
+    limit = int(current_rss_bytes() / 0.7 * float(sys.argv[1]))
+    proc = BatchProcessor(batch_size=8, batched=True, memory_limit=limit, progress=False, use_history=False)
+    stats = proc.process(range(40), hold_a_mib_each, output=sys.argv[2]).stats
+    print(json.dumps({"sizes": stats.batch_sizes, "issues": [i for i in stats.issues if i["kind"] == "memory_bound"]}))
+    """
+)
+
+
+@pytest.mark.parametrize("room", [1, 4], ids=["tight", "roomy"])
+def test_a_run_held_to_short_batches_by_memory_says_so_and_names_the_fix(tmp_path, room):
+    """The tree already holds more than the memory target (0.6 of the limit) before the first batch, as
+    the embeddings example's model did under 1.5 GiB: every batch is cut to one item, and the run's issues
+    say which setting to raise. Under a 4x roomier limit the same run has no such issue. In a fresh
+    interpreter: this one's RSS (and the free heap the baseline leaves out) depends on the tests before."""
+    script = tmp_path / "bound.py"
+    script.write_text(MEMORY_BOUND)
+    out = subprocess.run(
+        [sys.executable, str(script), str(room), str(tmp_path / "out.jsonl")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout.splitlines()[-1])
+    assert sum(run["sizes"]) == 40
+    if room == 1:  # above the 0.6 target, below the 0.8 warning level
+        [issue] = run["issues"]
+        assert max(run["sizes"][1:]) == 1 and issue["severity"] == "warning"
+        assert "memory target (60% of the limit) set the size of" in issue["message"]
+        assert "raise memory_limit" in issue["message"]
+    else:
+        assert run["issues"] == [] and max(run["sizes"]) > 1

@@ -76,7 +76,8 @@ class Issue:
     """One verdict of the analyzer.
 
     kind: "leak", "gc_cycles", "gc_pauses", "uncollectable", "pressure",
-        "emergency_stop" or "worker_recycling".
+        "emergency_stop", "worker_recycling" or "memory_bound" (the run's; the memory target held most
+        batches shorter than the time band: :func:`batchmem.optimizer.advice.memory_bound_advice`).
     severity: "info", "warning" or "critical".
     message: one or two plain sentences with the figures.
     evidence: the figures, numbers only (bytes, items, seconds, ratios; ``None`` when unknown).

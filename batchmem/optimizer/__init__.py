@@ -33,6 +33,7 @@ from batchmem.optimizer.advice import (
     RunSettings,
     batch_seconds,
     median_or_none,
+    memory_bound_advice,
     run_advice,
     trend_advice,
 )
@@ -443,6 +444,14 @@ class BatchOptimizer:
             memory_errors=live["memory_errors"],
             ceiling=live["ceiling"],
         )
+
+    def memory_bound(self) -> str | None:
+        """The current run's memory-bound advice (see :func:`~batchmem.optimizer.advice.memory_bound_advice`),
+        or None: no run, too few batches, or memory did not hold them short."""
+        live = self._live()
+        if live is None or not live["batches"]:
+            return None
+        return memory_bound_advice(self._live_figures(live), self._config_settings())
 
     def _recommend(self, record: Mapping[str, Any] | None, live: Mapping[str, Any] | None) -> list[str]:
         """Trends over the stored runs, then advice on the live run (else the last stored one)."""

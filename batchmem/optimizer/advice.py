@@ -42,6 +42,7 @@ __all__ = [
     "RunSettings",
     "batch_seconds",
     "median_or_none",
+    "memory_bound_advice",
     "run_advice",
     "trend_advice",
 ]
@@ -221,7 +222,7 @@ def run_advice(f: RunFigures, s: RunSettings) -> list[str]:
     if not f.batches:
         return []
     out = [
-        _memory_bound(f, s),
+        memory_bound_advice(f, s),
         _pressure(f, s),
         _memory_errors(f, s),
         _batch_time(f, s),
@@ -238,7 +239,10 @@ def _limit_text(f: RunFigures) -> str:
     return f" (now {format_bytes(f.memory_limit_bytes)}{source})"
 
 
-def _memory_bound(f: RunFigures, s: RunSettings) -> str | None:
+def memory_bound_advice(f: RunFigures, s: RunSettings) -> str | None:
+    """One line when the memory target set the size of at least half the run's batches (of 3 or more) and
+    they ran shorter than the time band's low edge, with the fix (raise ``memory_limit`` or the target
+    fraction, or lower the memory per item); else None. Batches that were long enough anyway need no fix."""
     bound = f.memory_bound_batches
     if bound is None or f.batches < _MIN_BATCHES or bound * 2 < f.batches:
         return None
