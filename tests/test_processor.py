@@ -266,18 +266,18 @@ MEMORY_BOUND = textwrap.dedent(
         return [len(h) for h in held]
 
     limit = int(current_rss_bytes() / 0.7 * float(sys.argv[1]))
-    proc = BatchProcessor(batch_size=8, batched=True, memory_limit=limit, progress=False, use_history=False)
+    proc = BatchProcessor(batch_size=2, batched=True, memory_limit=limit, progress=False, use_history=False)
     stats = proc.process(range(40), hold_a_mib_each, output=sys.argv[2]).stats
     print(json.dumps({"sizes": stats.batch_sizes, "issues": [i for i in stats.issues if i["kind"] == "memory_bound"]}))
     """
 )
 
 
-@pytest.mark.parametrize("room", [1, 4], ids=["tight", "roomy"])
+@pytest.mark.parametrize("room", [1, 16], ids=["tight", "roomy"])
 def test_a_run_held_to_short_batches_by_memory_says_so_and_names_the_fix(tmp_path, room):
     """The tree already holds more than the memory target (0.6 of the limit) before the first batch, as
     the embeddings example's model did under 1.5 GiB: every batch is cut to one item, and the run's issues
-    say which setting to raise. Under a 4x roomier limit the same run has no such issue. In a fresh
+    say which setting to raise. Under a 16x roomier limit the same run has no such issue. In a fresh
     interpreter: this one's RSS (and the free heap the baseline leaves out) depends on the tests before."""
     script = tmp_path / "bound.py"
     script.write_text(MEMORY_BOUND)
@@ -293,4 +293,4 @@ def test_a_run_held_to_short_batches_by_memory_says_so_and_names_the_fix(tmp_pat
         assert "memory target (60% of the limit) set the size of" in issue["message"]
         assert "raise memory_limit" in issue["message"]
     else:
-        assert run["issues"] == [] and max(run["sizes"]) > 1
+        assert run["issues"] == [] and max(run["sizes"][1:]) > 2  # grown past the first batch
