@@ -13,6 +13,7 @@ import pytest
 from batchmem import BatchProcessor, RunStats
 from batchmem.errors import BatchFunctionError, ItemFailedError, OutputExistsError, SerializationError
 from batchmem.optimizer.history import HistoryStore
+from batchmem.report import load_report
 
 
 def square(x):
@@ -266,9 +267,10 @@ MEMORY_BOUND = textwrap.dedent(
         return [len(h) for h in held]
 
     limit = int(current_rss_bytes() / 0.7 * float(sys.argv[1]))
-    proc = BatchProcessor(batch_size=2, batched=True, memory_limit=limit, progress=False, use_history=False)
+    proc = BatchProcessor(batch_size=2, batched=True, memory_limit=limit, progress=False)
     stats = proc.process(range(40), hold_a_mib_each, output=sys.argv[2]).stats
-    print(json.dumps({"sizes": stats.batch_sizes, "issues": [i for i in stats.issues if i["kind"] == "memory_bound"]}))
+    issues = [i for i in stats.issues if i["kind"] == "memory_bound"]
+    print(json.dumps({"sizes": stats.batch_sizes, "issues": issues, "stats": stats.stats_path}))
     """
 )
 
@@ -292,5 +294,8 @@ def test_a_run_held_to_short_batches_by_memory_says_so_and_names_the_fix(tmp_pat
         assert max(run["sizes"][1:]) == 1 and issue["severity"] == "warning"
         assert "memory target (60% of the limit) set the size of" in issue["message"]
         assert "raise memory_limit" in issue["message"]
+        report = load_report(run["stats"])  # with the run's history (this test's BATCHMEM_HOME)
+        said = [i["message"] for i in report.issues] + report.recommendations
+        assert sum("memory target (60% of the limit)" in text for text in said) == 1  # said once, as the issue
     else:
         assert run["issues"] == [] and max(run["sizes"][1:]) > 2  # grown past the first batch

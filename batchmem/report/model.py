@@ -21,7 +21,7 @@ import orjson
 
 from ..errors import ConfigError
 from ..heap.monitor import PressureThresholds
-from ..optimizer.advice import RunFigures, RunSettings, median_or_none, run_advice, trend_advice
+from ..optimizer.advice import RunFigures, RunSettings, median_or_none, memory_bound_advice, run_advice, trend_advice
 from ..stats import RunStats, batch_records_frame
 
 __all__ = ["Report", "batches_path_for", "load_report"]
@@ -247,8 +247,11 @@ def load_report(
     this = _same_run(runs, stats)
     recs = _analyzer_recommendations(raw, issues)
     settings = RunSettings.from_dict(stats.settings or this.get("settings"))
-    for text in run_advice(_run_figures(report, this), settings) + trend_advice(runs):
-        if text not in recs:
+    figures = _run_figures(report, this)
+    # A run that was memory-bound says so in its own issues (batchmem.run): not again as a recommendation.
+    stated = memory_bound_advice(figures, settings) if any(i.get("kind") == "memory_bound" for i in issues) else None
+    for text in run_advice(figures, settings) + trend_advice(runs):
+        if text not in recs and text != stated:
             recs.append(text)
     report.recommendations = recs
     return report
