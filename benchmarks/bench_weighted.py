@@ -1,6 +1,6 @@
 """Items that differ in size: weighted batches against the best fixed batch size, under a memory limit.
 
-    python benchmarks/bench_weighted.py                  # both workloads, serial and n_jobs=2, 3 repeats
+    python benchmarks/bench_weighted.py                  # both workloads, serial and n_jobs=2, 5 repeats
     python benchmarks/bench_weighted.py --repeats 1 --workloads shift --jobs 1
 
 Workloads (a batched numpy function holding each item's transient memory until the batch returns):
@@ -12,7 +12,8 @@ callable); the fixed runs (auto_optimize=False, weight=None) sweep batch sizes u
 limit, to find the fastest size that stays under it. Every run's output is checked: item i's line is i,
 once, in order. Time is the child's process() call (imports excluded), CPU the child's and its workers'
 user + system seconds (imports included); the table shows the best of the repeats (runs interleaved, so
-load drift hits every mode alike; on a shared machine the minimum is the least disturbed figure) and the
+load drift hits every mode alike; on a shared machine the minimum is the least disturbed figure: the
+log-normal runs take ~0.5 s, and one fixed size took 0.53-0.89 s over six best-of-3 runs, hence 5) and the
 highest peak of any repeat. Below the table: how far one weighted batch's seconds per MiB (its overhead of
 3 ms included) stray from their median, the noise the throughput hill-climb's probe_margin must clear.
 """
@@ -129,7 +130,7 @@ def one_repeat(tmp: Path, workload: str, n_jobs: int) -> dict[str, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workloads", nargs="+", default=["shift", "lognormal"])
     ap.add_argument("--jobs", nargs="+", type=int, default=[1, 2])
     args = ap.parse_args()
