@@ -136,8 +136,9 @@ class HeapAnalyzer:
         window: samples kept per process (batches).
         warmup_batches: first batches of each process ignored (imports, caches).
         min_batches: samples needed before a verdict.
-        min_growth_per_batch_bytes, min_window_growth_bytes, min_confidence:
-            the leak rule (module docstring).
+        min_growth_per_batch_bytes: the leak rule's least growth per batch, bytes (module docstring).
+        min_window_growth_bytes: the leak rule's least growth over the window, bytes.
+        min_confidence: the leak rule's least confidence in the slope, 0-1.
         top_lines: culprit lines named per leak.
         gc_watch: a :class:`GcWatch` to read GC figures from (one is made otherwise).
 

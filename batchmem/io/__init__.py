@@ -1,0 +1,1 @@
+"""Sources, readers, output formats, sinks and the checkpoint: everything a run reads or writes."""
