@@ -150,7 +150,7 @@ def flights(client) -> None:
         print(f"\n## flights: skipped ({type(exc).__name__}: {exc}); pip install 'batchmem[examples]'")
         return
     # The workers import flights_etl by name (dask pickles module functions by reference):
-    # ship the module to them, as the README advises for a single-module job.
+    # ship the module to them, as docs/cluster.md advises for a single-module job.
     client.upload_file(flights_etl.__file__)
     kw = dict(batched=True, batch_size=5000, min_batch_size=1000, max_batch_size=200_000)
     rows, outs = [], {}

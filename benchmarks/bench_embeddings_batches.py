@@ -24,7 +24,7 @@ from pathlib import Path
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "embeddings"
 SIZES = (4, 8, 16, 32)
 BLOCK = 32
-JOB_BATCH = 6  # texts per batch of the shipped job before this benchmark (README, "Embeddings": median 6)
+JOB_BATCH = 6  # texts per batch of the shipped job before this benchmark (docs/performance.md, "Embeddings": median 6)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ on CPU threading weigh the two kinds of parallelism:
 https://pytorch.org/docs/stable/notes/cpu_threading_torchscript_inference.html. The rounds rotate the
 order and the table gives each way's fastest and slowest round: a shared machine moves single runs by
 more than the ways differ. This is what a threading job (``backend: threading``, ``n_jobs: 2``) could
-reach; the README's "Embeddings" paragraph says why the shipped job does not run that way yet.
+reach; the "Embeddings" paragraph of docs/performance.md says why the shipped job does not run that way yet.
 """
 
 from __future__ import annotations
