@@ -481,6 +481,9 @@ def test_sample_fields_and_to_dict():
         "limit_source",
         "utilization",
         "pressure",
+        "working_set_bytes",
+        "cgroup_usage_bytes",
+        "stall_avg10",
     }
 
 

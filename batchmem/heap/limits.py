@@ -1,8 +1,9 @@
 """The memory limit of this process and size parsing: which limit applies, and where it came from.
 
-:func:`detect_memory_limit` takes the smallest of the cgroup v2 ``memory.max``, the cgroup v1
-``memory.limit_in_bytes`` (the Linux kernel's admin-guide, ``Documentation/admin-guide/cgroup-v2.rst``
-and ``cgroup-v1/memory.rst``), ``RLIMIT_AS``/``RLIMIT_DATA`` and physical RAM, and says which won;
+:func:`detect_memory_limit` takes the smallest of the cgroup v2 ``memory.max`` and ``memory.high``,
+the cgroup v1 ``memory.limit_in_bytes`` (the Linux kernel's admin-guide,
+``Documentation/admin-guide/cgroup-v2.rst`` and ``cgroup-v1/memory.rst``; found by
+:mod:`batchmem.heap.cgroup`), ``RLIMIT_AS``/``RLIMIT_DATA`` and physical RAM, and says which won;
 :func:`resolve_memory_limit` applies a user's ``memory_limit`` (bytes, a size string or a fraction of
 the detected limit). Readings of usage live in :mod:`batchmem.heap.monitor`.
 """
@@ -16,13 +17,16 @@ import os
 import re
 import resource
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-
-import psutil
 
 from batchmem.errors import ConfigError
+from batchmem.heap.cgroup import (
+    locate_cgroups,
+    parse_v1_limit,
+    parse_v2_max,
+    physical_bytes,
+    smallest_over_ancestors,
+)
 
 __all__ = ["MemoryLimit", "detect_memory_limit", "parse_size", "resolve_memory_limit"]
 
@@ -31,30 +35,28 @@ logger = logging.getLogger("batchmem")
 #: True when the Linux procfs files this module reads exist.
 _HAVE_PROCFS: bool = sys.platform.startswith("linux") and os.path.exists("/proc/self/statm")
 
-#: cgroup v1 reports "no limit" as PAGE_COUNTER_MAX rounded to pages
-#: (9223372036854771712 on x86-64 with 4 KiB pages); anything at or above
-#: 2**60 bytes (1 EiB) is treated as unlimited.
-_CGROUP_V1_UNLIMITED: int = 2**60
-
 _SIZE_EXAMPLE = '"512MB", "2GiB" or "1.5GB"'
 
 # "0.5" / ".25" / "1.0": a fraction written as a string (CLI flags, env vars).
 _FRACTION_RE = re.compile(r"^\s*(?:0?\.\d+|1\.0*)\s*$")
 
 # Order used to break ties between equal limits: the most specific source wins.
-_SOURCE_ORDER = ("cgroup_v2", "cgroup_v1", "rlimit_as", "rlimit_data", "physical")
+_SOURCE_ORDER = ("cgroup_v2_high", "cgroup_v2", "cgroup_v1", "rlimit_as", "rlimit_data", "physical")
 
 
 @dataclass(frozen=True)
 class MemoryLimit:
     """An effective memory limit in bytes and where it came from.
 
-    ``source`` is one of "user", "cgroup_v2", "cgroup_v1", "rlimit_as",
-    "rlimit_data", "physical".
+    ``source`` is one of "user", "cgroup_v2" (``memory.max``), "cgroup_v2_high" (``memory.high``,
+    lower than ``memory.max``), "cgroup_v1", "rlimit_as", "rlimit_data", "physical". ``reason`` says
+    why where the source alone would mislead (e.g. a cgroup limit at or above physical RAM, ignored);
+    empty otherwise.
     """
 
     bytes: int
     source: str
+    reason: str = ""
 
 
 def parse_size(value: str | int) -> int:
@@ -86,116 +88,27 @@ def parse_size(value: str | int) -> int:
     return n
 
 
-def _read_text(path: str | Path) -> str | None:
-    try:
-        with open(path, encoding="ascii", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
-def _cgroup_mounts(mountinfo: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
-    """Find (root-in-hierarchy, mount point) of the cgroup2 and cgroup v1 memory mounts.
-
-    ``mountinfo`` is the text of ``/proc/self/mountinfo`` (proc(5)): fields
-    4 and 5 are the root and the mount point; after the " - " separator come
-    the filesystem type and the super-block options.
-    """
-    v2 = v1 = None
-    for line in mountinfo.splitlines():
-        pre, sep, post = line.partition(" - ")
-        if not sep:
-            continue
-        fields, tail = pre.split(), post.split()
-        if len(fields) < 5 or not tail:
-            continue
-        root, mount_point = fields[3], fields[4].replace("\\040", " ")
-        fstype = tail[0]
-        if fstype == "cgroup2" and v2 is None:
-            v2 = (root, mount_point)
-        elif fstype == "cgroup" and v1 is None and len(tail) >= 3:
-            if "memory" in tail[2].split(","):
-                v1 = (root, mount_point)
-    return v2, v1
-
-
-def _cgroup_dir(mount: tuple[str, str], cgroup_path: str, prefix: str) -> tuple[Path, Path]:
-    """Return (directory of this process's cgroup, mount point) on the filesystem."""
-    root, mount_point = mount
-    rel = cgroup_path
-    if root != "/" and (rel == root or rel.startswith(root.rstrip("/") + "/")):
-        rel = rel[len(root.rstrip("/")) :]
-    top = Path(prefix + mount_point)
-    return top / rel.lstrip("/"), top
-
-
-def _min_over_ancestors(start: Path, top: Path, filename: str, parse: Callable[[str], int | None]) -> int | None:
-    """Smallest limit in ``filename`` from ``start`` up to ``top`` (ancestors' limits apply too)."""
-    best: int | None = None
-    d = start
-    while True:
-        text = _read_text(d / filename)
-        if text is not None:
-            n = parse(text.strip())
-            if n is not None and (best is None or n < best):
-                best = n
-        if d == top or top not in d.parents:
-            break
-        d = d.parent
-    return best
-
-
-def _parse_v2_max(text: str) -> int | None:
-    if text == "max" or not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def _parse_v1_limit(text: str) -> int | None:
-    try:
-        n = int(text)
-    except ValueError:
-        return None
-    return None if n >= _CGROUP_V1_UNLIMITED or n <= 0 else n
-
-
 def _cgroup_limits(prefix: str = "") -> dict[str, int]:
     """cgroup v2 and v1 memory limits (bytes) of this process; unlimited ones are absent.
 
-    ``/proc/self/cgroup`` gives the cgroup path per hierarchy ("0::/path" for
-    v2, "N:memory:/path" for v1); ``/proc/self/mountinfo`` says where each
-    hierarchy is mounted. ``prefix`` is prepended to every absolute path read
-    (an empty string on a real system; a temporary directory in tests).
+    Keys: "cgroup_v2" (``memory.max``), "cgroup_v2_high" (``memory.high``, only when lower than
+    ``memory.max``), "cgroup_v1" (``memory.limit_in_bytes``), each the smallest over the cgroup and its
+    ancestors (:func:`batchmem.heap.cgroup.locate_cgroups`). ``prefix`` is prepended to every absolute
+    path read (an empty string on a real system; a temporary directory in tests).
     """
-    cgroup_text = _read_text(prefix + "/proc/self/cgroup")
-    mountinfo = _read_text(prefix + "/proc/self/mountinfo")
-    if not cgroup_text or not mountinfo:
-        return {}
-    v2_path = v1_path = None
-    for line in cgroup_text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hid, controllers, path = parts
-        if hid == "0" and controllers == "":
-            v2_path = path
-        elif "memory" in controllers.split(","):
-            v1_path = path
-    v2_mount, v1_mount = _cgroup_mounts(mountinfo)
     out: dict[str, int] = {}
-    if v2_path is not None and v2_mount is not None:
-        start, top = _cgroup_dir(v2_mount, v2_path, prefix)
-        n = _min_over_ancestors(start, top, "memory.max", _parse_v2_max)
-        if n is not None:
-            out["cgroup_v2"] = n
-    if v1_path is not None and v1_mount is not None:
-        start, top = _cgroup_dir(v1_mount, v1_path, prefix)
-        n = _min_over_ancestors(start, top, "memory.limit_in_bytes", _parse_v1_limit)
-        if n is not None:
-            out["cgroup_v1"] = n
+    for version, (start, top) in locate_cgroups(prefix).items():
+        if version == 2:
+            found = smallest_over_ancestors(start, top, "memory.max", parse_v2_max)
+            high = smallest_over_ancestors(start, top, "memory.high", parse_v2_max)
+            if found is not None:
+                out["cgroup_v2"] = found[0]
+            if high is not None and (found is None or high[0] < found[0]):
+                out["cgroup_v2_high"] = high[0]
+        else:
+            found = smallest_over_ancestors(start, top, "memory.limit_in_bytes", parse_v1_limit)
+            if found is not None:
+                out["cgroup_v1"] = found[0]
     return out
 
 
@@ -207,22 +120,32 @@ def _rlimit(which: int) -> int | None:
     return None if soft == resource.RLIM_INFINITY or soft <= 0 else int(soft)
 
 
-def _physical_bytes() -> int:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return int(psutil.virtual_memory().total)
+def _drop_above_ram(candidates: dict[str, int], ram: int) -> str:
+    """Remove the cgroup limits at or above physical RAM from ``candidates``; the reason, or ""."""
+    ignored = {k: n for k, n in candidates.items() if k.startswith("cgroup") and n >= ram}
+    for k in ignored:
+        del candidates[k]
+    if not ignored:
+        return ""
+    names = ", ".join(f"{k} {n} bytes" for k, n in ignored.items())
+    reason = f"{names} at or above physical RAM ({ram} bytes) is no limit; the limit is RAM (see ray-project/ray#59796)"
+    logger.info("batchmem: %s", reason)
+    return reason
 
 
 def detect_memory_limit() -> MemoryLimit:
     """Detect the memory limit (bytes) this process runs under, and its source.
 
     Candidates (absent when unlimited or unreadable): cgroup v2
-    ``memory.max`` ("max" = no limit), cgroup v1 ``memory.limit_in_bytes``
-    (values >= 2**60 = no limit), each the smallest over the process's
-    cgroup and its ancestors up to the mount point; the soft ``RLIMIT_AS``
-    and ``RLIMIT_DATA`` (``RLIM_INFINITY`` = no limit); physical RAM (always
-    present). The smallest wins; ties go to the first in that order.
+    ``memory.max`` ("max" = no limit) and ``memory.high`` (when lower than
+    ``memory.max``: the kernel throttles and reclaims there), cgroup v1
+    ``memory.limit_in_bytes`` (values >= 2**60 = no limit), each the smallest
+    over the process's cgroup and its ancestors up to the mount point; the soft
+    ``RLIMIT_AS`` and ``RLIMIT_DATA`` (``RLIM_INFINITY`` = no limit); physical RAM
+    (always present). A cgroup limit at or above physical RAM is no limit: it is
+    dropped, logged, and named in the result's ``reason`` (a container that sets
+    its limit to the host's RAM or more; ray-project/ray#59796). The smallest
+    wins; ties go to the first in that order.
 
     Note that ``RLIMIT_AS`` bounds virtual, not resident, memory: a process
     reaches it before its RSS does. It still wins when smallest, because
@@ -239,9 +162,10 @@ def detect_memory_limit() -> MemoryLimit:
             n = _rlimit(getattr(resource, which))
             if n is not None:
                 candidates[name] = n
-    candidates["physical"] = _physical_bytes()
+    candidates["physical"] = physical_bytes()
+    reason = _drop_above_ram(candidates, candidates["physical"])
     source = min(_SOURCE_ORDER, key=lambda s: (candidates.get(s, math.inf), _SOURCE_ORDER.index(s)))
-    limit = MemoryLimit(bytes=int(candidates[source]), source=source)
+    limit = MemoryLimit(bytes=int(candidates[source]), source=source, reason=reason if source == "physical" else "")
     logger.debug("memory limit %d bytes from %s (candidates: %s)", limit.bytes, source, candidates)
     return limit
 

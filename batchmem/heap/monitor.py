@@ -5,7 +5,10 @@ What this module measures, and where each number comes from:
 * **Usage** -- resident set size (RSS, bytes). :func:`current_rss_bytes` reads
   this process only (``/proc/self/statm`` on Linux, psutil elsewhere);
   :meth:`MemoryMonitor.rss_bytes` adds every descendant process (joblib/loky
-  workers) found by ``psutil.Process().children(recursive=True)``.
+  workers) found by ``psutil.Process().children(recursive=True)``. Inside a
+  memory cgroup that sets a limit, the larger of that and the cgroup's working
+  set (:mod:`batchmem.heap.cgroup`), which also counts tmpfs files and shared
+  memory that no RSS shows (:attr:`MemorySample.used_bytes`).
 * **Limit** -- :func:`detect_memory_limit` takes the smallest of the cgroup v2
   ``memory.max``, the cgroup v1 ``memory.limit_in_bytes``, the soft
   ``RLIMIT_AS`` and ``RLIMIT_DATA`` and physical RAM, and says which one won.
@@ -14,7 +17,8 @@ What this module measures, and where each number comes from:
   ``Documentation/admin-guide/cgroup-v1/memory.rst`` ("memory.limit_in_bytes").
   A user setting (:func:`resolve_memory_limit`) overrides detection.
 * **Pressure** -- utilization (usage / limit) mapped to a :class:`PressureLevel`
-  by :class:`PressureThresholds`.
+  by :class:`PressureThresholds`, raised by a memory pressure stall
+  (:func:`batchmem.heap.levels.stall_level`).
 * **Peak per batch** -- :class:`PeakMemoryTracker`, the kernel's RSS high-water
   mark (``VmHWM``) on Linux, a sampling thread elsewhere.
 
@@ -28,9 +32,7 @@ detect_memory_limit ~0.4-0.6 ms (once per MemoryMonitor).
 
 from __future__ import annotations
 
-import enum
 import logging
-import math
 import numbers
 import os
 import sys
@@ -43,6 +45,8 @@ import cachetools
 import psutil
 
 from batchmem.errors import ConfigError
+from batchmem.heap.cgroup import MemoryCgroup, find_memory_cgroup, system_stall_avg10
+from batchmem.heap.levels import PressureLevel, PressureThresholds, stall_level
 from batchmem.heap.limits import (  # noqa: F401  (re-exported: the public names of this module)
     MemoryLimit,
     _cgroup_limits,
@@ -75,91 +79,6 @@ _PAGE_SIZE: int = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 #: True when the Linux procfs files this module reads exist.
 _HAVE_PROCFS: bool = sys.platform.startswith("linux") and os.path.exists("/proc/self/statm")
-
-
-# --- pressure -----------------------------------------------------------------
-
-
-class PressureLevel(enum.IntEnum):
-    """How close memory use is to the limit; ordered, so ``level >= WARNING`` works.
-
-    The escalation attached to each level (:mod:`batchmem.heap.pressure`):
-    shrink batches and collect garbage at ``WARNING``, pause dispatch at
-    ``CRITICAL``, run cleanup callbacks and stop cleanly at ``EMERGENCY``. ``str(level)`` is the
-    lower-case label ("warning").
-    """
-
-    NORMAL = 0
-    WARNING = 1
-    CRITICAL = 2
-    EMERGENCY = 3
-
-    @property
-    def label(self) -> str:
-        """Lower-case name: "normal", "warning", "critical" or "emergency"."""
-        return self.name.lower()
-
-    def __str__(self) -> str:
-        return self.label
-
-    def __format__(self, spec: str) -> str:
-        return format(self.label, spec)
-
-
-def _check_fraction(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-        raise ConfigError(
-            f"PressureThresholds.{field}={value!r} is not a number; give a utilization fraction such as {field}=0.9"
-        )
-    return float(value)
-
-
-@dataclass(frozen=True)
-class PressureThresholds:
-    """Utilization fractions (usage / limit, dimensionless) at which pressure escalates.
-
-    Defaults 0.80 / 0.90 / 0.95: warning where distributed's worker starts to
-    spill (``distributed.worker.memory.spill: 0.70``, raised to leave the
-    optimizer's 0.60 target room), critical where it pauses
-    (``distributed.worker.memory.pause: 0.80``, raised by the same margin) and
-    emergency at its terminate level (``distributed.worker.memory.terminate:
-    0.95``); https://distributed.dask.org/en/stable/worker-memory.html.
-
-    Raises:
-        ConfigError: naming the field unless ``0 < warning < critical < emergency <= 1``.
-    """
-
-    warning: float = 0.80
-    critical: float = 0.90
-    emergency: float = 0.95
-
-    def __post_init__(self) -> None:
-        w = _check_fraction("warning", self.warning)
-        c = _check_fraction("critical", self.critical)
-        e = _check_fraction("emergency", self.emergency)
-        hint = "e.g. PressureThresholds(warning=0.80, critical=0.90, emergency=0.95)"
-        if not 0 < w:
-            raise ConfigError(f"PressureThresholds.warning={w} must be greater than 0; {hint}")
-        if not w < c:
-            raise ConfigError(f"PressureThresholds.critical={c} must be greater than warning={w}; {hint}")
-        if not c < e:
-            raise ConfigError(f"PressureThresholds.emergency={e} must be greater than critical={c}; {hint}")
-        if not e <= 1:
-            raise ConfigError(f"PressureThresholds.emergency={e} must be at most 1; {hint}")
-
-    def level(self, utilization: float) -> PressureLevel:
-        """Map ``utilization`` (usage / limit; may exceed 1) to a :class:`PressureLevel`.
-
-        A level is reached when utilization is greater than or equal to its
-        threshold. NaN maps to ``NORMAL``.
-        """
-        if utilization >= self.emergency:
-            return PressureLevel.EMERGENCY
-        if utilization >= self.critical:
-            return PressureLevel.CRITICAL
-        if utilization >= self.warning:
-            return PressureLevel.WARNING
-        return PressureLevel.NORMAL
 
 
 # --- readings -------------------------------------------------------------------
@@ -221,8 +140,13 @@ class MemorySample:
         rss_bytes: RSS of the process tree (bytes).
         available_bytes: ``psutil.virtual_memory().available`` (bytes, system-wide).
         limit_bytes: effective limit (bytes); ``limit_source`` says where it came from.
-        utilization: ``rss_bytes / limit_bytes`` (may exceed 1).
-        pressure: :class:`PressureLevel` of ``utilization``.
+        utilization: ``used_bytes / limit_bytes`` (may exceed 1).
+        pressure: :class:`PressureLevel` of ``utilization``, raised by ``stall_avg10``.
+        working_set_bytes: the memory cgroup's working set (usage minus inactive file cache,
+            bytes) where a cgroup sets a limit below physical RAM; None elsewhere.
+        cgroup_usage_bytes: that cgroup's whole charge (bytes); None elsewhere.
+        stall_avg10: memory pressure stall, ``some avg10`` (percent of the last 10 s), of the
+            cgroup (v2) or the system; None where the kernel has no pressure stall information.
     """
 
     timestamp: float
@@ -232,12 +156,28 @@ class MemorySample:
     limit_source: str
     utilization: float
     pressure: PressureLevel
+    working_set_bytes: int | None = None
+    cgroup_usage_bytes: int | None = None
+    stall_avg10: float | None = None
+
+    @property
+    def used_bytes(self) -> int:
+        """What the limit is compared with: the larger of ``rss_bytes`` and ``working_set_bytes`` (bytes)."""
+        return max(self.rss_bytes, self.working_set_bytes or 0)
+
+    @property
+    def charge_outside_rss_bytes(self) -> int:
+        """``used_bytes - rss_bytes``: what the cgroup charges that no process's RSS shows (bytes, >= 0)."""
+        return self.used_bytes - self.rss_bytes
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; ``pressure`` becomes its label ("warning")."""
         d = asdict(self)
         d["pressure"] = self.pressure.label
         return d
+
+
+_DEFAULT_THRESHOLDS = PressureThresholds()
 
 
 class MemoryMonitor:
@@ -250,6 +190,10 @@ class MemoryMonitor:
         thresholds: utilization fractions for the pressure levels.
         include_children: count descendant processes (loky workers) in
             :meth:`rss_bytes`.
+        cgroup: the memory cgroup to read (:func:`~batchmem.heap.cgroup.find_memory_cgroup`), or
+            "detect" (default): this process's. Its working set counts only when it sets a limit
+            below physical RAM (:attr:`MemoryCgroup.limited`); elsewhere usage is the tree's RSS
+            alone, as an unlimited cgroup may hold unrelated processes and their page cache.
 
     Raises:
         ConfigError: for a bad ``memory_limit``.
@@ -264,9 +208,10 @@ class MemoryMonitor:
     def __init__(
         self,
         memory_limit: int | str | float | None = None,
-        thresholds: PressureThresholds = PressureThresholds(),
+        thresholds: PressureThresholds = _DEFAULT_THRESHOLDS,
         include_children: bool = True,
         children_ttl_s: float = 1.0,
+        cgroup: MemoryCgroup | None | str = "detect",
     ) -> None:
         if not isinstance(thresholds, PressureThresholds):
             raise ConfigError(
@@ -277,6 +222,10 @@ class MemoryMonitor:
         self.thresholds: PressureThresholds = thresholds
         self.include_children: bool = bool(include_children)
         self._proc: psutil.Process | None = None
+        found = find_memory_cgroup() if cgroup == "detect" and _HAVE_PROCFS else cgroup
+        self._stall_cgroup: MemoryCgroup | None = found if isinstance(found, MemoryCgroup) else None
+        #: The cgroup whose working set counts (one that sets a limit), else None.
+        self.cgroup: MemoryCgroup | None = self._stall_cgroup if found and found.limited else None
         # The list of descendants is the expensive part of a tree reading (psutil scans every
         # process on the machine); it changes rarely (loky workers live for minutes), so it is
         # re-listed at most every ``children_ttl_s`` seconds. A worker started within that
@@ -341,18 +290,32 @@ class MemoryMonitor:
         pss = tree_pss_bytes([c.pid for c in children])
         return rss_sum if pss is None else min(rss_sum, pss)
 
+    def used_bytes(self) -> int:
+        """The larger of :meth:`rss_bytes` and the limiting cgroup's working set (bytes)."""
+        ws = self.cgroup.working_set_bytes() if self.cgroup is not None else None
+        return max(self.rss_bytes(), ws or 0)
+
+    def stall_avg10(self) -> float | None:
+        """Memory pressure stall ``some avg10`` (percent) of this process's cgroup (v2) or the system."""
+        if self._stall_cgroup is not None:
+            return self._stall_cgroup.pressure_some_avg10()
+        return system_stall_avg10() if _HAVE_PROCFS else None
+
     def sample(self) -> MemorySample:
-        """Take a :class:`MemorySample` (tree RSS, available memory, limit, pressure).
+        """Take a :class:`MemorySample` (tree RSS, cgroup working set, available memory, limit, pressure).
 
         Cost: :meth:`rss_bytes` plus one ``psutil.virtual_memory()`` (reads
         ``/proc/meminfo``); measured by benchmarks/bench_monitor.py: ~1.6-2.6 ms
-        with 0 or 2 children (loaded 2-vCPU VM, ~90 processes).
+        with 0 or 2 children (loaded 2-vCPU VM, ~90 processes); the cgroup's files and the
+        pressure stall add a few microseconds (same script).
         """
         rss = self.rss_bytes()
         if self.include_children and self.thresholds.level(rss / self.limit.bytes) >= PressureLevel.WARNING:
             rss = self._shared_once(rss)
+        usage, ws = self.cgroup.usage_and_working_set() if self.cgroup is not None else (None, None)
+        stall = self.stall_avg10()
         available = int(psutil.virtual_memory().available)
-        utilization = rss / self.limit.bytes
+        utilization = max(rss, ws or 0) / self.limit.bytes
         return MemorySample(
             timestamp=time.time(),
             rss_bytes=rss,
@@ -360,7 +323,10 @@ class MemoryMonitor:
             limit_bytes=self.limit.bytes,
             limit_source=self.limit.source,
             utilization=utilization,
-            pressure=self.thresholds.level(utilization),
+            pressure=max(self.thresholds.level(utilization), stall_level(stall)),
+            working_set_bytes=ws,
+            cgroup_usage_bytes=usage,
+            stall_avg10=stall,
         )
 
 
