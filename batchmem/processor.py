@@ -355,7 +355,7 @@ class BatchProcessor:
         elif ex.n_jobs == "auto":
             target = c.batching.memory_target_fraction * self.monitor.limit.bytes
             options = {
-                "memory_room": lambda: target - self.monitor.rss_bytes(),
+                "memory_room": lambda: target - self.monitor.used_bytes(),
                 "aim_s": c.batching.control_config().aim_s,
                 "workers_hint": (self.optimizer.last_run(self.process_name) or {}).get("auto_workers"),
             }

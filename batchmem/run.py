@@ -32,7 +32,7 @@ from .heap.analyzer import Issue
 from .heap.gc_watch import ThrottledCollector
 from .heap.leak_guard import LeakGuard
 from .heap.monitor import MemoryMonitor, MemorySample, PressureLevel, current_rss_bytes, resolve_memory_limit
-from .heap.pressure import PressureCallbacks, PressureGuard, adaptive_thresholds
+from .heap.pressure import ChargeWatch, PressureCallbacks, PressureGuard, adaptive_thresholds
 from .io.output import RunFiles
 from .io.sinks import NULL_LINE, error_record
 from .io.sources import take_weighted
@@ -57,11 +57,13 @@ TAIL_MIN_BATCH_S = 0.01
 
 @dataclass
 class _Reading:
-    """Memory after a committed batch: the sample (None without monitoring), tree RSS, pressure."""
+    """Memory after a committed batch: the sample (None without monitoring), tree RSS, pressure, and
+    what the limit is compared with (RSS, or the limiting cgroup's working set when larger)."""
 
     sample: MemorySample | None
     rss_bytes: int
     pressure: PressureLevel
+    used_bytes: int
 
 
 class Run:
@@ -105,7 +107,7 @@ class Run:
             executor.guard_memory(optimizer.memory_limit_bytes, config.pressure.terminate_fraction)
         self._guards(callbacks)
         baseline, _, in_flight = executor.memory_plan(
-            None, self.last_sample.rss_bytes, self.last_sample.pressure, monitor.thresholds
+            None, self.last_sample.used_bytes, self.last_sample.pressure, monitor.thresholds
         )
         b = config.batching
         self.weigher = make_weigher(b.weight)
@@ -130,10 +132,10 @@ class Run:
         p, a = self.config.pressure, self.config.analysis
         if p.adaptive_thresholds:
             opts = dict(p.adaptive_thresholds) if not isinstance(p.adaptive_thresholds, bool) else {}
-            self.monitor.thresholds = adaptive_thresholds(self.last_sample.rss_bytes, self.monitor.limit.bytes, **opts)
+            self.monitor.thresholds = adaptive_thresholds(self.last_sample.used_bytes, self.monitor.limit.bytes, **opts)
             logger.info(
                 "adaptive pressure thresholds from a %s baseline: %s",
-                format_bytes(self.last_sample.rss_bytes),
+                format_bytes(self.last_sample.used_bytes),
                 self.monitor.thresholds,
             )
         collector = ThrottledCollector(a.gc_max_time_fraction)
@@ -157,6 +159,7 @@ class Run:
             max_wait_s=p.pressure_max_wait_s,
             first_utilization=self.last_sample.utilization,
         )
+        self.charge = ChargeWatch(self.monitor.thresholds)
 
     def _emergency_stop(self, reason: str) -> None:
         self.stats.stop_reason = reason
@@ -418,9 +421,10 @@ class Run:
 
     def _read_memory(self) -> _Reading:
         if not self.config.pressure.memory_monitoring:
-            return _Reading(None, current_rss_bytes(), PressureLevel.NORMAL)
+            rss = current_rss_bytes()
+            return _Reading(None, rss, PressureLevel.NORMAL, rss)
         sample = self.monitor.sample()
-        return _Reading(sample, sample.rss_bytes, sample.pressure)
+        return _Reading(sample, sample.rss_bytes, sample.pressure, sample.used_bytes)
 
     def _record(self, o: BatchOutcome, r: _Reading) -> None:
         self.files.write_record(
@@ -461,7 +465,7 @@ class Run:
 
     def _feed_optimizer(self, o: BatchOutcome, r: _Reading) -> None:
         plan_bytes, plan_pressure, in_flight = self.executor.memory_plan(
-            o, r.rss_bytes, r.pressure, self.monitor.thresholds
+            o, r.used_bytes, r.pressure, self.monitor.thresholds
         )
         with self.lock:
             self.optimizer.observe(
@@ -476,6 +480,8 @@ class Run:
                 pressure=plan_pressure,
                 in_flight=in_flight,
             )
+            target = self.config.batching.memory_target_fraction * (self.optimizer.memory_limit_bytes or 0)
+            self.charge.observe(r.sample, self.optimizer.controller.last_decision.reason, target)
 
     def _guard(self, o: BatchOutcome, r: _Reading) -> None:
         self.leaks.after_batch(o, r.rss_bytes)
@@ -553,6 +559,8 @@ class Run:
         bound = self.optimizer.memory_bound() if self.fixed_size is None else None
         if bound:  # e.g. what the process tree holds before any batch already fills the memory target
             found.append(Issue(kind="memory_bound", severity="warning", message=bound))
+        charge = self.charge.issue() if self.fixed_size is None and ex.local_memory else None
+        found += [charge] if charge is not None else []
         if ex.recycles:
             found.append(
                 Issue(

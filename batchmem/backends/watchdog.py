@@ -24,6 +24,11 @@ process) before anything is killed. A worker already killed is left out of the t
 never killed twice while the kernel tears it down (distributed's nanny
 remembers the pid it terminated for the same reason).
 
+Inside a memory cgroup that sets a limit, the reading is the larger of that total and the cgroup's
+working set (:meth:`batchmem.heap.cgroup.MemoryCgroup.working_set_bytes`, two ``pread`` calls): the
+kernel kills on the cgroup's charge, which also holds tmpfs files and shared memory no RSS shows.
+A worker killed for such a charge frees only its own pages; files its batch left on a tmpfs stay.
+
 This is distributed's worker memory monitor brought to a process pool: the
 nanny terminates a worker above ``distributed.worker.memory.terminate``
 (0.95 of its limit; ``distributed/worker_memory.py``,
@@ -45,6 +50,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
+from ..heap.cgroup import find_memory_cgroup
 from ..heap.monitor import tree_pss_bytes
 from ..units import format_bytes
 
@@ -143,14 +149,15 @@ def tree_bytes(parent: Rss, workers: Iterable[Rss]) -> int:
 
 
 def choose_victim(
-    parent: Rss, workers: Mapping[int, Rss], terminate_bytes: int, dying: Iterable[int] = ()
+    parent: Rss, workers: Mapping[int, Rss], terminate_bytes: int, dying: Iterable[int] = (), charged: int = 0
 ) -> int | None:
     """The worker pid to kill, or None: the one with the most private bytes once the tree
-    (:func:`tree_bytes`, ``dying`` workers left out) reaches ``terminate_bytes``. Only workers are
-    candidates, never the parent, and a ``dying`` worker (killed already) is not killed again."""
+    (:func:`tree_bytes`, ``dying`` workers left out; or ``charged``, the memory cgroup's working set
+    in bytes, when larger) reaches ``terminate_bytes``. Only workers are candidates, never the parent,
+    and a ``dying`` worker (killed already) is not killed again."""
     gone = set(dying)
     live = {pid: r for pid, r in workers.items() if pid not in gone}
-    if not live or tree_bytes(parent, live.values()) < terminate_bytes:
+    if not live or max(tree_bytes(parent, live.values()), charged) < terminate_bytes:
         return None
     return max(live, key=lambda pid: live[pid].private)
 
@@ -164,6 +171,8 @@ class OomWatchdog:
     ``read``, ``kill`` and ``confirm`` (the tree's bytes counting shared pages once, given the worker
     pids; None when unknown) default to a :class:`StatmReader`, :func:`os.kill` and
     :func:`~batchmem.heap.monitor.tree_pss_bytes`; tests pass fakes and call :meth:`check` themselves.
+    ``charge`` reads the memory cgroup's working set (bytes, None when unknown); by default, with the
+    real readings, that of this process's cgroup where it sets a limit below RAM, else nothing.
     """
 
     def __init__(
@@ -176,6 +185,7 @@ class OomWatchdog:
         read: Callable[[int], Rss | None] | None = None,
         kill: Callable[[int, int], None] = os.kill,
         confirm: Callable[[list[int]], int | None] = tree_pss_bytes,
+        charge: Callable[[], int | None] | None = None,
     ):
         self.worker_pids, self.poll_s = worker_pids, poll_s
         self.limit_bytes, self.terminate_fraction = limit_bytes, terminate_fraction
@@ -183,6 +193,10 @@ class OomWatchdog:
         self._statm = StatmReader() if read is None else None
         self.read = read or self._statm
         self._send, self.confirm = kill, confirm
+        if charge is None and read is None:
+            cgroup = find_memory_cgroup()
+            charge = cgroup.working_set_bytes if cgroup is not None and cgroup.limited else None
+        self.charge = charge
         self.kills = 0
         self._reasons: dict[int, str] = {}
         self._dying: set[int] = set()
@@ -221,13 +235,14 @@ class OomWatchdog:
             self._statm.keep([*pids, self._me])
         readings = {pid: r for pid in pids if (r := self.read(pid)) is not None}
         parent = self.read(self._me) or Rss(0)
-        victim = choose_victim(parent, readings, self.terminate_bytes, self._dying)
+        charged = (self.charge() if self.charge is not None else None) or 0
+        victim = choose_victim(parent, readings, self.terminate_bytes, self._dying, charged)
         if victim is None:
             return None
         live = [pid for pid in readings if pid not in self._dying]
-        total = tree_bytes(parent, (readings[pid] for pid in live))
+        total = max(tree_bytes(parent, (readings[pid] for pid in live)), charged)
         shared_once = self.confirm(live)
-        if shared_once is not None and shared_once < self.terminate_bytes:
+        if shared_once is not None and max(shared_once, charged) < self.terminate_bytes:
             return None  # copy-on-write pages counted in every worker: the tree is below the level
         return victim if self._kill(victim, readings[victim].resident, total) else None
 

@@ -28,6 +28,9 @@ each at most once per its cooldown (seconds). Thresholds are fractions of the
 limit (:class:`PressureThresholds`, 0.80 / 0.90 / 0.95) or adaptive from the
 measured baseline (:func:`adaptive_thresholds`: baseline + 50 / 70 / 90 MB).
 
+:class:`ChargeWatch` tells the user when the memory cgroup's charge outside any process's RSS
+(tmpfs files, shared memory) set the size of most batches.
+
 Not covered here: leak verdicts and worker recycling (:mod:`batchmem.heap.leak_guard`),
 the kill of a worker process above the terminate level (:mod:`batchmem.backends.watchdog`).
 """
@@ -47,7 +50,7 @@ from batchmem.heap.malloc import trim_heap
 from batchmem.heap.monitor import MemorySample, PressureLevel, PressureThresholds
 from batchmem.units import format_bytes
 
-__all__ = ["adaptive_thresholds", "parse_level", "PressureCallbacks", "PressureGuard"]
+__all__ = ["adaptive_thresholds", "parse_level", "ChargeWatch", "PressureCallbacks", "PressureGuard"]
 
 logger = logging.getLogger("batchmem")
 
@@ -199,8 +202,12 @@ class PressureGuard:
 
     def _emergency_stop(self, sample: MemorySample, items_written: int) -> None:
         thr = self.thresholds.emergency
+        rss = format_bytes(sample.rss_bytes)
+        what = f"process tree RSS {rss}"
+        if sample.used_bytes > sample.rss_bytes:
+            what = f"memory cgroup working set {format_bytes(sample.used_bytes)} (tree RSS {rss})"
         reason = (
-            f"memory pressure emergency: process tree RSS {format_bytes(sample.rss_bytes)} is "
+            f"memory pressure emergency: {what} is "
             f"{sample.utilization:.0%} of the {format_bytes(sample.limit_bytes)} limit ({sample.limit_source}; "
             f"emergency at {thr:.0%}); ran {self.callbacks_run} cleanup callbacks and stopped after "
             f"{items_written} items: every finished batch is written and checkpointed, "
@@ -213,6 +220,7 @@ class PressureGuard:
             message=reason,
             evidence={
                 "rss_bytes": sample.rss_bytes,
+                "working_set_bytes": sample.working_set_bytes,
                 "limit_bytes": sample.limit_bytes,
                 "utilization": sample.utilization,
                 "emergency_threshold": thr,
@@ -300,3 +308,64 @@ class PressureGuard:
             )
         )
         return found
+
+
+class ChargeWatch:
+    """Counts the batches whose size the cgroup's charge outside RSS set, and says so once.
+
+    After each batch, :meth:`observe` gets its memory sample, the control law's reason for the next
+    size ("memory", "pressure", ...) and the memory target in bytes (``memory_target_fraction`` x
+    limit). A batch counts when the law cut for memory and the charge outside RSS
+    (:attr:`MemorySample.charge_outside_rss_bytes`) took at least half of the room the tree's RSS
+    alone left under the target, so that the size was at most half of what RSS alone allowed; or
+    when it cut for pressure and RSS alone would have been at a lower level.
+    """
+
+    def __init__(self, thresholds: PressureThresholds) -> None:
+        self.thresholds = thresholds
+        self.batches = 0
+        self.bound = 0
+        self.worst: MemorySample | None = None
+
+    def observe(self, sample: MemorySample | None, reason: str, target_bytes: float) -> None:
+        """Record one batch (bytes throughout)."""
+        self.batches += 1
+        if sample is None or sample.working_set_bytes is None or sample.charge_outside_rss_bytes <= 0:
+            return
+        if self.worst is None or sample.charge_outside_rss_bytes > self.worst.charge_outside_rss_bytes:
+            self.worst = sample
+        room_rss = target_bytes - sample.rss_bytes
+        by_memory = reason == "memory" and room_rss > 0 and sample.charge_outside_rss_bytes * 2 >= room_rss
+        rss_level = self.thresholds.level(sample.rss_bytes / sample.limit_bytes)
+        by_pressure = reason == "pressure" and rss_level < self.thresholds.level(sample.utilization)
+        self.bound += by_memory or by_pressure
+
+    def issue(self) -> Issue | None:
+        """A "cgroup_charge" warning when the charge set the size of at least half the batches (of 3
+        or more), with the largest charge outside RSS seen and its likely cause; else None."""
+        w = self.worst
+        if w is None or self.batches < 3 or self.bound * 2 < self.batches:
+            return None
+        extra = w.charge_outside_rss_bytes
+        return Issue(
+            kind="cgroup_charge",
+            severity="warning",
+            message=(
+                f"the memory cgroup charged up to {format_bytes(extra)} that no process's RSS shows (working set "
+                f"{format_bytes(w.used_bytes)} against a tree RSS of {format_bytes(w.rss_bytes)}, limit "
+                f"{format_bytes(w.limit_bytes)}), and this set the size of {self.bound} of {self.batches} batches: "
+                "likely files on a tmpfs ($TMPDIR, /dev/shm, an emptyDir with medium Memory) or shared memory"
+            ),
+            evidence={
+                "charge_outside_rss_bytes": extra,
+                "working_set_bytes": w.used_bytes,
+                "rss_bytes": w.rss_bytes,
+                "limit_bytes": w.limit_bytes,
+                "bound_batches": self.bound,
+                "batches": self.batches,
+            },
+            recommendation=(
+                "Stage files on a disk-backed directory (set TMPDIR) or delete them inside the batch; "
+                "or raise the container's memory limit"
+            ),
+        )
