@@ -417,12 +417,15 @@ def report(stats_json: Path, html_path: Path | None, markdown_path: Path | None,
     return EXIT_OK
 
 
-@cli.command(short_help="Memory now: RSS, the limit and its source, pressure.")
+@cli.command(short_help="Memory now: RSS, the cgroup's charge, the limit and its source, pressure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the readings as JSON.")
 @click.option("--details", is_flag=True, help="Also the garbage collector and heap details.")
 @verbosity_options
 def memory(as_json: bool, details: bool) -> int:
     """Memory now: RSS, available memory, the limit and where it came from, pressure level.
+
+    Also the memory cgroup: its usage, working set (usage minus inactive file cache), tmpfs and
+    shared memory, memory.high, the pressure stall, and which of RSS or the working set is counted.
 
     With --details also the garbage collector (counts, thresholds, per-generation
     stats) and heap details (tracemalloc, uss/pss/swap where available).

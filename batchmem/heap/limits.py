@@ -133,7 +133,7 @@ def _drop_above_ram(candidates: dict[str, int], ram: int) -> str:
     return reason
 
 
-def detect_memory_limit() -> MemoryLimit:
+def detect_memory_limit(prefix: str = "") -> MemoryLimit:
     """Detect the memory limit (bytes) this process runs under, and its source.
 
     Candidates (absent when unlimited or unreadable): cgroup v2
@@ -152,11 +152,12 @@ def detect_memory_limit() -> MemoryLimit:
     allocations fail at that point.
 
     Reads a few small files; called once per :class:`MemoryMonitor`.
-    Never raises for missing files: physical RAM is the floor.
+    Never raises for missing files: physical RAM is the floor. ``prefix`` is a fake root for the
+    cgroup files (tests).
     """
     candidates: dict[str, int] = {}
-    if _HAVE_PROCFS:
-        candidates.update(_cgroup_limits())
+    if _HAVE_PROCFS or prefix:
+        candidates.update(_cgroup_limits(prefix))
     for name, which in (("rlimit_as", "RLIMIT_AS"), ("rlimit_data", "RLIMIT_DATA")):
         if hasattr(resource, which):
             n = _rlimit(getattr(resource, which))
