@@ -1,0 +1,150 @@
+"""In a real memory cgroup with a limit, files on a tmpfs count: the sample's working set shows them.
+
+A child process is moved into a new cgroup v1 memory group with a 512 MiB limit and writes 200 MiB
+of files to a tmpfs mounted in ``tmp_path``. Its RSS hardly moves (the pages belong to the tmpfs, not
+to the process), but the cgroup charges them and the kernel kills on that charge:
+:meth:`MemoryMonitor.sample` must count them. A batched job that keeps a 240 MiB table on the tmpfs must
+then be told (a ``cgroup_charge`` issue) that this charge set its batch sizes. Skipped
+where no cgroup v1 memory hierarchy is writable or a tmpfs cannot be mounted (not root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+HIERARCHY = Path("/sys/fs/cgroup/memory")
+LIMIT = 512 << 20
+MiB = 1 << 20
+
+SAMPLE = textwrap.dedent("""
+    import json, os, sys
+    sys.stdin.readline()  # wait until the parent has moved this process into the cgroup
+    from batchmem import MemoryMonitor
+    mon = MemoryMonitor()
+    before = mon.sample()
+    block = os.urandom(MiB := 1 << 20)
+    for i in range(200):
+        with open(os.path.join(sys.argv[1], f"f{i}"), "wb") as f:
+            f.write(block)
+    after = mon.sample()
+    print(json.dumps({"before": before.to_dict(), "after": after.to_dict(), "used_after": after.used_bytes,
+                      "used_before": before.used_bytes}))
+""")
+
+STAGING = textwrap.dedent("""
+    import json, os, sys
+    sys.stdin.readline()
+    from batchmem import BatchProcessor
+
+    def convert(batch):
+        cache = os.path.join(os.environ["TMPDIR"], "table.bin")
+        if not os.path.exists(cache):  # a lookup table unpacked to the tmpfs once, kept for the run
+            with open(cache, "wb") as f:
+                for _ in range(240):
+                    f.write(b"t" * (1 << 20))
+        held = [b"x" * (1 << 20) for _ in batch]  # 1 MiB of the process's own memory per item
+        return [len(h) for h in held]
+
+    proc = BatchProcessor(batched=True, progress=False, use_history=False)
+    st = proc.process(range(600), convert, sys.argv[1]).stats
+    print(json.dumps({"source": st.limit_source, "items": st.items, "issues": st.issues,
+                      "sizes": st.batch_sizes}))
+""")
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create a memory cgroup and mount a tmpfs"
+    if not (HIERARCHY / "memory.limit_in_bytes").exists():
+        return "no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory"
+    if not os.access(HIERARCHY, os.W_OK):
+        return "the cgroup v1 memory hierarchy is not writable"
+    return None
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_unavailable() is not None, reason=_unavailable() or "")]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "batchmem-test", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def _oom_kills(group: Path) -> int:
+    for line in (group / "memory.oom_control").read_text().splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return 0
+
+
+def _in_cgroup(tmp_path: Path, script: str, arg: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, int]:
+    group = HIERARCHY / f"batchmem-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(LIMIT))
+        path = tmp_path / "child.py"
+        path.write_text(script)
+        child = subprocess.Popen(
+            [sys.executable, str(path), arg],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TMPDIR": str(tmp_path), **env},
+        )
+        (group / "cgroup.procs").write_text(str(child.pid))
+        out, err = child.communicate("go\n", timeout=240)
+        return subprocess.CompletedProcess(child.args, child.returncode, out, err), _oom_kills(group)
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_the_sample_counts_tmpfs_files_that_rss_does_not_show(tmp_path, tmpfs):
+    done, kills = _in_cgroup(tmp_path, SAMPLE, str(tmpfs), {})
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout)
+    before, after = r["before"], r["after"]
+    assert after["limit_source"] == "cgroup_v1" and after["limit_bytes"] == LIMIT
+    assert after["rss_bytes"] - before["rss_bytes"] < 20 * MiB  # the files are in no process's RSS
+    assert after["working_set_bytes"] - before["working_set_bytes"] >= 190 * MiB  # but the cgroup charges them
+    assert r["used_after"] - r["used_before"] >= 190 * MiB
+    assert after["utilization"] == pytest.approx(r["used_after"] / LIMIT)
+    assert kills == 0
+
+
+def test_a_job_holding_files_on_a_tmpfs_is_told_the_cgroup_charge_set_its_batches(tmp_path, tmpfs):
+    done, kills = _in_cgroup(tmp_path, STAGING, str(tmp_path / "out.jsonl"), {"TMPDIR": str(tmpfs)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout)
+    assert r["source"] == "cgroup_v1" and r["items"] == 600 and kills == 0
+    charge = [i for i in r["issues"] if i["kind"] == "cgroup_charge"]
+    assert len(charge) == 1, (r["issues"], r["sizes"])
+    assert charge[0]["severity"] == "warning" and "tmpfs" in charge[0]["message"]
+    assert charge[0]["evidence"]["charge_outside_rss_bytes"] >= 200 * MiB
