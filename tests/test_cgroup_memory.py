@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from batchmem.heap.cgroup import find_memory_cgroup, parse_psi_some_avg10, physical_bytes
-from batchmem.heap.levels import PressureLevel, stall_level
+from batchmem.heap.levels import PressureLevel, PressureThresholds, stall_level
 from batchmem.heap.limits import _cgroup_limits, detect_memory_limit
-from batchmem.heap.monitor import MemoryMonitor
+from batchmem.heap.monitor import MemoryMonitor, MemorySample
+from batchmem.heap.pressure import ChargeWatch
 
 MiB = 2**20
 V2_MOUNTINFO = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n"
@@ -164,3 +165,35 @@ def test_psi_parsing():
     assert parse_psi_some_avg10(_psi(3.25)) == 3.25
     assert parse_psi_some_avg10(b"full avg10=9.00 avg60=0 avg300=0 total=0\n") is None
     assert parse_psi_some_avg10("garbage") is None
+
+
+def _sample(rss: int, ws: int | None, limit: int = 700 * MiB) -> MemorySample:
+    used = max(rss, ws or 0)
+    return MemorySample(0.0, rss, 0, limit, "cgroup_v1", used / limit, PressureLevel.NORMAL, ws, ws, 0.0)
+
+
+def test_charge_watch_speaks_once_when_the_charge_outside_rss_set_most_batches():
+    target = 0.6 * 700 * MiB
+    watch = ChargeWatch(PressureThresholds())
+    for _ in range(4):  # 47 MiB RSS, 433 MiB charged: the room under the target shrinks from 373 to -13 MiB
+        watch.observe(_sample(47 * MiB, 433 * MiB), "memory", target)
+    watch.observe(_sample(47 * MiB, 433 * MiB), "time", target)
+    issue = watch.issue()
+    assert issue is not None and issue.kind == "cgroup_charge" and issue.severity == "warning"
+    assert "386.0MiB" in issue.message and "4 of 5 batches" in issue.message and "tmpfs" in issue.message
+    assert issue.evidence["charge_outside_rss_bytes"] == 386 * MiB
+
+
+@pytest.mark.parametrize(
+    "rss, ws, reason",
+    [
+        (47 * MiB, None, "memory"),  # no limiting cgroup: RSS only, as before
+        (47 * MiB, 60 * MiB, "memory"),  # a little page cache does not set the size
+        (47 * MiB, 433 * MiB, "time"),  # the time band set it
+    ],
+)
+def test_charge_watch_stays_quiet_when_the_charge_did_not_set_the_size(rss, ws, reason):
+    watch = ChargeWatch(PressureThresholds())
+    for _ in range(5):
+        watch.observe(_sample(rss, ws), reason, 0.6 * 700 * MiB)
+    assert watch.issue() is None

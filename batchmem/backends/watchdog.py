@@ -25,7 +25,7 @@ never killed twice while the kernel tears it down (distributed's nanny
 remembers the pid it terminated for the same reason).
 
 Inside a memory cgroup that sets a limit, the reading is the larger of that total and the cgroup's
-working set (:meth:`batchmem.heap.cgroup.MemoryCgroup.working_set_bytes`, two ``pread`` calls): the
+working set (:func:`cgroup_charge`: one ``pread`` of the usage, and ``memory.stat`` near the level): the
 kernel kills on the cgroup's charge, which also holds tmpfs files and shared memory no RSS shows.
 A worker killed for such a charge frees only its own pages; files its batch left on a tmpfs stay.
 
@@ -50,7 +50,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
-from ..heap.cgroup import find_memory_cgroup
+from ..heap.cgroup import MemoryCgroup, find_memory_cgroup
 from ..heap.monitor import tree_pss_bytes
 from ..units import format_bytes
 
@@ -59,6 +59,7 @@ __all__ = [
     "OomWatchdog",
     "Rss",
     "StatmReader",
+    "cgroup_charge",
     "choose_victim",
     "statm",
     "statm_rss_bytes",
@@ -148,6 +149,18 @@ def tree_bytes(parent: Rss, workers: Iterable[Rss]) -> int:
     return sum(r.private for r in everyone) + max(r.shared for r in everyone)
 
 
+def cgroup_charge(cgroup: MemoryCgroup, level: int) -> Callable[[], int | None]:
+    """A reader of ``cgroup``'s working set (bytes) for the watchdog: ``memory.stat`` is read only once
+    the usage, an upper bound of the working set, reaches ``level`` (bytes); below it, None (the
+    tree's own reading decides), for one small read every 20 ms."""
+
+    def charge() -> int | None:
+        usage = cgroup.usage_bytes()
+        return None if usage is None or usage < level else cgroup.working_set_bytes()
+
+    return charge
+
+
 def choose_victim(
     parent: Rss, workers: Mapping[int, Rss], terminate_bytes: int, dying: Iterable[int] = (), charged: int = 0
 ) -> int | None:
@@ -195,7 +208,7 @@ class OomWatchdog:
         self._send, self.confirm = kill, confirm
         if charge is None and read is None:
             cgroup = find_memory_cgroup()
-            charge = cgroup.working_set_bytes if cgroup is not None and cgroup.limited else None
+            charge = cgroup_charge(cgroup, self.terminate_bytes) if cgroup is not None and cgroup.limited else None
         self.charge = charge
         self.kills = 0
         self._reasons: dict[int, str] = {}
