@@ -417,7 +417,7 @@ def report(stats_json: Path, html_path: Path | None, markdown_path: Path | None,
     return EXIT_OK
 
 
-@cli.command(short_help="Memory now: RSS, the cgroup's charge, the limit and its source, pressure.")
+@cli.command(short_help="Memory now: RSS, cgroup charge, the limit, pressure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the readings as JSON.")
 @click.option("--details", is_flag=True, help="Also the garbage collector and heap details.")
 @verbosity_options

@@ -33,7 +33,7 @@ CHILD = textwrap.dedent("""
 
     n_jobs, weight = int(sys.argv[1]), None if sys.argv[2] == "none" else "auto"
     backend = "loky" if n_jobs > 1 else None
-    texts = ["a" * 1_000] * 3_000 + ["b" * 100_000] * 300
+    texts = ["a" * 1_000] * 3_000 + ["b" * 100_000] * 400  # the heavy ones: 1.6 GB at once
     proc = BatchProcessor(batched=True, n_jobs=n_jobs, backend=backend, weight=weight, progress=False,
                           use_history=False)
     result = proc.process(texts, work, sys.argv[3])
@@ -107,9 +107,9 @@ def test_weighted_shift_completes_under_a_cgroup_limit_without_an_oom_kill(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     source, limit, items, _ = done.stdout.split()
     assert source == "cgroup_v1" and int(limit) == LIMIT
-    assert int(items) == 3_300
+    assert int(items) == 3_400
     assert kills == 0
-    assert sum(1 for _ in open(tmp_path / "out.jsonl")) == 3_300
+    assert sum(1 for _ in open(tmp_path / "out.jsonl")) == 3_400
 
 
 def test_without_weights_the_same_shift_meets_the_oom_killer(tmp_path):
