@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from batchmem.backends.watchdog import OomWatchdog, Rss, cgroup_charge, choose_victim
 from batchmem.heap.cgroup import find_memory_cgroup, parse_psi_some_avg10, physical_bytes
 from batchmem.heap.levels import PressureLevel, PressureThresholds, stall_level
 from batchmem.heap.limits import _cgroup_limits, detect_memory_limit
@@ -197,3 +198,24 @@ def test_charge_watch_stays_quiet_when_the_charge_did_not_set_the_size(rss, ws, 
     for _ in range(5):
         watch.observe(_sample(rss, ws), reason, 0.6 * 700 * MiB)
     assert watch.issue() is None
+
+
+def test_the_watchdog_kills_on_the_cgroup_working_set_the_rss_does_not_show(tmp_path):
+    cg = find_memory_cgroup(_v1(tmp_path))  # 454 MB charged, 446 MB working set, 700 MiB limit
+    level = int(0.95 * 440 * MiB)  # a 440 MiB limit: the working set is past its terminate level
+    assert cgroup_charge(cg, level)() == 446_000_000
+    assert cgroup_charge(cg, 460_000_000)() is None  # the usage, an upper bound, is under the level
+    parent, workers = Rss(40 * MiB, 10 * MiB), {11: Rss(30 * MiB, 10 * MiB), 12: Rss(60 * MiB, 10 * MiB)}
+    assert choose_victim(parent, workers, level) is None  # RSS alone: 110 MiB, far under the level
+    assert choose_victim(parent, workers, level, charged=446_000_000) == 12
+    killed: list[int] = []
+    dog = OomWatchdog(
+        lambda: [11, 12],
+        440 * MiB,
+        read=lambda pid: workers.get(pid, parent),
+        kill=lambda pid, sig: killed.append(pid),
+        confirm=lambda pids: 110 * MiB,  # shared pages once: still far under the level ...
+        charge=cgroup_charge(cg, level),  # ... but the cgroup's charge is not
+    )
+    assert dog.check() == 12 and killed == [12]
+    assert "memory cgroup working set 425.3MiB" in dog.reason_for(12)

@@ -253,15 +253,17 @@ class OomWatchdog:
         if victim is None:
             return None
         live = [pid for pid in readings if pid not in self._dying]
-        total = max(tree_bytes(parent, (readings[pid] for pid in live)), charged)
+        tree = tree_bytes(parent, (readings[pid] for pid in live))
+        total = max(tree, charged)
         shared_once = self.confirm(live)
         if shared_once is not None and max(shared_once, charged) < self.terminate_bytes:
             return None  # copy-on-write pages counted in every worker: the tree is below the level
-        return victim if self._kill(victim, readings[victim].resident, total) else None
+        what = "tree" if tree >= charged else "memory cgroup working set"
+        return victim if self._kill(victim, readings[victim].resident, total, what) else None
 
-    def _kill(self, pid: int, rss: int, total: int) -> bool:
+    def _kill(self, pid: int, rss: int, total: int, what: str = "tree") -> bool:
         reason = (
-            f"killed by the OOM watchdog: worker RSS {format_bytes(rss)} (tree {format_bytes(total)}) above "
+            f"killed by the OOM watchdog: worker RSS {format_bytes(rss)} ({what} {format_bytes(total)}) above "
             f"the terminate level {format_bytes(self.terminate_bytes)} ({self.terminate_fraction:.2f} of the "
             f"{format_bytes(self.limit_bytes)} limit)"
         )
