@@ -76,8 +76,10 @@ class Issue:
     """One verdict of the analyzer.
 
     kind: "leak", "gc_cycles", "gc_pauses", "uncollectable", "pressure",
-        "emergency_stop", "worker_recycling" or "memory_bound" (the run's; the memory target held most
-        batches shorter than the time band: :func:`batchmem.optimizer.advice.memory_bound_advice`).
+        "emergency_stop", "worker_recycling", "memory_bound" (the run's; the memory target held most
+        batches shorter than the time band: :func:`batchmem.optimizer.advice.memory_bound_advice`) or
+        "cgroup_charge" (the memory cgroup's charge outside RSS set most batch sizes:
+        :class:`batchmem.heap.pressure.ChargeWatch`).
     severity: "info", "warning" or "critical".
     message: one or two plain sentences with the figures.
     evidence: the figures, numbers only (bytes, items, seconds, ratios; ``None`` when unknown).
