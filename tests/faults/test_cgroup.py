@@ -3,7 +3,8 @@
 The job runs in a subprocess placed in a new cgroup v1 memory group with a 1,200 MiB limit and no
 ``memory_limit`` given, so batchmem must detect the limit (source ``cgroup_v1``) and predict the
 heavy items' cost from their weight (text length). The cgroup's ``oom_kill`` counter must not move.
-Without weights the same job meets the OOM killer: that case shows the test can fail. Skipped where
+The same job cut into fixed batches of 500 items (the last one all heavy, 1.6 GB) meets the OOM
+killer: that case shows the limit and the workload can kill, so the test can fail. Skipped where
 no cgroup memory hierarchy is writable (not root, or no cgroup v1 memory controller).
 """
 
@@ -31,11 +32,11 @@ CHILD = textwrap.dedent("""
         held = [np.ones(len(text) * 40 // 8) for text in batch]  # 40 bytes of transient memory per character
         return [len(text) for text in batch]
 
-    n_jobs, weight = int(sys.argv[1]), None if sys.argv[2] == "none" else "auto"
+    n_jobs, mode = int(sys.argv[1]), sys.argv[2]
     backend = "loky" if n_jobs > 1 else None
     texts = ["a" * 1_000] * 3_000 + ["b" * 100_000] * 400  # the heavy ones: 1.6 GB at once
-    proc = BatchProcessor(batched=True, n_jobs=n_jobs, backend=backend, weight=weight, progress=False,
-                          use_history=False)
+    sizing = {"weight": "auto"} if mode == "auto" else {"weight": None, "auto_optimize": False, "batch_size": 500}
+    proc = BatchProcessor(batched=True, n_jobs=n_jobs, backend=backend, progress=False, use_history=False, **sizing)
     result = proc.process(texts, work, sys.argv[3])
     st = result.stats
     print(st.limit_source, st.memory_limit_bytes, st.items, st.watchdog_kills, flush=True)
@@ -112,6 +113,6 @@ def test_weighted_shift_completes_under_a_cgroup_limit_without_an_oom_kill(tmp_p
     assert sum(1 for _ in open(tmp_path / "out.jsonl")) == 3_400
 
 
-def test_without_weights_the_same_shift_meets_the_oom_killer(tmp_path):
-    done, kills = _run_in_cgroup(tmp_path, 1, "none")
+def test_fixed_batches_of_the_same_shift_meet_the_oom_killer(tmp_path):
+    done, kills = _run_in_cgroup(tmp_path, 1, "fixed")
     assert done.returncode != 0 and kills >= 1
