@@ -1,12 +1,13 @@
 """The ``batchmem`` command line: run and validate job files; run reports, per-operation stats, memory.
 
-Exit codes (also in ``batchmem --help``):
+Exit codes (also in ``batchmem --help`` and ``batchmem run --help``; :data:`batchmem.errors.EXIT_CODES`):
 
 * 0 -- success;
-* 1 -- the job ran but some items failed, or it stopped on an error raised by the user function,
-  or writing the output failed (disk full: ``OutputWriteError``; ``--resume`` continues once fixed);
-* 2 -- a usage or job-file error (any :class:`~batchmem.errors.BatchmemError`), printed as one
-  line ``error: <message>`` on stderr, never a traceback;
+* 1 -- the job ran but some items failed, or it stopped on an error raised by the user function or
+  the source, or writing the output failed (disk full: ``OutputWriteError``; ``--resume`` continues once fixed);
+* 2 -- a usage or job-file error (any :class:`~batchmem.errors.BatchmemError`), or a memory limit the
+  job does not fit in, printed as one line ``error: <message>`` on stderr, never a traceback;
+* 3 -- stopped before every item was committed (memory pressure, e.g. a leak): incomplete, resumable;
 * 130 -- interrupted (Ctrl-C, SIGINT or SIGTERM; the checkpoint is written, ``--resume`` continues).
 
 Subcommands are registered on the click group :data:`cli`; :func:`main` is the
@@ -25,17 +26,15 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import BatchmemError, one_line
+from .errors import EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, BatchmemError, one_line
 from .units import format_bytes
 
 __all__ = ["cli", "main", "verbosity_options"]
 
 logger = logging.getLogger("batchmem")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+#: ``Exit codes: 0 success; 1 ...`` for the help texts.
+EXIT_HELP = "Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + "."
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,6 +59,9 @@ def _configure_logging(verbose: int, quiet: int) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler._batchmem_cli = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        # What the run's summary prints (its issues, the stop) is logged for library users; here the
+        # summary says it once.
+        handler.addFilter(lambda record: not getattr(record, "in_summary", False))
         log.addHandler(handler)
         log.propagate = False
     handler.setLevel(level)
@@ -109,8 +111,7 @@ _set_option = click.option(
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Exit codes: 0 success; 1 some items failed, the function stopped the run or a write failed; "
-    "2 usage or job-file error; 130 interrupted (SIGINT/SIGTERM; --resume continues).",
+    epilog=EXIT_HELP,
 )
 @click.version_option(_version(), "--version", prog_name="batchmem", message="%(prog)s %(version)s")
 @verbosity_options
@@ -178,7 +179,7 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
 # --------------------------------------------------------------------------- run
 
 
-@cli.command(short_help="Run a job file and stream its results to the output.")
+@cli.command(short_help="Run a job file and stream its results to the output.", epilog=EXIT_HELP)
 @click.argument("job_file", metavar="JOB", type=click.Path(dir_okay=False, path_type=Path))
 @_set_option
 @click.option(
@@ -201,11 +202,12 @@ def run(
     """Run a job file: read the source in batches, apply the function, stream results to the output.
 
     Prints a summary (items, failures, batch sizes, throughput, peak memory against the limit).
-    Exits 0 when every item succeeded, 1 when some failed or the function stopped the run, 2 on a
-    job-file error, 130 when interrupted. Running the same job again continues an unfinished run
-    (--restart starts over); --resume also continues after a crash or a failed write and does
-    nothing on a finished output; a changed function, source or batched setting is refused unless
-    --force-resume.
+    Exits 0 when every item succeeded, 1 when some failed or the function or source stopped the
+    run, 2 on a job-file error or a memory limit the job does not fit in, 3 when memory pressure
+    stopped the run before every item was committed, 130 when interrupted. Running the same job
+    again continues an unfinished run (--restart starts over); --resume also continues after a
+    crash or a failed write and does nothing on a finished output; a changed function, source or
+    batched setting is refused unless --force-resume.
 
     \b
     Examples:
@@ -241,6 +243,9 @@ def run(
         click.echo(f"already complete: {len(result):,} items in {result.path}")
         return EXIT_OK
     stats = result.stats
+    if result.stop is not None:  # the stop's fix in CLI syntax, naming this very command
+        result.stop.resume_command = resume_command
+        stats.stop_reason = result.stop.cli_message()
     for line in _summary_lines(job, result, stats):
         click.echo(line)
     if job.report is not None and stats.stats_path:
@@ -252,7 +257,7 @@ def run(
             _error(f"report: {exc.cli_message()}")
             return EXIT_FAILED if stats.failed else exc.exit_code
         click.echo(f"report: {job.report}")
-    return EXIT_FAILED if stats.failed else EXIT_OK
+    return EXIT_STOPPED if result.stop is not None else EXIT_FAILED if stats.failed else EXIT_OK
 
 
 def _set_args(overrides: tuple[str, ...]) -> list[str]:
@@ -292,8 +297,11 @@ def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
     source = get("limit_source")
     limit_text = f" of {format_bytes(limit)} limit" + (f" ({source})" if source else "") if limit else ""
     share = f", {peak / limit:.1%}" if peak and limit else ""
+    remaining = get("remaining")
+    left = f", {remaining:,} remain" if get("status") == "stopped" and remaining is not None else ""
     lines = [
-        f"done: {job.name}: {items:,} items, {failed:,} failed, {batches:,} batch{'' if batches == 1 else 'es'} "
+        f"{'stopped' if get('status') == 'stopped' else 'done'}: {job.name}: {items:,} items, {failed:,} failed"
+        f"{left}, {batches:,} batch{'' if batches == 1 else 'es'} "
         f"(size {size_range}), {rate:,.0f} items/s in {duration:.1f}s",
         f"memory: peak RSS {format_bytes(peak)}{limit_text}{share}",
         f"output: {getattr(result, 'path', job.output.path)}",
@@ -307,6 +315,8 @@ def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
     if get("stop_reason"):
         lines.append(f"stopped: {get('stop_reason')}")
     for issue in get("issues", []) or []:  # HeapAnalyzer verdicts (batchmem.heap.analyzer.Issue.to_dict())
+        if issue.get("kind") == "emergency_stop" and get("stop_reason"):
+            continue  # the stopped: line above says it, with how to continue
         lines.append(f"issue [{issue.get('severity')}] {issue.get('kind')}: {issue.get('message')}")
         if issue.get("recommendation") and issue.get("severity") != "info":
             lines.append(f"    -> {issue['recommendation']}")

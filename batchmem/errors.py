@@ -1,8 +1,16 @@
 """Errors a user can cause. Each message is one line that names the field and the fix.
 
 Like click's exceptions (``click/exceptions.py``), each error carries its
-``exit_code`` (2: a usage or job-file error; 1: the run stopped part-way), so
-the command line only asks the error: ``sys.exit(exc.exit_code)``. An error
+``exit_code``, so the command line only asks the error: ``sys.exit(exc.exit_code)``.
+The exit codes of ``batchmem run`` (:data:`EXIT_CODES`):
+
+* 0 -- every item was committed and none failed;
+* 1 -- some items failed, or the run stopped on an error (the function, the source, a write);
+* 2 -- a usage or job-file error, or a memory limit the job cannot fit in: nothing was run;
+* 3 -- stopped, incomplete and resumable: memory pressure (an emergency, a leak) stopped the run
+  before every item was committed; what was committed stands and a resume continues;
+* 130 -- interrupted by SIGINT or SIGTERM (the checkpoint is written; a resume continues).
+ An error
 whose fix is spelled differently for a job file than for Python (``on_error:
 skip`` / ``--set on_error=skip`` versus ``on_error="skip"``) carries both:
 ``str(exc)`` is the Python form, :meth:`BatchmemError.cli_message` the job-file form.
@@ -12,6 +20,17 @@ prints exactly what to type.
 """
 
 from __future__ import annotations
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+#: Each exit code of ``batchmem run`` and what it means, as ``run --help`` prints them.
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "some items failed, or the function, the source or a write stopped the run",
+    EXIT_USAGE: "usage or job-file error, or a memory limit the job does not fit in (nothing ran)",
+    EXIT_STOPPED: "stopped: incomplete, resumable (memory pressure stopped the run; --resume continues)",
+    EXIT_INTERRUPTED: "interrupted (SIGINT/SIGTERM; --resume continues)",
+}
 
 #: How a command-line fix names "continue this run" until the CLI fills in the exact command.
 RESUME_COMMAND = "batchmem run JOB --resume"
@@ -130,3 +149,27 @@ class WorkerDiedError(BatchmemError):
     failure: exit code 1)."""
 
     exit_code = 1
+
+
+class RunStopped(BatchmemError):
+    """The run stopped before every item was committed (a memory pressure emergency, e.g. a leak), and
+    can be resumed. Not raised by :meth:`~batchmem.BatchProcessor.process`, which returns a result whose
+    ``stats.status`` is ``"stopped"``; it carries the stop's message in both syntaxes and exit code 3."""
+
+    exit_code = EXIT_STOPPED
+
+
+class LimitTooSmallError(ConfigError):
+    """The memory the process (and the workers it would start) holds before the first batch already
+    passes the memory target: no batch could fit. Raised before anything is dispatched or written."""
+
+
+class SourceFailedError(BatchmemError):
+    """The source raised while items were read; ``index`` is the item it failed at (the first item a
+    resume runs). The items it yielded before are committed. The original error is ``__cause__``."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, index: int, **fixes: str | None):
+        super().__init__(message, **fixes)
+        self.index = index

@@ -21,7 +21,7 @@ from typing import Any
 
 from .backends import RunOptions, make_executor
 from .backends.worker_setup import make_worker_setup
-from .errors import RESUME_COMMAND, ConfigError
+from .errors import RESUME_COMMAND, ConfigError, RunStopped
 from .heap.monitor import MemoryMonitor, PressureLevel
 from .heap.pressure import PressureCallbacks
 from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
@@ -65,6 +65,8 @@ class BatchResult:
         self.path, self.stats, self.errors_path, self.output_format = path, stats, errors_path, output_format
         #: True when ``resume`` found the output complete and touched nothing.
         self.already_complete = already_complete
+        #: Why the run stopped before every item was committed (``stats.status == "stopped"``), or None.
+        self.stop: RunStopped | None = None
         # output=None: the run's private spool folder, removed on close(), garbage collection or exit.
         self._cleanup = weakref.finalize(self, shutil.rmtree, spool, ignore_errors=True) if spool else None
 
@@ -253,7 +255,9 @@ class BatchProcessor:
         run = self._start(as_source(items), fn, (path, errors_path, fmt), ckpt, resume)
         self._execute(run)
         failed = run.stats.failed or run.files.ckpt.failed
-        return BatchResult(path, run.stats, errors_path if failed else None, fmt, spool=spool)
+        result = BatchResult(path, run.stats, errors_path if failed else None, fmt, spool=spool)
+        result.stop = run.stop
+        return result
 
     def _start(
         self, source: Any, fn: Callable[..., Any], spec: tuple[Path, Path, str], ckpt: Checkpoint, resume: bool | str
@@ -305,8 +309,10 @@ class BatchProcessor:
                     stats.stop_reason = (
                         f"{signal_name(signals.signum)} received; continue with resume=True ({RESUME_COMMAND})"
                     )
+                elif run.stopped:
+                    run.stop = _stopped(run)
                 else:
-                    stats.status = "stopped" if run.stopped else "completed"
+                    stats.status = "completed"
             except KeyboardInterrupt:
                 stats.status = "interrupted"
                 raise
@@ -377,6 +383,23 @@ class BatchProcessor:
             batches_path=str(files.batches_path),
             started_at=time.time(),
         )
+
+
+def _stopped(run: Run) -> RunStopped:
+    """Mark ``run``'s stats stopped with how many items remain; the stop as an error carrying the way
+    to continue in both syntaxes (the stats keep the Python one)."""
+    stats, total = run.stats, run.source.total
+    stats.status = "stopped"
+    stats.remaining = total - run.files.ckpt.items if total is not None else None
+    left = f"{stats.remaining:,} items remain" if stats.remaining is not None else "the rest of the source remains"
+    why = stats.stop_reason or "stop() was called"
+    stop = RunStopped(
+        f"{why}; {left}",
+        python_fix="; continue with process(..., resume=True)",
+        cli_fix=f"; continue with {RESUME_COMMAND}",
+    )
+    stats.stop_reason = str(stop)
+    return stop
 
 
 def _resume_decision(path: Path, fingerprint: str, resume: bool | str) -> tuple[bool | str, bool]:

@@ -93,6 +93,7 @@ class Run:
         self.stop_requested, self._request_stop = stop_requested, request_stop
         self.lock = threading.Lock()
         self.stopped = False
+        self.stop: Any = None  # a stopped run: the RunStopped error the processor made of it
         self.cancelled = False
         self._grace_timer: threading.Timer | None = None
         self._saved_thresholds = monitor.thresholds
@@ -575,7 +576,7 @@ class Run:
         st.issues.extend(issues)
         for i in issues:
             log = logger.warning if i["severity"] != "info" else logger.info
-            log("batchmem issue [%s/%s]: %s", i["kind"], i["severity"], i["message"])
+            log("batchmem issue [%s/%s]: %s", i["kind"], i["severity"], i["message"], extra={"in_summary": True})
         st.gc_collected_between_batches += self.leaks.collected + self.pressure.collected
         w = self.leaks.gc_watch
         st.gc_collections_by_generation = list(w.collections)

@@ -85,6 +85,7 @@ class RunStats:
     status: str = "running"  # "running" | "completed" | "failed" | "stopped" | "interrupted"
     stop_reason: str | None = None
     resumed_from: int = 0  # items already committed by an earlier run (resume)
+    remaining: int | None = None  # items of a sized source not committed when the run stopped
     memory_errors: int = 0
     watchdog_kills: int = 0  # worker processes the OOM watchdog killed above the terminate level
     worker_deaths: int = 0  # worker processes that died during the run (their batches were retried in halves)

@@ -210,10 +210,10 @@ class PressureGuard:
             f"memory pressure emergency: {what} is "
             f"{sample.utilization:.0%} of the {format_bytes(sample.limit_bytes)} limit ({sample.limit_source}; "
             f"emergency at {thr:.0%}); ran {self.callbacks_run} cleanup callbacks and stopped after "
-            f"{items_written} items: every finished batch is written and checkpointed, "
-            "rerun with resume=True to continue"
+            f"{items_written} items: every finished batch is written and checkpointed"
         )
-        logger.error("batchmem: %s", reason)
+        # The run's summary repeats the reason with how to continue: a command line shows it there only.
+        logger.error("batchmem: %s", reason, extra={"in_summary": True})
         self.emergency = Issue(
             kind="emergency_stop",
             severity="critical",

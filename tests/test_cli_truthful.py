@@ -1,0 +1,112 @@
+"""Runs that tell the truth on the command line: exit codes of a stopped run, CLI-syntax hints, limits
+checked up front, missing extras caught before the work, sources that fail part-way. Real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+FNS = """
+import os
+
+import numpy as np
+
+_LEAK = []
+
+
+def leaky(item):
+    # LEAK=1: keep 2 MiB per item (touched, so resident) -- a leak memory pressure must stop.
+    if os.environ.get("LEAK") == "1":
+        _LEAK.append(np.ones(2 * 1024 * 1024 // 8))
+    return item
+
+
+def ident(item):
+    return item
+
+
+def numbers():
+    return range(300)
+
+
+def breaks_at_500():
+    for i in range(1000):
+        if i == 500:
+            raise RuntimeError("source broke at 500")
+        yield i
+"""
+
+
+def batchmem(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120):
+    full = {**os.environ, "TMPDIR": str(cwd), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "batchmem.cli", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path, monkeypatch) -> Path:
+    (tmp_path / "truth_fns.py").write_text(FNS)
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("BATCHMEM_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def write_job(folder: Path, name: str, body: str) -> str:
+    (folder / name).write_text(textwrap.dedent(body))
+    return name
+
+
+LEAK_JOB = """
+    name: leak_stop
+    source: {type: python, path: 'truth_fns:numbers'}
+    function: truth_fns:leaky
+    batching: {batch_size: 4, memory_limit: %dMiB, use_history: false}
+    pressure: {pressure_max_wait_s: 0.2}
+    output: {path: out/leak.jsonl}
+    progress: false
+"""
+
+
+def rss_mib() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss // 2**20
+
+
+def test_a_leak_stop_exits_3_and_resumes_to_completion_with_cli_hints(job_dir):
+    # A limit that fits this process tree with room (the up-front check passes) and a leak of
+    # 2 MiB per item that reaches the emergency level long before the 300 items are done.
+    limit = max(rss_mib(), 80) * 2 + 100
+    job = write_job(job_dir, "leak.yaml", LEAK_JOB % limit)
+    stopped = batchmem("run", job, cwd=job_dir, env={"LEAK": "1"})
+    assert stopped.returncode == 3, (stopped.stdout, stopped.stderr)
+    out = job_dir / "out" / "leak.jsonl"
+    written = len(out.read_text().splitlines())
+    assert 0 < written < 300
+    everything = stopped.stdout + stopped.stderr
+    assert "resume=True" not in everything
+    assert f"stopped: leak_stop: {written:,} items, 0 failed, {300 - written:,} remain" in stopped.stdout
+    assert f"batchmem run {job} --resume" in stopped.stdout
+    assert everything.count("memory pressure emergency") == 1, everything  # one voice: not logged and summed up
+    saved = json.loads((job_dir / "out" / "leak.jsonl.stats.json").read_text())
+    assert saved["status"] == "stopped" and saved["remaining"] == 300 - written
+
+    resumed = batchmem("run", job, "--resume", cwd=job_dir, env={"LEAK": "0"})
+    assert resumed.returncode == 0, (resumed.stdout, resumed.stderr)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == list(range(300))
+    assert "resume=True" not in resumed.stdout + resumed.stderr
+
+
+def test_run_help_documents_exit_code_3(job_dir):
+    proc = batchmem("run", "--help", cwd=job_dir)
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "3 stopped: incomplete, resumable" in text and "130 interrupted" in text
