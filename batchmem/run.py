@@ -27,7 +27,7 @@ from typing import Any
 
 from .backends import BatchOutcome, BatchTask, Executor
 from .backends.auto import AutoExecutor
-from .errors import ItemFailedError, WorkerDiedError, one_line
+from .errors import RESUME_COMMAND, BatchmemError, ItemFailedError, SourceFailedError, WorkerDiedError, one_line
 from .heap.analyzer import Issue
 from .heap.gc_watch import ThrottledCollector
 from .heap.leak_guard import LeakGuard
@@ -94,6 +94,7 @@ class Run:
         self.lock = threading.Lock()
         self.stopped = False
         self.stop: Any = None  # a stopped run: the RunStopped error the processor made of it
+        self.source_error: SourceFailedError | None = None  # the source raised at a cut
         self.cancelled = False
         self._grace_timer: threading.Timer | None = None
         self._saved_thresholds = monitor.thresholds
@@ -265,23 +266,33 @@ class Run:
             return self.optimizer.next_batch_budget()
 
     def _cut(self, index: int, start: int, asked: int, budget: float | None) -> BatchTask | None:
+        """The next task, or None at the end of the source or when it raised (``source_error``)."""
+        try:
+            batch, weight, weights = self._take(asked, budget)
+        except BatchmemError:
+            raise
+        except Exception as exc:  # the batches cut before are committed first; loop() raises it then
+            self.source_error = source_failed(start, exc)
+            return None
+        if batch is None or len(batch) == 0:
+            return None
+        return BatchTask(index, start, batch, weight=weight, weights=weights)
+
+    def _take(self, asked: int, budget: float | None) -> tuple[Any, float, list[float] | None]:
         """Weighted: items up to ``budget`` weight units, at most ``asked`` items. Otherwise (and for
         the first weighted batch, whose weight seeds the budget): ``asked`` items."""
         if budget is not None:
             b = self.config.batching
-            batch, weight, weights = take_weighted(
+            return take_weighted(
                 self.source, budget, self.weigher, min_items=min(b.min_batch_size, asked), max_items=asked
             )
-        else:
-            batch = self.source.take(asked)
-            weight, weights = float(len(batch)) if batch is not None else 0.0, None
-            if self._probe and batch is not None and len(batch):
-                self._start_weighting(batch)
-            if self.weighted and batch is not None and len(batch):
-                weight, weights = self._weigh(batch)
-        if batch is None or len(batch) == 0:
-            return None
-        return BatchTask(index, start, batch, weight=weight, weights=weights)
+        batch = self.source.take(asked)
+        weight, weights = float(len(batch)) if batch is not None else 0.0, None
+        if self._probe and batch is not None and len(batch):
+            self._start_weighting(batch)
+        if self.weighted and batch is not None and len(batch):
+            weight, weights = self._weigh(batch)
+        return batch, weight, weights
 
     def _start_weighting(self, batch: Any) -> None:
         """First batch of a ``weight="auto"`` run: budget in weight units if its items differ in size."""
@@ -321,6 +332,8 @@ class Run:
             for final in self._resolve(task, outcome):
                 self.commit(final)
         self.stopped = self.stop_requested()
+        if self.source_error is not None and not self.cancelled:
+            raise self.source_error
 
     def _resolve(self, task: BatchTask, outcome: BatchOutcome) -> Iterator[BatchOutcome]:
         """Yield final outcomes in order, halving batches that hit MemoryError, a failing batched
@@ -581,6 +594,19 @@ class Run:
         w = self.leaks.gc_watch
         st.gc_collections_by_generation = list(w.collections)
         st.gc_pause_s, st.gc_max_pause_s = w.pause_s, w.max_pause_s
+
+
+def source_failed(index: int, exc: Exception) -> SourceFailedError:
+    """The error of a source that raised when item ``index`` was asked for (items before it are committed)."""
+    err = SourceFailedError(
+        f"source: failed at item {index}: {type(exc).__name__}: {one_line(exc)}; the items before it are "
+        f"committed and a resume starts at item {index}",
+        index,
+        python_fix=" (fix the source, then process(..., resume=True))",
+        cli_fix=f" (fix the source, then {RESUME_COMMAND})",
+    )
+    err.__cause__ = exc
+    return err
 
 
 class _NoBar:

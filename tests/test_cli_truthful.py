@@ -110,3 +110,26 @@ def test_run_help_documents_exit_code_3(job_dir):
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
     assert "3 stopped: incomplete, resumable" in text and "130 interrupted" in text
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_source_that_raises_at_item_500_leaves_500_lines_and_names_item_500(job_dir, n_jobs):
+    job = write_job(
+        job_dir,
+        "breaks.yaml",
+        """
+        name: breaks
+        source: {type: python, path: 'truth_fns:breaks_at_500'}
+        function: truth_fns:ident
+        batching: {batch_size: 400, auto_optimize: false, use_history: false}
+        output: {path: out/breaks.jsonl}
+        progress: false
+        """,
+    )
+    proc = batchmem("run", job, "--set", f"execution.n_jobs={n_jobs}", cwd=job_dir)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    lines = (job_dir / "out" / "breaks.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == list(range(500))
+    assert proc.stderr.startswith("error: source: failed at item 500: RuntimeError: source broke at 500"), proc.stderr
+    assert f"batchmem run {job} --set execution.n_jobs={n_jobs} --resume" in proc.stderr
+    assert "resume=True" not in proc.stderr + proc.stdout

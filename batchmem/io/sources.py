@@ -58,13 +58,40 @@ class IterableSource:
         self._held: list[Any] = []  # items pulled by take_weighted but not handed out (the next batch's first)
         self._held_weights: list[float] | None = None
         self._mean_weight: float | None = None  # weight units per item seen so far
+        self._error: Exception | None = None  # the iterator raised after yielding some items: the next pull raises it
+
+    def _fill(self, batch: list[Any], n: int) -> list[Any]:
+        """``batch`` topped up to ``n`` items from the iterator. When the iterator raises after
+        yielding some items, they are returned and the next call raises the error, so the items
+        before a failure are processed and a resume starts at the item that failed."""
+        if self._error is not None:
+            if batch:
+                return batch
+            error, self._error = self._error, None
+            raise error
+        try:
+            batch.extend(itertools.islice(self._it, n - len(batch)))  # keeps the items appended before a raise
+        except Exception as exc:
+            if not batch:
+                raise
+            self._error = exc
+        return batch
+
+    def peek(self) -> None:
+        """Pull the next item now; the next :meth:`take` hands it out (e.g. to measure memory with the
+        first item held). An error of the iterator is raised by that take."""
+        if not self._held and self._error is None:
+            try:
+                self._held = self._fill([], 1)
+            except Exception as exc:
+                self._error = exc
 
     def take(self, n: int) -> list[Any] | None:
         if self._held:
             batch, self._held, self._held_weights = self._held[:n], self._held[n:], None
-            batch += itertools.islice(self._it, n - len(batch))
         else:
-            batch = list(itertools.islice(self._it, n))
+            batch = []
+        batch = self._fill(batch, n)
         if not batch:
             return None
         self.position += len(batch)
@@ -79,7 +106,7 @@ class IterableSource:
             weights = weights[:n] if weights is not None else weigh(items)
             self._held, self._held_weights = rest_items, rest_weights
             return items, weights
-        items = list(itertools.islice(self._it, n))
+        items = self._fill([], n)
         return items, (weigh(items) if items else None)
 
     def take_weighted(
