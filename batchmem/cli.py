@@ -142,8 +142,10 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
     """Check a job file without running it.
 
     Validates every key, checks the source file exists, the output folder is
-    writable and the output does not exist yet (unless output.overwrite), and
-    imports the function. Prints "ok: <name> ..." and exits 0, or prints one
+    writable and the output does not exist yet (unless output.overwrite), that
+    the extras the job needs are installed (matplotlib for report, pyarrow for
+    Parquet, distributed for a scheduler), imports the function and setup, and
+    checks that the process holding them fits under the memory limit. Prints "ok: <name> ..." and exits 0, or prints one
     line "error: <field>: <problem>; <fix>" and exits 2.
 
     \b
@@ -154,6 +156,7 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
     from .job import load_job
 
     job = load_job(job_file, overrides, resume=resume)
+    job.check_ready()  # the extras, the imports, and a memory limit the job fits in
     b, e = job.batching, job.execution
     limit = b.memory_limit
     limit_text = (

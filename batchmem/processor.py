@@ -22,7 +22,8 @@ from typing import Any
 from .backends import RunOptions, make_executor
 from .backends.worker_setup import make_worker_setup
 from .errors import RESUME_COMMAND, ConfigError, RunStopped
-from .heap.monitor import MemoryMonitor, PressureLevel
+from .heap.fit import check_fits
+from .heap.monitor import MemoryMonitor, PressureLevel, current_rss_bytes
 from .heap.pressure import PressureCallbacks
 from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
 from .io.output import OutputLock, RunFiles, check_output, prepare_resume, sidecar
@@ -270,6 +271,8 @@ class BatchProcessor:
         executor = self._executor(fn, encode=fmt == "jsonl")
         lock = None
         try:
+            if executor.local_memory:  # dask workers have limits of their own
+                self.check_fits(source, workers=executor.in_flight if getattr(executor, "processes", False) else 0)
             lock = OutputLock(path)
             append = bool(resume) and path.exists()
             if append:
@@ -294,6 +297,26 @@ class BatchProcessor:
             if lock is not None:
                 lock.release()
             raise
+
+    def check_fits(self, source: Any = None, *, workers: int = 0, run_setup: bool = True) -> None:
+        """Before anything is dispatched or written: raise
+        :class:`~batchmem.errors.LimitTooSmallError` when this process, holding the function, the setup's
+        state (in-process runs: ``workers=0``, unless not ``run_setup``) and the first item of ``source``,
+        leaves the batches no room under the memory target (:func:`batchmem.heap.fit.check_fits`;
+        ``workers`` worker processes are counted as holding as much each)."""
+        if run_setup and not workers and self.worker_setup is not None:
+            self.worker_setup.state()  # the setup runs now (once per process), so its state is counted
+        peek = getattr(source, "peek", None)
+        if callable(peek):
+            peek()
+        limit = self.monitor.limit
+        check_fits(
+            current_rss_bytes(),
+            workers,
+            limit.bytes,
+            self.config.batching.memory_target_fraction,
+            limit_source=limit.source,
+        )
 
     def _execute(self, run: Run) -> None:
         """Run the loop under SIGINT/SIGTERM handling; the stats get their status; finish always runs.

@@ -47,7 +47,12 @@ def breaks_at_500():
 def batchmem(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120):
     full = {**os.environ, "TMPDIR": str(cwd), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "batchmem.cli", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "batchmem.cli", *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -133,3 +138,78 @@ def test_a_source_that_raises_at_item_500_leaves_500_lines_and_names_item_500(jo
     assert proc.stderr.startswith("error: source: failed at item 500: RuntimeError: source broke at 500"), proc.stderr
     assert f"batchmem run {job} --set execution.n_jobs={n_jobs} --resume" in proc.stderr
     assert "resume=True" not in proc.stderr + proc.stdout
+
+
+SMALL_JOB = """
+    name: tiny_limit
+    source: {type: python, path: 'truth_fns:numbers'}
+    function: truth_fns:ident
+    batching: {memory_limit: 50MiB, use_history: false}
+    output: {path: out/tiny.jsonl}
+    progress: false
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_50mib_limit_exits_2_at_once_with_nothing_written(job_dir, command, n_jobs):
+    job = write_job(job_dir, "tiny.yaml", SMALL_JOB)
+    t0 = time.monotonic()
+    proc = batchmem(command, job, "--set", f"execution.n_jobs={n_jobs}", cwd=job_dir)
+    took = time.monotonic() - t0
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert took < 5, took
+    assert not (job_dir / "out").exists() or not any((job_dir / "out").iterdir())
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: memory_limit: 50.0MiB"), proc.stderr
+    assert "raise memory_limit (e.g. --set batching.memory_limit=" in lines[0]
+    assert ("worker processes" in lines[0]) == (n_jobs == 2)
+    suggested = lines[0].split("--set batching.memory_limit=")[1].split(")")[0]
+    fits = batchmem("validate", job, "--set", f"batching.memory_limit={suggested}", cwd=job_dir)
+    assert fits.returncode == 0, fits.stderr  # the suggested limit passes the same check
+
+
+NO_MATPLOTLIB = """
+import importlib.abc
+import sys
+
+
+class _Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r} (hidden by the test)")
+        return None
+
+
+sys.meta_path.insert(0, _Missing())
+"""
+
+
+def test_validate_of_a_job_with_a_report_fails_with_the_install_command_without_matplotlib(job_dir):
+    shim = job_dir / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(NO_MATPLOTLIB)
+    job = write_job(
+        job_dir,
+        "report.yaml",
+        """
+        name: with_report
+        source: {type: python, path: 'truth_fns:numbers'}
+        function: truth_fns:ident
+        output: {path: out/rep.jsonl}
+        report: out/report.html
+        progress: false
+        """,
+    )
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
+    hidden = subprocess.run([sys.executable, "-c", "import matplotlib"], env={**os.environ, **env}, cwd=job_dir)
+    assert hidden.returncode != 0  # the shim works
+    for command in ("validate", "run"):
+        proc = batchmem(command, job, cwd=job_dir, env=env)
+        assert proc.returncode == 2, (proc.stdout, proc.stderr)
+        assert (
+            proc.stderr.strip()
+            == 'error: report: plots need matplotlib, which is not installed; pip install "batchmem[report]"'
+        )
+    assert not (job_dir / "out" / "rep.jsonl").exists()  # the run failed before the work
+    assert batchmem("validate", job, cwd=job_dir).returncode == 0  # with matplotlib the job is fine

@@ -105,6 +105,39 @@ class JobActions:
         except ConfigError as exc:  # the processor names its own option; say it is about this job
             raise JobFileError(one_line(exc)) from exc
 
+    def check_extras(self: Job) -> None:
+        """The optional packages this job needs are installed: matplotlib for ``report``, pyarrow for
+        Parquet, distributed for a dask scheduler. Raises JobFileError naming the key and the
+        ``pip install`` command, before any work is done."""
+        needs = []
+        if self.report is not None:
+            needs.append(("report", "matplotlib", "report", "plots"))
+        if self.output.format == "parquet" or self.source.type == "parquet":
+            key = "output.format" if self.output.format == "parquet" else "source.type"
+            needs.append((key, "pyarrow", "parquet", "parquet files"))
+        if self.execution.backend == "dask" or self.execution.scheduler_address:
+            needs.append(("execution.backend", "distributed", "dask", "a dask cluster"))
+        for key, module, extra, what in needs:
+            try:
+                __import__(module)
+            except ImportError:
+                raise JobFileError(
+                    f'{key}: {what} need {module}, which is not installed; pip install "batchmem[{extra}]"'
+                ) from None
+
+    def check_ready(self: Job) -> None:
+        """What ``batchmem validate`` checks beyond the file: the extras (:meth:`check_extras`), the
+        function and setup import, and this process with them loaded fits under the memory limit
+        (:meth:`~batchmem.processor.BatchProcessor.check_fits`, each worker process counted as holding
+        as much; the setup is imported, not run). Raises JobFileError or
+        :class:`~batchmem.errors.LimitTooSmallError`."""
+        self.check_extras()
+        self.load_function()
+        processor = self.build_processor(progress=False)
+        e = self.execution
+        if e.backend != "dask" and not e.scheduler_address:  # dask workers have limits of their own
+            processor.check_fits(workers=_worker_processes(e.n_jobs, e.backend), run_setup=False)
+
     def fingerprint_fields(self: Job) -> dict[str, Any]:
         """The settings that decide what the output lines hold, for the resume check.
 
@@ -204,6 +237,15 @@ def _check_writable_folder(path: Path, field: str) -> None:
         raise JobFileError(f"{field}: folder {folder} is not writable; fix its permissions or change {field}")
 
 
+def _worker_processes(n_jobs: int | str, backend: str | None) -> int:
+    """Worker processes a run with these settings starts (0: batches run in this process; ``"auto"``
+    starts in-process). Negative ``n_jobs`` count from the CPUs, as joblib does."""
+    if n_jobs == "auto" or backend in ("threading", "sequential") or (backend is None and n_jobs == 1):
+        return 0
+    n = int(n_jobs)
+    return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)
+
+
 def run_job(job: Job, resume: bool | str = False, *, progress: bool | None = None) -> Any:
     """Run ``job`` and return the processor's BatchResult.
 
@@ -217,6 +259,7 @@ def run_job(job: Job, resume: bool | str = False, *, progress: bool | None = Non
     ``on_error: raise`` raises :class:`~batchmem.errors.ItemFailedError`.
     """
     job.check_files(resume=bool(resume))
+    job.check_extras()  # a missing package fails now, not after the work
     fn = job.load_function()
     processor = job.build_processor(progress=progress)
     source = job.build_source()
