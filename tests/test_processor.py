@@ -263,10 +263,11 @@ MEMORY_BOUND = textwrap.dedent(
     from batchmem.heap import current_rss_bytes
 
     def hold_a_mib_each(batch):
-        held = [b"x" * (1 << 20) for _ in batch]  # 1 MiB written per item, held for the batch
+        held = [b"x" * (int(sys.argv[3]) << 20) for _ in batch]  # MiB written per item, held for the batch
         return [len(h) for h in held]
 
-    limit = int(current_rss_bytes() / 0.7 * float(sys.argv[1]))
+    # The baseline at half the limit: under the 0.6 target (the up-front check passes), so a few MiB fit.
+    limit = int(current_rss_bytes() / 0.5 * float(sys.argv[1]))
     proc = BatchProcessor(batch_size=2, batched=True, memory_limit=limit, progress=False)
     stats = proc.process(range(40), hold_a_mib_each, output=sys.argv[2]).stats
     issues = [i for i in stats.issues if i["kind"] == "memory_bound"]
@@ -277,14 +278,16 @@ MEMORY_BOUND = textwrap.dedent(
 
 @pytest.mark.parametrize("room", [1, 16], ids=["tight", "roomy"])
 def test_a_run_held_to_short_batches_by_memory_says_so_and_names_the_fix(tmp_path, room):
-    """The tree already holds more than the memory target (0.6 of the limit) before the first batch, as
-    the embeddings example's model did under 1.5 GiB: every batch is cut to one item, and the run's issues
-    say which setting to raise. Under a 16x roomier limit the same run has no such issue. In a fresh
+    """The tree already holds most of the memory target (0.6 of the limit) before the first batch, as
+    the embeddings example's model did under 1.5 GiB: every batch is cut to one item (8 MiB each), and the
+    run's issues say which setting to raise. Under a 16x roomier limit the same run has no such issue. In a fresh
     interpreter: this one's RSS (and the free heap the baseline leaves out) depends on the tests before."""
     script = tmp_path / "bound.py"
     script.write_text(MEMORY_BOUND)
     out = subprocess.run(
-        [sys.executable, str(script), str(room), str(tmp_path / "out.jsonl")], capture_output=True, text=True
+        [sys.executable, str(script), str(room), str(tmp_path / "out.jsonl"), "8" if room == 1 else "1"],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
     run = json.loads(out.stdout.splitlines()[-1])
