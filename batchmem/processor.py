@@ -401,11 +401,32 @@ class BatchProcessor:
             n_jobs=ex.n_jobs if isinstance(ex.n_jobs, int) else 1,
             backend=ex.backend or ("serial" if ex.n_jobs == 1 else "auto" if ex.n_jobs == "auto" else "loky"),
             resumed_from=files.ckpt.items,
+            parts=_earlier_parts(files),
             output_path=str(files.path),
             stats_path=str(files.stats_path),
             batches_path=str(files.batches_path),
             started_at=time.time(),
         )
+
+
+def _earlier_parts(files: RunFiles) -> list[dict[str, Any]]:
+    """The parts of a resumed output before this run, from its stats file. Items the checkpoint holds
+    beyond them (a run that died before writing its stats) make one part of status "unrecorded"."""
+    ckpt = files.ckpt
+    if not ckpt.items:
+        return []
+    try:
+        old = RunStats.load(files.stats_path)
+    except (OSError, ValueError, TypeError):
+        old = None
+    parts = (list(old.parts) or [old.part_record()]) if old is not None else []
+    items, failed = sum(p["items"] for p in parts), sum(p["failed"] for p in parts)
+    if items > ckpt.items or failed > ckpt.failed:  # not this output's stats (e.g. of a run it replaced)
+        parts, items, failed = [], 0, 0
+    if ckpt.items > items:
+        gap = {"items": ckpt.items - items, "failed": ckpt.failed - failed, "batches": None, "duration_s": None}
+        parts.append({**gap, "status": "unrecorded", "started_at": None})
+    return parts
 
 
 def _stopped(run: Run) -> RunStopped:

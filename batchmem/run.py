@@ -537,6 +537,7 @@ class Run:
         if self.config.analysis.force_gc_on_completion:
             gc.collect()
         self._collect_issues()
+        st.close_part(self.files.ckpt.items, self.files.ckpt.failed)
         self.monitor.thresholds = self._saved_thresholds
         try:
             write_json_atomic(st.stats_path, st.to_dict())

@@ -86,6 +86,11 @@ class RunStats:
     stop_reason: str | None = None
     resumed_from: int = 0  # items already committed by an earlier run (resume)
     remaining: int | None = None  # items of a sized source not committed when the run stopped
+    # The whole output across resumes: its committed items and failures (from its checkpoint), and one
+    # record per run that wrote it (part_record(); this run last). items/failed above are this run's.
+    output_items: int = 0
+    output_failed: int = 0
+    parts: list[dict[str, Any]] = field(default_factory=list)
     memory_errors: int = 0
     watchdog_kills: int = 0  # worker processes the OOM watchdog killed above the terminate level
     worker_deaths: int = 0  # worker processes that died during the run (their batches were retried in halves)
@@ -106,6 +111,28 @@ class RunStats:
     batches_path: str | None = None
     started_at: float = 0.0  # epoch seconds
     finished_at: float = 0.0  # epoch seconds
+
+    @property
+    def resumes(self) -> int:
+        """How many times the output was resumed: its parts after the first."""
+        return max(0, len(self.parts) - 1)
+
+    def part_record(self) -> dict[str, Any]:
+        """This run as one part of its output: items, failed, batches, duration_s, status, started_at."""
+        return {
+            "items": self.items,
+            "failed": self.failed,
+            "batches": self.batches,
+            "duration_s": self.duration_s,
+            "status": self.status,
+            "started_at": self.started_at,
+        }
+
+    def close_part(self, output_items: int, output_failed: int) -> None:
+        """Add this run as the last part of its output, whose committed items and failures (its
+        checkpoint's counts, every part included) are ``output_items`` and ``output_failed``."""
+        self.parts.append(self.part_record())
+        self.output_items, self.output_failed = output_items, output_failed
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""

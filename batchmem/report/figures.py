@@ -36,6 +36,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "status": ("status", "str"),
     "items": ("items", "int"),
     "failed": ("failed items", "int"),
+    "resumed": ("resumed", "str"),  # a resumed output: how often, and each part's items and time
     "batches": ("batches", "int"),
     "duration_s": ("wall time", "seconds"),
     "items_per_s": ("throughput (items / wall s)", "rate"),

@@ -22,7 +22,7 @@ import orjson
 from ..errors import ConfigError
 from ..heap.monitor import PressureThresholds
 from ..optimizer.advice import RunFigures, RunSettings, median_or_none, memory_bound_advice, run_advice, trend_advice
-from ..stats import RunStats, batch_records_frame
+from ..stats import RunStats, batch_records_frame, items_per_second
 
 __all__ = ["Report", "batches_path_for", "load_report"]
 
@@ -115,13 +115,11 @@ def _thresholds(raw: dict[str, Any]) -> PressureThresholds:
 def _figures(stats: RunStats, df: Any, raw: dict[str, Any]) -> dict[str, Any]:
     sizes = sorted(list(stats.batch_sizes) or ([int(x) for x in df["items"]] if len(df) else []))
     limit = stats.memory_limit_bytes or None
+    whole = _whole_output(stats)
     return {
         "status": stats.status,
-        "items": stats.items,
-        "failed": stats.failed,
-        "batches": stats.batches,
-        "duration_s": stats.duration_s,
-        "items_per_s": stats.items_per_s,
+        **whole,
+        "batches": max(stats.batches, len(df)),  # the batch records of every part
         "bytes_per_item": stats.bytes_per_item,
         "learned_batch_size": stats.learned_batch_size,
         "batch_size_min": sizes[0] if sizes else None,
@@ -138,6 +136,31 @@ def _figures(stats: RunStats, df: Any, raw: dict[str, Any]) -> dict[str, Any]:
         "n_jobs": stats.n_jobs,
         "backend": stats.backend,
         "started_at": stats.started_at or None,
+    }
+
+
+def _whole_output(stats: RunStats) -> dict[str, Any]:
+    """Items, failures, wall time and throughput of the whole output, every part of a resumed one
+    included (stats files without parts: the run's own), and how often it was resumed."""
+    parts = stats.parts or [stats.part_record()]
+    timed = [p["duration_s"] for p in parts if p.get("duration_s") is not None]
+    duration = sum(timed)
+    items = stats.output_items if stats.parts else stats.items
+    resumed = "no"
+    if len(parts) > 1:
+        each = "; ".join(
+            f"{p['items']:,} items"
+            + (f" in {p['duration_s']:.1f} s" if p.get("duration_s") is not None else "")
+            + (f" ({p['status']})" if p.get("status") not in ("completed", None) else "")
+            for p in parts
+        )
+        resumed = f"{len(parts) - 1} time{'s' if len(parts) > 2 else ''}; parts: {each}"
+    return {
+        "items": items,
+        "failed": stats.output_failed if stats.parts else stats.failed,
+        "resumed": resumed,
+        "duration_s": duration,
+        "items_per_s": items_per_second(sum(p["items"] for p in parts if p.get("duration_s") is not None), duration),
     }
 
 
