@@ -557,6 +557,7 @@ class Run:
                     "leaks": sum(1 for i in st.issues if i.get("kind") == "leak"),
                     "finished_at": st.finished_at,
                     "memory_errors": st.memory_errors,
+                    "resumed": int(st.resumed_from > 0),  # this run continued an output
                     "limit_source": st.limit_source,
                     "settings": st.settings,
                     **(

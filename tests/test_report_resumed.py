@@ -86,3 +86,16 @@ def test_a_fresh_run_is_one_part(tmp_path):
     stats = RunStats.load(result.stats.stats_path)
     assert stats.resumes == 0 and len(stats.parts) == 1 and stats.output_items == 100
     assert load_report(stats.stats_path).figures["resumed"] == "no"
+
+
+def test_batchmem_stats_counts_the_parts_and_the_resumes(tmp_path):
+    from batchmem.report import operation_statistics, render_operation_detail
+
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SourceFailedError):
+        proc().process(numbers(300, broken_at=120), fail_sevens, out)
+    proc().process(numbers(300), fail_sevens, out, resume=True)
+    fig = operation_statistics("default")["operations"]["default"]
+    assert (fig["runs"], fig["resumes"], fig["items"]) == (2, 1, 300)
+    assert fig["failed"] == sum(1 for x in range(300) if x % 7 == 0)
+    assert re.search(r"^  runs that resumed an output +1$", render_operation_detail("default", fig), re.M)

@@ -375,6 +375,7 @@ class BatchOptimizer:
             "batch_s_median": batch_seconds(runs[-1]) if runs else None,
             "peak_rss_bytes": record.get("peak_rss_bytes"),
             "leaks": record.get("leaks", sum(int(_number(r.get("leaks")) or 0) for r in runs)),
+            "resumes": record.get("resumes", 0),
             "first_run_at": record.get("first_run_at"),
             "last_run_at": record.get("last_run_at"),
             "last_run": runs[-1] if runs else None,
@@ -388,7 +389,7 @@ class BatchOptimizer:
         batches, duration_s (s), items_per_s, bytes_per_item (bytes),
         seconds_per_item (s), learned_batch_size (items), batch_s_median
         (median wall time of a batch in the last run, s), peak_rss_bytes (bytes), leaks (flagged by the heap analyzer,
-        all runs), first/last_run_at (epoch s), last_run,
+        all runs), resumes (runs that continued an output), first/last_run_at (epoch s), last_run,
         and that operation's "recommendations". With ``operation`` only that
         one is reported.
         """

@@ -170,7 +170,7 @@ class HistoryStore:
         (bytes), seconds_per_item (s), items, duration_s (s), items_per_s,
         peak_rss_bytes (bytes), batches, failed (items), leaks (count),
         batch_s_median (median wall time of a batch, s), batch_size_median (items),
-        memory_errors, settings (the run's options that advice checks, see
+        memory_errors, resumed (1 when the run continued an output), settings (the run's options that advice checks, see
         :class:`batchmem.optimizer.advice.RunSettings`), finished_at (epoch s;
         filled in if missing). Other JSON-able keys are kept.
         Raises OSError if the directory cannot be written.
@@ -200,6 +200,7 @@ class HistoryStore:
             "failed": total("failed"),
             "batches": total("batches"),
             "leaks": total("leaks"),  # leaks the heap analyzer flagged, all runs
+            "resumes": total("resumed"),  # runs that continued an output another run began
             "peak_rss_bytes": int(max(num(old.get("peak_rss_bytes")), run.get("peak_rss_bytes", 0))),
             "first_run_at": old.get("first_run_at", run["finished_at"]),
             "last_run_at": run["finished_at"],

@@ -29,6 +29,7 @@ HISTORY_COLUMNS: dict[str, tuple[str, str]] = {
 #: Rows of one operation's detail: (label, key of get_batch_statistics figures, kind).
 _DETAIL_ROWS = (
     ("runs", "runs", "int"),
+    ("runs that resumed an output", "resumes", "int"),  # each part of a resumed output is a run
     ("items, all runs", "items", "int"),
     ("failed items, all runs", "failed", "int"),
     ("batches, all runs", "batches", "int"),
