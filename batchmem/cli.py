@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 
 import click
 
+from .cli_summary import HELD_FOR_SUMMARY as _HELD
+from .cli_summary import summary_lines as _summary_lines
 from .errors import EXIT_CODES, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, BatchmemError, one_line
 from .units import format_bytes
 
@@ -59,9 +61,7 @@ def _configure_logging(verbose: int, quiet: int) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler._batchmem_cli = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        # What the run's summary prints (its issues, the stop) is logged for library users; here the
-        # summary says it once.
-        handler.addFilter(lambda record: not getattr(record, "in_summary", False))
+        handler.addFilter(_HELD)
         log.addHandler(handler)
         log.propagate = False
     handler.setLevel(level)
@@ -230,14 +230,16 @@ def run(
     job = load_job(job_file, overrides, resume=resume_mode is not False)
     if resume_mode == "auto":
         resume_mode = _auto_resume(job)
+    _HELD.held.clear()
     try:
         result = run_job(job, resume=resume_mode, progress=False if no_progress else None)
-    except (RunInterrupted, BatchmemError) as exc:  # their "run again with" names this very command
-        exc.resume_command = resume_command
-        raise
-    except (KeyboardInterrupt, MemoryError):
-        raise
-    except Exception as exc:  # the user's function or source raised: one line, traceback only with -v
+    except BaseException as exc:  # no summary will say what the run found: the log does
+        _HELD.release(next((h for h in logger.handlers if getattr(h, "_batchmem_cli", False)), None))
+        if isinstance(exc, (RunInterrupted, BatchmemError)):  # their "run again with" names this command
+            exc.resume_command = resume_command
+        if not isinstance(exc, Exception) or isinstance(exc, (RunInterrupted, BatchmemError, MemoryError)):
+            raise
+        # the user's function or source raised: one line, traceback only with -v
         logger.debug("run stopped", exc_info=True)
         what = type(exc).__name__ + (f": {one_line(exc)}" if str(exc).strip() else "")
         _error(f"{job.name}: stopped by {what}; run with -v for the traceback")
@@ -260,7 +262,8 @@ def run(
             _error(f"report: {exc.cli_message()}")
             return EXIT_FAILED if stats.failed else exc.exit_code
         click.echo(f"report: {job.report}")
-    return EXIT_STOPPED if result.stop is not None else EXIT_FAILED if stats.failed else EXIT_OK
+    failed = stats.failed or stats.output_failed  # the whole output's: failures of earlier parts count
+    return EXIT_STOPPED if result.stop is not None else EXIT_FAILED if failed else EXIT_OK
 
 
 def _set_args(overrides: tuple[str, ...]) -> list[str]:
@@ -281,58 +284,6 @@ def _auto_resume(job: Any) -> bool:
         return True
     job.check_files(resume=False)
     return False
-
-
-def _summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
-    """The end-of-run summary: a few plain lines for the terminal."""
-    get = lambda name, default=None: getattr(stats, name, default) if stats is not None else default  # noqa: E731
-    items = int(get("items", 0) or 0)
-    failed = int(get("failed", 0) or 0)
-    batches = int(get("batches", 0) or 0)
-    sizes = list(get("batch_sizes", []) or [])
-    size_range = (
-        "-" if not sizes else f"{min(sizes):,}" if min(sizes) == max(sizes) else f"{min(sizes):,}–{max(sizes):,}"
-    )
-    duration = float(get("duration_s", 0.0) or 0.0)
-    rate = float(get("items_per_s", 0.0) or 0.0)
-    peak = get("peak_rss_bytes")
-    limit = get("memory_limit_bytes")
-    source = get("limit_source")
-    limit_text = f" of {format_bytes(limit)} limit" + (f" ({source})" if source else "") if limit else ""
-    share = f", {peak / limit:.1%}" if peak and limit else ""
-    remaining = get("remaining")
-    left = f", {remaining:,} remain" if get("status") == "stopped" and remaining is not None else ""
-    lines = [
-        f"{'stopped' if get('status') == 'stopped' else 'done'}: {job.name}: {items:,} items, {failed:,} failed"
-        f"{left}, {batches:,} batch{'' if batches == 1 else 'es'} "
-        f"(size {size_range}), {rate:,.0f} items/s in {duration:.1f}s",
-        f"memory: peak RSS {format_bytes(peak)}{limit_text}{share}",
-        f"output: {getattr(result, 'path', job.output.path)}",
-    ]
-    stats_path = get("stats_path")
-    if stats_path:
-        lines.append(f"stats:  {stats_path}")
-    errors_path = getattr(result, "errors_path", None)
-    if failed and errors_path:
-        lines.append(_first_failure(failed, errors_path))
-    if get("stop_reason"):
-        lines.append(f"stopped: {get('stop_reason')}")
-    for issue in get("issues", []) or []:  # HeapAnalyzer verdicts (batchmem.heap.analyzer.Issue.to_dict())
-        if issue.get("kind") == "emergency_stop" and get("stop_reason"):
-            continue  # the stopped: line above says it, with how to continue
-        lines.append(f"issue [{issue.get('severity')}] {issue.get('kind')}: {issue.get('message')}")
-        if issue.get("recommendation") and issue.get("severity") != "info":
-            lines.append(f"    -> {issue['recommendation']}")
-    return lines
-
-
-def _first_failure(failed: int, errors_path: Path) -> str:
-    """``100 failed; first: item 7, ValueError: bad record 7; all in out.jsonl.errors.jsonl``."""
-    from .io.sinks import iter_jsonl
-
-    first = next(iter(iter_jsonl(errors_path)), None) if Path(errors_path).exists() else None
-    what = f"item {first['index']}, {first['error_type']}: {one_line(first['message'])}" if first else "?"
-    return f"{failed:,} failed; first: {what}; all in {errors_path}"
 
 
 # --------------------------------------------------------------------------- stats, report, memory

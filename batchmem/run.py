@@ -590,6 +590,8 @@ class Run:
         issues = [i.to_dict() if hasattr(i, "to_dict") else i for i in found]
         st.issues.extend(issues)
         for i in issues:
+            if i["kind"] in ("leak", "emergency_stop"):
+                continue  # logged when found
             log = logger.warning if i["severity"] != "info" else logger.info
             log("batchmem issue [%s/%s]: %s", i["kind"], i["severity"], i["message"], extra={"in_summary": True})
         st.gc_collected_between_batches += self.leaks.collected + self.pressure.collected

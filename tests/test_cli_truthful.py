@@ -91,7 +91,7 @@ def test_a_leak_stop_exits_3_and_resumes_to_completion_with_cli_hints(job_dir):
     # 2 MiB per item that reaches the emergency level long before the 300 items are done.
     limit = max(rss_mib(), 80) * 2 + 100
     job = write_job(job_dir, "leak.yaml", LEAK_JOB % limit)
-    stopped = batchmem("run", job, cwd=job_dir, env={"LEAK": "1"})
+    stopped = batchmem("run", job, "-q", cwd=job_dir, env={"LEAK": "1"})
     assert stopped.returncode == 3, (stopped.stdout, stopped.stderr)
     out = job_dir / "out" / "leak.jsonl"
     written = len(out.read_text().splitlines())
@@ -101,6 +101,8 @@ def test_a_leak_stop_exits_3_and_resumes_to_completion_with_cli_hints(job_dir):
     assert f"stopped: leak_stop: {written:,} items, 0 failed, {300 - written:,} remain" in stopped.stdout
     assert f"batchmem run {job} --resume" in stopped.stdout
     assert everything.count("memory pressure emergency") == 1, everything  # one voice: not logged and summed up
+    issues = [line.split(": ", 1)[1] for line in stopped.stdout.splitlines() if line.startswith("issue [")]
+    assert issues and not any(message in stopped.stderr for message in issues), stopped.stderr  # also with -q
     saved = json.loads((job_dir / "out" / "leak.jsonl.stats.json").read_text())
     assert saved["status"] == "stopped" and saved["remaining"] == 300 - written
 

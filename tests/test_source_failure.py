@@ -21,10 +21,14 @@ def proc(**options) -> BatchProcessor:
     return BatchProcessor(progress=False, use_history=False, **options)
 
 
-@pytest.mark.parametrize("options", [{"batch_size": 400, "auto_optimize": False}, {"batch_size": 7}, {"weight": "auto"}])
+@pytest.mark.parametrize(
+    "options", [{"batch_size": 400, "auto_optimize": False}, {"batch_size": 7}, {"weight": "auto"}]
+)
 def test_items_before_the_failure_are_committed_and_the_error_names_the_item(tmp_path, options):
     out = tmp_path / "out.jsonl"
-    with pytest.raises(SourceFailedError, match=r"^source: failed at item 500: RuntimeError: source broke at 500") as err:
+    with pytest.raises(
+        SourceFailedError, match=r"^source: failed at item 500: RuntimeError: source broke at 500"
+    ) as err:
         proc(**options).process(breaks_at(500), lambda x: x, out)
     assert err.value.index == 500 and isinstance(err.value.__cause__, RuntimeError)
     assert "resume=True" in str(err.value)  # the Python API's own syntax

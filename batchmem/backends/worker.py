@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from ..errors import BatchFunctionError
+from ..heap.gc_watch import GcWatch
 from ..heap.malloc import heap_free_bytes, heap_in_use_bytes, reuse_large_blocks, trim_heap
 from ..heap.monitor import PeakMemoryTracker
 from ..io.sinks import NULL_LINE, encode_results, encoder_args, error_record, row_dicts, serialization_error
@@ -108,6 +109,7 @@ class BatchOutcome:
     start_rss_bytes: int = 0
     peak_bytes: int = 0  # peak RSS above start_rss_bytes during the batch, plus free_heap_bytes (see run_batch)
     gc_collections: int = 0
+    gc_pause_s: float = 0.0  # seconds in garbage collections while the function ran (its own collections)
     pid: int = 0
     heap_bytes: int = 0  # malloc in-use bytes of this process when the batch started (glibc; 0 elsewhere)
     free_heap_bytes: int = 0  # free heap counted in the peak: what the batch could reuse (see _reusable_free_heap)
@@ -306,7 +308,7 @@ def run_batch(
     out.free_heap_bytes = _reusable_free_heap(opts.batched)
     gc_before = _gc_collections()
     t0 = time.perf_counter()
-    with PeakMemoryTracker(force_sampling=opts.peak_by_sampling) as peak:
+    with GcWatch() as gc_watch, PeakMemoryTracker(force_sampling=opts.peak_by_sampling) as peak:
         try:
             runner = _run_batched if opts.batched else _run_items
             results = runner(fn, task, opts, out, kwargs)
@@ -325,6 +327,7 @@ def run_batch(
         end = heap_free_bytes() or 0
         out.free_heap_end_bytes = end if end <= 2 * out.peak_bytes else 0
     out.gc_collections = _gc_collections() - gc_before
+    out.gc_pause_s = gc_watch.pause_s
     if results is None or out.split:
         return out
     if not opts.encode:

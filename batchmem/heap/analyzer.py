@@ -75,7 +75,7 @@ logger = logging.getLogger("batchmem")
 class Issue:
     """One verdict of the analyzer.
 
-    kind: "leak", "gc_cycles", "gc_pauses", "uncollectable", "pressure",
+    kind: "leak", "gc_cycles", "gc_pauses", "gc_overhead", "uncollectable", "pressure",
         "emergency_stop", "worker_recycling", "memory_bound" (the run's; the memory target held most
         batches shorter than the time band: :func:`batchmem.optimizer.advice.memory_bound_advice`) or
         "cgroup_charge" (the memory cgroup's charge outside RSS set most batch sizes:
@@ -184,6 +184,7 @@ class HeapAnalyzer:
         self._cycle_unreachable = 0
         self._cycle_items = 0
         self._items = 0
+        self._fn_gc = [0.0, 0.0, 0.0]  # GC pause s inside the function's batches, their s, the pause s in this process
         self._t0 = time.perf_counter()
         self._stopped_s: float | None = None
 
@@ -277,7 +278,7 @@ class HeapAnalyzer:
             return []
         s.flagged = True
         self.issues.append(issue)
-        logger.warning("batchmem: %s", issue.message)
+        logger.warning("batchmem: %s", issue.message, extra={"in_summary": True})  # a run's summary repeats it
         return [issue]
 
     def _leak_verdict(self, pid: int, s: _Series, traced: bool, tree_rss_bytes: int | None) -> Issue | None:
@@ -346,6 +347,14 @@ class HeapAnalyzer:
         self._cycle_unreachable += int(unreachable)
         self._cycle_items += int(items)
 
+    def record_function_gc(self, pause_s: float, seconds: float, *, own: bool) -> None:
+        """Record one batch's GC pauses while the function ran (``pause_s``, seconds) over its
+        ``seconds``; ``own``: it ran in this process. With these, the GC verdict is about the
+        function's own collections, not those of the code around it (batchmem's between batches)."""
+        self._fn_gc[0] += pause_s
+        self._fn_gc[1] += seconds
+        self._fn_gc[2] += pause_s if own else 0.0
+
     # -- verdicts
     def _gc_issues(self) -> list[Issue]:
         out: list[Issue] = []
@@ -376,7 +385,7 @@ class HeapAnalyzer:
                     ),
                 )
             )
-        out.extend(_pause_issues(w, elapsed))
+        out.extend(_pause_issues(w, elapsed, tuple(self._fn_gc) if self._fn_gc[1] > 0 else None))
         return out
 
     def analyze_heap(self) -> dict[str, list[Any]]:
@@ -442,26 +451,35 @@ def _leak_advice(culprits: list[LineGrowth], own: bool) -> str:
     )
 
 
-def _pause_issues(w: Any, elapsed: float) -> list[Issue]:
-    """Long GC pauses and uncollectable objects, from the run's GC accounting (``w``: a GcWatch)."""
+def _pause_issues(w: Any, elapsed: float, fn: tuple[float, ...] | None = None) -> list[Issue]:
+    """Long GC pauses and uncollectable objects, from the run's GC accounting (``w``: a GcWatch). With
+    ``fn`` (:meth:`HeapAnalyzer.record_function_gc`'s pause s, batch s, pause s in this process) the pause
+    verdict is the function's own collections against its batch time; this process's collections outside
+    it (batchmem's own, between batches) are an info of their own, not the function's fault."""
     out: list[Issue] = []
-    if elapsed > 0 and w.pause_s >= 0.5 and w.pause_s / elapsed >= 0.10:
+    pause, span, where = w.pause_s, elapsed, ""
+    evidence: dict[str, Any] = {"gen0": w.collections[0], "gen1": w.collections[1], "gen2": w.collections[2]}
+    if fn is not None:
+        pause, span, own = fn
+        where = " inside the function's batches"
+        outside = max(0.0, w.pause_s - own)
+        evidence = {"gc_pause_outside_function_s": outside, "gc_pause_all_s": w.pause_s}
+        if elapsed > 0 and outside >= 0.5 and outside / elapsed >= 0.10:
+            message = f"collections outside the function (batchmem's, between batches) took {outside:.2f} s "
+            share = f"({outside / elapsed:.0%} of {elapsed:.1f} s); the function's own {pause:.2f} s"
+            fix = "Fewer, larger batches commit less often (raise min_batch_size)"
+            out.append(Issue(kind="gc_overhead", severity="info", message=message + share, recommendation=fix))
+    if span > 0 and pause >= 0.5 and pause / span >= 0.10:
         out.append(
             Issue(
                 kind="gc_pauses",
                 severity="warning",
                 message=(
-                    f"GC pauses took {w.pause_s:.2f} s ({w.pause_s / elapsed:.0%} of {elapsed:.1f} s), "
+                    f"GC pauses{where} took {pause:.2f} s ({pause / span:.0%} of {span:.1f} s), "
                     f"longest {w.max_pause_s * 1000:.0f} ms, collections per generation {w.collections}"
                 ),
-                evidence={
-                    "gc_pause_s": w.pause_s,
-                    "gc_pause_fraction": w.pause_s / elapsed,
-                    "gc_max_pause_s": w.max_pause_s,
-                    "gen0": w.collections[0],
-                    "gen1": w.collections[1],
-                    "gen2": w.collections[2],
-                },
+                evidence={"gc_pause_s": pause, "gc_pause_fraction": pause / span, "gc_max_pause_s": w.max_pause_s}
+                | evidence,
                 recommendation=(
                     "Call gc.freeze() after loading long-lived data, or raise the generation-0 "
                     "threshold (gc.set_threshold) for allocation-heavy functions"

@@ -61,6 +61,8 @@ class LeakGuard:
         self._batches += 1
         pid = outcome.pid or os.getpid()
         own = pid == os.getpid()
+        if self.analyzer is not None:
+            self.analyzer.record_function_gc(getattr(outcome, "gc_pause_s", 0.0), outcome.duration_s, own=own)
         if self.analyzer is not None and pid not in self._recycled_pids:
             if own:
                 base, metric = None, ""
