@@ -173,3 +173,16 @@ class SourceFailedError(BatchmemError):
     def __init__(self, message: str, index: int, **fixes: str | None):
         super().__init__(message, **fixes)
         self.index = index
+
+    @classmethod
+    def at(cls, index: int, exc: Exception) -> SourceFailedError:
+        """The error of a source that raised ``exc`` when item ``index`` was asked for."""
+        err = cls(
+            f"source: failed at item {index}: {type(exc).__name__}: {one_line(exc)}; the items before it are "
+            f"committed and a resume starts at item {index}",
+            index,
+            python_fix=" (fix the source, then process(..., resume=True))",
+            cli_fix=f" (fix the source, then {RESUME_COMMAND})",
+        )
+        err.__cause__ = exc
+        return err

@@ -27,7 +27,7 @@ from typing import Any
 
 from .backends import BatchOutcome, BatchTask, Executor
 from .backends.auto import AutoExecutor
-from .errors import RESUME_COMMAND, BatchmemError, ItemFailedError, SourceFailedError, WorkerDiedError, one_line
+from .errors import BatchmemError, ItemFailedError, SourceFailedError, WorkerDiedError, one_line
 from .heap.analyzer import Issue
 from .heap.gc_watch import ThrottledCollector
 from .heap.leak_guard import LeakGuard
@@ -272,7 +272,7 @@ class Run:
         except BatchmemError:
             raise
         except Exception as exc:  # the batches cut before are committed first; loop() raises it then
-            self.source_error = source_failed(start, exc)
+            self.source_error = SourceFailedError.at(start, exc)
             return None
         if batch is None or len(batch) == 0:
             return None
@@ -598,19 +598,6 @@ class Run:
         w = self.leaks.gc_watch
         st.gc_collections_by_generation = list(w.collections)
         st.gc_pause_s, st.gc_max_pause_s = w.pause_s, w.max_pause_s
-
-
-def source_failed(index: int, exc: Exception) -> SourceFailedError:
-    """The error of a source that raised when item ``index`` was asked for (items before it are committed)."""
-    err = SourceFailedError(
-        f"source: failed at item {index}: {type(exc).__name__}: {one_line(exc)}; the items before it are "
-        f"committed and a resume starts at item {index}",
-        index,
-        python_fix=" (fix the source, then process(..., resume=True))",
-        cli_fix=f" (fix the source, then {RESUME_COMMAND})",
-    )
-    err.__cause__ = exc
-    return err
 
 
 class _NoBar:
