@@ -94,7 +94,7 @@ class Run:
         self.lock = threading.Lock()
         self.stopped = False
         self.stop: Any = None  # a stopped run: the RunStopped error the processor made of it
-        self.source_error: SourceFailedError | None = None  # the source raised at a cut
+        self.source_error: Exception | None = None  # the source raised at a cut
         self.cancelled = False
         self._grace_timer: threading.Timer | None = None
         self._saved_thresholds = monitor.thresholds
@@ -269,10 +269,8 @@ class Run:
         """The next task, or None at the end of the source or when it raised (``source_error``)."""
         try:
             batch, weight, weights = self._take(asked, budget)
-        except BatchmemError:
-            raise
         except Exception as exc:  # the batches cut before are committed first; loop() raises it then
-            self.source_error = SourceFailedError.at(start, exc)
+            self.source_error = exc if isinstance(exc, BatchmemError) else SourceFailedError.at(start, exc)
             return None
         if batch is None or len(batch) == 0:
             return None
