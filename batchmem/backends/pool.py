@@ -43,6 +43,7 @@ from .base import ExecutorBase
 from .forking import fork_unsafe_reason, forking_allowed_threads, usable_cpus
 from .inner_threads import worker_env
 from .joblib_backend import _died, _worker_death_types, worker_exit
+from .lifeline import die_with_parent, parent_death_signal
 from .pickling import check_picklable
 from .watchdog import OomWatchdog
 from .worker import BatchOutcome, BatchTask, RunOptions, own_this_process, run_batch
@@ -86,7 +87,12 @@ class PoolExecutor(ExecutorBase):
                 from joblib import cpu_count
                 from joblib.executor import get_memmapping_executor
 
-                self._pool = get_memmapping_executor(self.in_flight, env=worker_env(self.in_flight, cpu_count()))
+                self._pool = get_memmapping_executor(
+                    self.in_flight,
+                    env=worker_env(self.in_flight, cpu_count()),
+                    initializer=die_with_parent,  # no worker outlives this process (lifeline.py)
+                    initargs=(os.getpid(), parent_death_signal()),
+                )
             elif self._stdlib:
                 env = worker_env(self.in_flight, usable_cpus())
                 self._pool = _process_pool(self.in_flight, self.fn, self.opts, env, fork=self.kind == "fork")
@@ -329,27 +335,34 @@ def _process_pool(
         import cloudpickle
 
         context, shipped = multiprocessing.get_context(), cloudpickle.dumps((fn, opts))
+    # A fork server's children are its own, not this process's; it exits when this process does.
+    parent = None if context.get_start_method() == "forkserver" else os.getpid()
     return concurrent.futures.ProcessPoolExecutor(
         workers,
         mp_context=context,
         initializer=_init_worker,
-        initargs=(shipped, frozenset(_STATES._entries), env),
+        initargs=(shipped, frozenset(_STATES._entries), env, (parent, parent_death_signal())),
     )
 
 
 def _init_worker(
-    shipped: bytes | tuple[Callable[..., Any], RunOptions], inherited: frozenset[str], env: dict[str, str]
+    shipped: bytes | tuple[Callable[..., Any], RunOptions],
+    inherited: frozenset[str],
+    env: dict[str, str],
+    lifeline: tuple[int | None, int],
 ) -> None:
     """In a new worker: ignore SIGINT (the parent decides how a run stops), give SIGTERM its default
     action back (a forked worker inherits the parent's handler, and the pool terminates broken workers
     with SIGTERM, then joins them), set the thread-count variables (:mod:`batchmem.backends.inner_threads`),
     unpickle the function and options once (a forked worker has them already), and tear down the setup
     states this worker creates when it exits (a forked worker does not run :mod:`atexit`; states it
-    inherited from the parent are the parent's to tear down)."""
+    inherited from the parent are the parent's to tear down). First of all it ties its life to the
+    parent's (``lifeline``: the parent's pid and death signal, :mod:`batchmem.backends.lifeline`)."""
     import pickle
     from multiprocessing.util import Finalize
 
     global _SHIPPED
+    die_with_parent(*lifeline)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.update(env)  # thread pools of the libraries it loads from now on (batchmem.backends.inner_threads)
