@@ -130,6 +130,10 @@ class Execution:
         recycle_leaking_workers: replace the worker processes when a leak is flagged in one.
         stop_grace_seconds: after SIGINT/SIGTERM, how long the batches in flight may take to finish
             before they are cancelled, seconds.
+        worker_cgroups: inside a memory cgroup with a limit whose (v1) hierarchy this process can write,
+            give each worker process a child cgroup of its own with its share of the limit, so that the
+            kernel stops a runaway worker, not the run, and batches are charged exactly
+            (:mod:`batchmem.backends.worker_cgroups`). False keeps the workers in the run's cgroup.
     """
 
     n_jobs: int | str = 1
@@ -142,6 +146,7 @@ class Execution:
     max_tasks_per_worker: int | None = None
     recycle_leaking_workers: bool = True
     stop_grace_seconds: float = 30.0
+    worker_cgroups: bool = True
 
     def __post_init__(self) -> None:
         auto = self.n_jobs == "auto"

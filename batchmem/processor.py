@@ -390,6 +390,7 @@ class BatchProcessor:
             }
         executor = make_executor(fn, opts, ex.n_jobs, ex.backend, **options)
         executor.max_tasks_per_worker = ex.max_tasks_per_worker
+        executor.worker_cgroups = ex.worker_cgroups
         return executor
 
     def _new_stats(self, files: RunFiles) -> RunStats:

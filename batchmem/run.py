@@ -373,7 +373,7 @@ class Run:
         """The outcome of one item that raised MemoryError or killed its worker on its own."""
         if outcome.split == "worker_died":
             how = outcome.worker_exit
-            if how.startswith("killed by the OOM watchdog"):
+            if how.startswith("killed by"):  # the OOM watchdog, or the kernel at a worker cgroup's limit
                 err: BaseException = WorkerDiedError(f"item {task.start} alone: worker {how}")
             else:
                 err = WorkerDiedError(
@@ -517,6 +517,7 @@ class Run:
         self.executor.close()
         st.worker_deaths = self.executor.worker_deaths
         st.watchdog_kills = self.executor.watchdog_kills
+        st.memory_accounting = getattr(self.executor, "memory_accounting", "rss")
         if isinstance(self.executor, AutoExecutor):
             st.n_jobs, st.n_jobs_choice = self.executor.in_flight, f"{self.executor.choice}: {self.executor.reason}"
         self.files.close()

@@ -94,6 +94,9 @@ class RunStats:
     memory_errors: int = 0
     watchdog_kills: int = 0  # worker processes the OOM watchdog killed above the terminate level
     worker_deaths: int = 0  # worker processes that died during the run (their batches were retried in halves)
+    # How batch peaks were measured: "rss" (resident set growth) or "worker_cgroups" (each worker's own
+    # memory cgroup charge, tmpfs and page cache included; batchmem/backends/worker_cgroups.py)
+    memory_accounting: str = "rss"
     learned_batch_size: int | None = None  # items
     settings: dict[str, Any] = field(default_factory=dict)  # options advice checks (optimizer.advice.RunSettings)
     weight_unit: str = "items"  # what batches were budgeted in (batchmem.weights.weight_unit)

@@ -171,6 +171,7 @@ class AutoExecutor(ExecutorBase):
         forked = self.active = self._starting = self._forked
         assert forked is not None
         if self._guard is not None:
+            forked.worker_cgroups = self.worker_cgroups
             forked.guard_memory(*self._guard)
         workers = self._hinted_workers()
         if workers is not None:
@@ -301,6 +302,7 @@ class AutoExecutor(ExecutorBase):
                 with _switch_interval(WARMUP_SWITCH_INTERVAL_S):
                     executor = self._parallel_factory(min(workers, self.cores()))
                     executor.max_tasks_per_worker = self.max_tasks_per_worker
+                    executor.worker_cgroups = self.worker_cgroups
                     executor.run_isolated(BatchTask(-1, 0, []))
                     if self._guard is not None:
                         executor.guard_memory(*self._guard)
@@ -355,6 +357,7 @@ class AutoExecutor(ExecutorBase):
             used.close()
             self.worker_deaths = used.worker_deaths
             self.recycles, self.recycle_reasons = used.recycles, used.recycle_reasons
+            self.memory_accounting = getattr(used, "memory_accounting", "rss")
         self._release_setup()
 
 

@@ -27,22 +27,23 @@ __all__ = ["Executor", "ExecutorBase"]
 class Executor(Protocol):
     """The interface of an execution backend.
 
-    Attributes:
-        in_flight: batches that run at once (workers x threads), items of parallelism
-            the optimizer divides its memory budget by.
-        memory_limit: the limit batches are planned against when it is not this
-            machine's (dask: the workers' limit); None for the local limit.
-        worker_deaths: worker processes found dead during the run (count).
-        recycles: times the worker processes were replaced (count), with
-            ``recycle_reasons`` saying why.
-        max_tasks_per_worker: replace the workers after this many batches each (None: never).
-        watchdog_kills: worker processes the OOM watchdog killed (count).
-        local_memory: True when batches run in this machine's process tree, so its resident
-            set size (RSS) is theirs; False for remote workers (dask), whose peaks are measured
-            in the worker and reported per worker.
-        batch_seconds_cap: longest batch the run loop should cut now, seconds (None: as the
-            optimizer says). ``n_jobs="auto"`` sets it while its workers start, so that the batch
-            running in-process ends soon after they are up.
+       Attributes:
+           in_flight: batches that run at once (workers x threads), items of parallelism
+               the optimizer divides its memory budget by.
+           memory_limit: the limit batches are planned against when it is not this
+               machine's (dask: the workers' limit); None for the local limit.
+           worker_deaths: worker processes found dead during the run (count).
+           recycles: times the worker processes were replaced (count), with
+               ``recycle_reasons`` saying why.
+           max_tasks_per_worker: replace the workers after this many batches each (None: never).
+           watchdog_kills: worker processes the OOM watchdog killed (count).
+           local_memory: True when batches run in this machine's process tree, so its resident
+               set size (RSS) is theirs; False for remote workers (dask), whose peaks are measured
+               in the worker and reported per worker.
+           batch_seconds_cap: longest batch the run loop should cut now, seconds (None: as the
+               optimizer says).
+    ``n_jobs="auto"`` sets it while its workers start, so that the batch
+               running in-process ends soon after they are up.
     """
 
     opts: RunOptions
@@ -102,7 +103,14 @@ class Executor(Protocol):
 
 
 class ExecutorBase:
-    """Defaults for the parts of :class:`Executor` a simple backend does not need."""
+    """Defaults for the parts of :class:`Executor` a simple backend does not need.
+
+    Two optional attributes the run reads where an executor has them: ``worker_cgroups`` (give each
+    worker process a memory cgroup of its own where the hierarchy is writable,
+    :mod:`batchmem.backends.worker_cgroups`; set before :meth:`guard_memory`) and
+    ``memory_accounting`` (how batches were measured: ``"rss"``, their process's resident set growth,
+    or ``"worker_cgroups"``, their worker's cgroup charge, which also holds tmpfs and page cache).
+    """
 
     opts: RunOptions
     in_flight: int = 1
@@ -111,6 +119,8 @@ class ExecutorBase:
     local_memory: bool = True
     watchdog_kills: int = 0
     batch_seconds_cap: float | None = None
+    worker_cgroups: bool = True
+    memory_accounting: str = "rss"
 
     def __init__(self) -> None:
         self.worker_deaths = 0

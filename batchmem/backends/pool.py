@@ -47,6 +47,7 @@ from .lifeline import die_with_parent, parent_death_signal
 from .pickling import check_picklable
 from .watchdog import OomWatchdog
 from .worker import BatchOutcome, BatchTask, RunOptions, own_this_process, run_batch
+from .worker_cgroups import WorkerCgroups, enable_reason
 from .worker_setup import _STATES
 
 __all__ = ["PoolExecutor"]
@@ -79,6 +80,7 @@ class PoolExecutor(ExecutorBase):
         self._recycle_reason: str | None = None
         self._cancelled = False
         self.watchdog: OomWatchdog | None = None
+        self.cgroups: WorkerCgroups | None = None
 
     # -- the pool
     def _get_pool(self) -> Any:
@@ -147,12 +149,16 @@ class PoolExecutor(ExecutorBase):
                 self._replace_with_loky()
             _start_resource_trackers(self.kind)
         call = (_run_shipped, task) if self._stdlib else (run_batch, self.fn, task, self.opts)
+        fresh = self._pool is None
         with _sigint_blocked(), forking_allowed_threads() if self.kind == "fork" else contextlib.nullcontext():
             try:
-                return self._get_pool().submit(*call)
+                future = self._get_pool().submit(*call)
             except _worker_death_types():  # a worker died since the last submit: the pool is broken, the task
                 self._drop_pool(kill=True)  # did not run; the batches it stranded fail through their futures
-                return self._get_pool().submit(*call)
+                future, fresh = self._get_pool().submit(*call), True
+        if fresh and self.cgroups is not None:  # the new workers exist now (a pool starts them at its first
+            self.cgroups.place(self.worker_pids())  # submit) and boot: placed before their first batch
+        return future
 
     def start(self) -> None:
         """Start the worker processes now (forked ones exist when this returns), without waiting for them."""
@@ -167,9 +173,22 @@ class PoolExecutor(ExecutorBase):
         return [pid for pid, proc in list(processes.items()) if proc.is_alive()]
 
     def guard_memory(self, limit_bytes: int, terminate_fraction: float) -> None:
-        """Start the OOM watchdog over the worker processes (threads share this process: nothing to guard)."""
-        if self.processes and self.watchdog is None:
-            self.watchdog = OomWatchdog(self.worker_pids, limit_bytes, terminate_fraction).start()
+        """Start the OOM watchdog over the worker processes (threads share this process: nothing to guard),
+        and give each worker a memory cgroup of its own where that is possible and ``worker_cgroups``
+        allows it (:mod:`batchmem.backends.worker_cgroups`): the watchdog's look at the pids places them."""
+        if not self.processes or self.watchdog is not None:
+            return
+        pids: Callable[[], list[int]] = self.worker_pids
+        if self.worker_cgroups:
+            base, why = enable_reason()
+            if base is None:
+                logger.debug("no worker cgroups: %s", why)
+            else:
+                groups = self.cgroups = WorkerCgroups(base, int(limit_bytes * terminate_fraction), self.in_flight)
+                pids = lambda: groups.place(self.worker_pids())  # noqa: E731
+                pids()  # the workers started already, before their first batch
+                self.memory_accounting = "worker_cgroups"
+        self.watchdog = OomWatchdog(pids, limit_bytes, terminate_fraction).start()
 
     @property
     def watchdog_kills(self) -> int:  # type: ignore[override]
@@ -254,6 +273,8 @@ class PoolExecutor(ExecutorBase):
     def _exit_reason(self, exc: BaseException) -> str:
         """The watchdog's reason when it killed a worker since the last death, else the exit code or
         signal: from loky's message, or from the standard library pool's process table."""
+        if self.cgroups is not None and (reason := self.cgroups.oom_kill_reason()) is not None:
+            return reason
         if self.watchdog is not None and self.watchdog.kills > self._kills_seen:
             self._kills_seen = self.watchdog.kills
             return self.watchdog.last_reason() or worker_exit(exc)
@@ -308,6 +329,8 @@ class PoolExecutor(ExecutorBase):
             self.watchdog.stop()
         if self.kind != "loky":  # threads, and standard-library workers (which tear their setup state down)
             self._drop_pool(kill=False)
+        if self.cgroups is not None:  # loky's workers live on for the next run: back to the run's group
+            self.cgroups.close(self.worker_pids())
         self._release_setup()  # threading: the state lives here; loky workers keep theirs while they live
 
 

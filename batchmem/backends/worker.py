@@ -26,6 +26,7 @@ from ..heap.malloc import heap_free_bytes, heap_in_use_bytes, reuse_large_blocks
 from ..heap.monitor import PeakMemoryTracker
 from ..io.sinks import NULL_LINE, encode_results, encoder_args, error_record, row_dicts, serialization_error
 from .loky_worker import prepare_loky_worker
+from .worker_cgroups import BatchCharge
 from .worker_setup import WorkerSetup
 
 __all__ = ["BatchTask", "BatchOutcome", "RunOptions", "run_batch"]
@@ -307,6 +308,7 @@ def run_batch(
     out.heap_bytes = heap_in_use_bytes() or 0  # the previous batch's settled heap: what HeapAnalyzer trends
     out.free_heap_bytes = _reusable_free_heap(opts.batched)
     gc_before = _gc_collections()
+    charge = BatchCharge.start() if _owned_worker else None  # a worker cgroup of its own (worker_cgroups.py)
     t0 = time.perf_counter()
     with GcWatch() as gc_watch, PeakMemoryTracker(force_sampling=opts.peak_by_sampling) as peak:
         try:
@@ -321,6 +323,8 @@ def run_batch(
     # the free bytes held at the start (or none after a trim) makes the peak an upper bound of what
     # the batch needed, whichever pages it reused.
     out.peak_bytes = peak.peak_delta_bytes + out.free_heap_bytes
+    if charge is not None:  # the group's charge also holds what no RSS shows: tmpfs files, page cache
+        out.peak_bytes = max(out.peak_bytes, charge.peak_bytes)
     global _last_peak_bytes
     _last_peak_bytes = out.peak_bytes
     if not _reuse_within_batches:  # what the next batch here will count (it trims the rest)

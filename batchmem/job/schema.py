@@ -342,6 +342,13 @@ class ExecutionConfig(_Section):
         ge=0,
         description="After SIGINT/SIGTERM, seconds the batches in flight may take before they are cancelled.",
     )
+    worker_cgroups: bool = Field(
+        True,
+        description=(
+            "Inside a memory cgroup with a limit, where the hierarchy is writable (cgroup v1, root), give each "
+            "worker process a child cgroup with its share of the limit."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExecutionConfig:
