@@ -127,9 +127,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def enable_reason() -> tuple[Path | None, str]:
-    """The run's group when worker groups can be made, else None and why not: no cgroup v1 memory group, no cgroup limit below
-    physical RAM (outside a container the tree's RSS and the watchdog guard the run, as before), or
-    a hierarchy this process cannot write."""
+    """The run's group when worker groups can be made, else None and why not: no cgroup v1 memory
+    group, no cgroup limit below physical RAM (outside a container the tree's RSS and the watchdog
+    guard the run, as before), or a hierarchy this process cannot write."""
     base = own_memory_cgroup()
     if base is None:
         return None, "no cgroup v1 memory hierarchy"
