@@ -23,7 +23,9 @@ import signal
 import sys
 import threading
 
-__all__ = ["prepare_loky_worker"]
+from .lifeline import die_with_parent
+
+__all__ = ["prepare_loky_worker", "start_loky_worker"]
 
 _exiting_cleanly = False
 
@@ -47,6 +49,15 @@ def prepare_loky_worker() -> bool:
     # reverse order of registration, so this one runs after them.
     atexit.register(_exit_without_teardown)
     return True
+
+
+def start_loky_worker(parent: int, sig: int) -> None:
+    """loky's ``initializer`` for batchmem's pools, run in each worker before its first task: tie the
+    worker's life to the parent's (:func:`~batchmem.backends.lifeline.die_with_parent`), and note again
+    how it exits. Its module was imported while loky unpickled the worker's process object, before
+    ``BaseProcess._bootstrap`` cleared the finalizers registered so far (``multiprocessing/process.py``)."""
+    die_with_parent(parent, sig)
+    multiprocessing.util.Finalize(None, _note_exit, exitpriority=0)
 
 
 def _note_exit() -> None:

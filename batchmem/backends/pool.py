@@ -44,6 +44,7 @@ from .forking import fork_unsafe_reason, forking_allowed_threads, usable_cpus
 from .inner_threads import worker_env
 from .joblib_backend import _died, _worker_death_types, worker_exit
 from .lifeline import die_with_parent, parent_death_signal
+from .loky_worker import start_loky_worker
 from .pickling import check_picklable
 from .watchdog import OomWatchdog
 from .worker import BatchOutcome, BatchTask, RunOptions, own_this_process, run_batch
@@ -92,7 +93,7 @@ class PoolExecutor(ExecutorBase):
                 self._pool = get_memmapping_executor(
                     self.in_flight,
                     env=worker_env(self.in_flight, cpu_count()),
-                    initializer=die_with_parent,  # no worker outlives this process (lifeline.py)
+                    initializer=start_loky_worker,  # no worker outlives this process (lifeline.py)
                     initargs=(os.getpid(), parent_death_signal()),
                 )
             elif self._stdlib:
