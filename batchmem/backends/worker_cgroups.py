@@ -22,6 +22,8 @@ cgroup v2 is not used: a v2 group that holds processes cannot hand the memory co
 (the "no internal process" rule, ``cgroup-v2.rst``), and batchmem does not move the run itself.
 Groups of a run whose parent was killed are emptied by the workers' own death
 (:mod:`batchmem.backends.lifeline`) and removed when the next run starts (:func:`remove_stale`).
+A placed worker also gets a temporary directory of its own, removed once it is gone
+(:mod:`batchmem.backends.worker_tmp`): files it staged on a tmpfs are memory charged to the run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 from ..heap.limits import _cgroup_dir, _cgroup_limits, _cgroup_mounts, _physical_bytes
 from ..units import format_bytes
 from .watchdog import Rss, statm, tree_bytes
+from .worker_tmp import remove_private_tmpdir, remove_stale_tmpdirs, use_private_tmpdir
 
 __all__ = ["BatchCharge", "WorkerCgroups", "own_memory_cgroup", "remove_stale"]
 
@@ -165,6 +168,7 @@ class WorkerCgroups:
         self._lock = threading.Lock()
         self._me = os.getpid()
         self.placed = 0  # workers placed so far (count)
+        remove_stale_tmpdirs()
         stale = remove_stale(base)
         if stale:
             logger.info("removed %d worker cgroup(s) left by a killed run under %s", stale, base)
@@ -175,6 +179,7 @@ class WorkerCgroups:
         with self._lock:
             for pid in [p for p in [*self._groups, *self._leftover] if p not in pids]:
                 self._remove(pid)
+                remove_private_tmpdir(pid)  # what it staged on a tmpfs is still charged to the run
             new = [pid for pid in pids if pid not in self._groups and pid not in self._refused]
             for pid in new:
                 self._place_one(pid, pids)
@@ -266,6 +271,7 @@ class BatchCharge:
         group = own_memory_cgroup()
         if group is None or not _NAME.match(group.name) or not _write(group / "memory.max_usage_in_bytes", "0"):
             return None
+        use_private_tmpdir()  # files a killed worker staged go with it (worker_tmp.py)
         return cls(group, _usage(group))
 
     @property
