@@ -35,7 +35,7 @@ CHILD = textwrap.dedent("""
         time.sleep(0.002)
         return x
 
-    proc = BatchProcessor(batch_size=8, auto_optimize=False, on_error="skip", n_jobs=2, backend="loky",
+    proc = BatchProcessor(batch_size=8, auto_optimize=False, on_error="skip", n_jobs=2, backend=sys.argv[3],
                           memory_limit=int(sys.argv[2]), progress=False, use_history=False)
     st = proc.process(range(200), grow, sys.argv[1]).stats
     print(st.memory_accounting, st.watchdog_kills, st.worker_deaths, st.failed, flush=True)
@@ -46,12 +46,15 @@ def _worker_groups(group: Path) -> list[str]:
     return [d.name for d in group.iterdir() if d.is_dir()]
 
 
-def test_one_np_ones_of_3x_the_room_is_stopped_at_its_workers_limit_and_fails_alone(tmp_path):
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_one_np_ones_of_3x_the_room_is_stopped_at_its_workers_limit_and_fails_alone(tmp_path, backend):
     script, out = tmp_path / "child.py", tmp_path / "out.jsonl"
     script.write_text(CHILD)
     with memory_group(GROUP_LIMIT) as group:
         child = start_in(
-            group, [sys.executable, str(script), str(out), str(LIMIT)], env=dict(os.environ, TMPDIR=str(tmp_path))
+            group,
+            [sys.executable, str(script), str(out), str(LIMIT), backend],
+            env=dict(os.environ, TMPDIR=str(tmp_path)),
         )
         stdout, stderr = child.communicate("go\n", timeout=240)
         peak, kills, left = peak_bytes(group), oom_kills(group), _worker_groups(group)
