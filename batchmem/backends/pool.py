@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -82,6 +83,7 @@ class PoolExecutor(ExecutorBase):
         self._cancelled = False
         self.watchdog: OomWatchdog | None = None
         self.cgroups: WorkerCgroups | None = None
+        self._task_opts = opts  # the options loky's tasks carry (worker_cgroups set once they are placed)
 
     # -- the pool
     def _get_pool(self) -> Any:
@@ -149,7 +151,8 @@ class PoolExecutor(ExecutorBase):
             if self.kind == "fork" and self._pools:
                 self._replace_with_loky()
             _start_resource_trackers(self.kind)
-        call = (_run_shipped, task) if self._stdlib else (run_batch, self.fn, task, self.opts)
+        charged = self.cgroups is not None
+        call = (_run_shipped, task, charged) if self._stdlib else (run_batch, self.fn, task, self._task_opts)
         fresh = self._pool is None
         with _sigint_blocked(), forking_allowed_threads() if self.kind == "fork" else contextlib.nullcontext():
             try:
@@ -189,6 +192,7 @@ class PoolExecutor(ExecutorBase):
                 pids = lambda: groups.place(self.worker_pids())  # noqa: E731
                 pids()  # the workers started already, before their first batch
                 self.memory_accounting = "worker_cgroups"
+                self._task_opts = dataclasses.replace(self.opts, worker_cgroups=True)
         self.watchdog = OomWatchdog(pids, limit_bytes, terminate_fraction).start()
 
     @property
@@ -401,10 +405,10 @@ def _release_own_states(inherited: frozenset[str]) -> None:
             _STATES.release(token)
 
 
-def _run_shipped(task: BatchTask) -> BatchOutcome:
+def _run_shipped(task: BatchTask, charged: bool = False) -> BatchOutcome:
     assert _SHIPPED is not None, "the pool's initializer did not run"
     fn, opts = _SHIPPED
-    return run_batch(fn, task, opts)
+    return run_batch(fn, task, dataclasses.replace(opts, worker_cgroups=True) if charged else opts)
 
 
 def _exit_of(processes: dict[int, Any], patience_s: float = 1.0) -> str:

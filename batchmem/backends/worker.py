@@ -52,6 +52,9 @@ class RunOptions:
     # Batches that share a process (threading backend) cannot each reset the
     # process's VmHWM high-water mark; they measure their peak by sampling.
     peak_by_sampling: bool = False
+    # The pool placed its workers in memory cgroups of their own (worker_cgroups.py): a batch's peak
+    # is also read from its worker's group, whose charge holds tmpfs files and page cache.
+    worker_cgroups: bool = False
 
 
 @dataclass
@@ -308,7 +311,7 @@ def run_batch(
     out.heap_bytes = heap_in_use_bytes() or 0  # the previous batch's settled heap: what HeapAnalyzer trends
     out.free_heap_bytes = _reusable_free_heap(opts.batched)
     gc_before = _gc_collections()
-    charge = BatchCharge.start() if _owned_worker else None  # a worker cgroup of its own (worker_cgroups.py)
+    charge = BatchCharge.start() if opts.worker_cgroups else None  # None until this worker is placed
     t0 = time.perf_counter()
     with GcWatch() as gc_watch, PeakMemoryTracker(force_sampling=opts.peak_by_sampling) as peak:
         try:

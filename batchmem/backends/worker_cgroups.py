@@ -255,6 +255,21 @@ class WorkerCgroups:
             logger.info("worker cgroups still in use, removed at the next run: %s", ", ".join(left))
 
 
+_CGROUP_FD: tuple[int, int] | None = None  # (pid, descriptor of its /proc/self/cgroup), kept open
+
+
+def _own_cgroup_line() -> bytes:
+    """This process's ``/proc/self/cgroup``, re-read with ``pread`` from a descriptor kept open (the
+    kernel renders it anew at offset 0); reopened in a forked child, whose ``self`` is another process."""
+    global _CGROUP_FD
+    try:
+        if _CGROUP_FD is None or _CGROUP_FD[0] != os.getpid():
+            _CGROUP_FD = (os.getpid(), os.open("/proc/self/cgroup", os.O_RDONLY | os.O_CLOEXEC))
+        return os.pread(_CGROUP_FD[1], 4096, 0)
+    except OSError:
+        return b""
+
+
 class BatchCharge:
     """In a worker: its group's charge during one batch (bytes), where :class:`WorkerCgroups` placed it.
 
@@ -268,6 +283,8 @@ class BatchCharge:
 
     @classmethod
     def start(cls) -> BatchCharge | None:
+        if b"/batchmem-" not in _own_cgroup_line():  # not placed: no path is built (2 us, not 80)
+            return None
         group = own_memory_cgroup()
         if group is None or not _NAME.match(group.name) or not _write(group / "memory.max_usage_in_bytes", "0"):
             return None
