@@ -99,6 +99,15 @@ def _usage(group: Path) -> int:
     return int(text) if text and text.strip().isdigit() else 0
 
 
+def _working_set(group: Path) -> int:
+    """The group's usage less its inactive file cache (bytes), as the kubelet counts a container's
+    working set (``memory.stat`` ``total_inactive_file``, cgroup-v1/memory.rst); 0 when unreadable."""
+    for line in (_read(group / "memory.stat") or "").splitlines():
+        if line.startswith("total_inactive_file "):
+            return max(0, _usage(group) - int(line.split()[1]))
+    return 0
+
+
 def remove_stale(base: Path) -> int:
     """Remove the empty worker groups under ``base`` whose parent process is gone (a run killed
     before it could remove them); their workers died with it. Returns how many were removed."""
@@ -186,10 +195,12 @@ class WorkerCgroups:
         return pids
 
     def _place_one(self, pid: int, pids: list[int]) -> None:
-        """The room left: the terminate level less the tree's bytes now and the room already granted
-        to placed workers, shared by the workers not yet placed (``in_flight`` less the placed)."""
+        """The room left: the terminate level less what the tree holds now and the room already
+        granted to placed workers, shared by the workers not yet placed (``in_flight`` less the placed).
+        What the tree holds is the larger of its resident bytes and the run's group's working set,
+        which also counts files on a tmpfs and what the groups of gone workers handed back to it."""
         parent = statm(self._me) or Rss(0)
-        tree = tree_bytes(parent, [r for p in pids if (r := statm(p)) is not None])
+        tree = max(tree_bytes(parent, [r for p in pids if (r := statm(p)) is not None]), _working_set(self.base))
         granted = sum(max(0, g.limit - _usage(g.path)) for g in self._groups.values())
         waiting = max(1, self.in_flight - len(self._groups))
         share = max(FLOOR_BYTES, (self.terminate_bytes - tree - granted) // waiting)
