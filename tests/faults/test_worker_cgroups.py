@@ -73,3 +73,48 @@ def test_one_np_ones_of_3x_the_room_is_stopped_at_its_workers_limit_and_fails_al
     (record,) = [json.loads(line) for line in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
     assert record["index"] == 57 and record["error_type"] == "WorkerDiedError"
     assert "worker cgroup limit" in record["message"], record["message"]
+
+
+RUN = textwrap.dedent("""
+    import sys, time
+    sys.stdin.readline()
+    from batchmem import BatchProcessor
+
+    def slow(x):
+        time.sleep(0.002)
+        return x
+
+    proc = BatchProcessor(n_jobs=2, backend="loky", progress=False, use_history=False)
+    print(proc.process(range(int(sys.argv[2])), slow, sys.argv[1]).stats.memory_accounting, flush=True)
+""")
+
+
+def test_the_groups_of_a_killed_run_empty_at_once_and_the_next_run_removes_them(tmp_path):
+    import signal
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    with memory_group(2 << 30) as group:
+        killed = start_in(group, [sys.executable, str(script), str(tmp_path / "a.jsonl"), "1000000"], env=env)
+        killed.stdin.write("go\n")
+        killed.stdin.flush()
+        deadline = time.monotonic() + 60
+        while len(_worker_groups(group)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(_worker_groups(group)) == 2
+        time.sleep(1.0)  # batches run in the workers' groups
+        killed.send_signal(signal.SIGKILL)
+        killed.communicate(timeout=30)
+        time.sleep(2.0)
+        left = _worker_groups(group)
+        assert left and all(name.startswith(f"batchmem-{killed.pid}-w") for name in left)
+        assert all((group / name / "cgroup.procs").read_text() == "" for name in left), "a worker outlived its parent"
+        assert len(list(tmp_path.glob("batchmem-w*"))) == 2  # the killed workers' temporary directories
+        nxt = start_in(group, [sys.executable, str(script), str(tmp_path / "b.jsonl"), "2000"], env=env)
+        stdout, stderr = nxt.communicate("go\n", timeout=120)
+        assert nxt.returncode == 0, stderr[-3000:]
+        assert stdout.split() == ["worker_cgroups"]
+        assert _worker_groups(group) == []  # the killed run's groups and the finished run's own
+        assert list(tmp_path.glob("batchmem-w*")) == []
