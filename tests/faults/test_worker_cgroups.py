@@ -104,14 +104,16 @@ def test_the_groups_of_a_killed_run_empty_at_once_and_the_next_run_removes_them(
         while len(_worker_groups(group)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(_worker_groups(group)) == 2
-        time.sleep(1.0)  # batches run in the workers' groups
+        while len(list(tmp_path.glob("batchmem-w*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # until both workers run batches in their groups (each makes its temporary directory)
+        time.sleep(0.5)
         killed.send_signal(signal.SIGKILL)
         killed.communicate(timeout=30)
         time.sleep(2.0)
         left = _worker_groups(group)
         assert left and all(name.startswith(f"batchmem-{killed.pid}-w") for name in left)
         assert all((group / name / "cgroup.procs").read_text() == "" for name in left), "a worker outlived its parent"
-        assert len(list(tmp_path.glob("batchmem-w*"))) == 2  # the killed workers' temporary directories
+        assert len(list(tmp_path.glob("batchmem-w*"))) == 2  # the killed workers' temporary directories stay
         nxt = start_in(group, [sys.executable, str(script), str(tmp_path / "b.jsonl"), "2000"], env=env)
         stdout, stderr = nxt.communicate("go\n", timeout=120)
         assert nxt.returncode == 0, stderr[-3000:]
