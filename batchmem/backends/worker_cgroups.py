@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..heap.limits import _cgroup_dir, _cgroup_limits, _cgroup_mounts, _physical_bytes
+from ..heap.cgroup import MemoryCgroup, _cgroup_dir, _cgroup_mounts, find_memory_cgroup
 from ..units import format_bytes
 from .watchdog import Rss, statm, tree_bytes
 from .worker_tmp import remove_private_tmpdir, remove_stale_tmpdirs, use_private_tmpdir
@@ -99,15 +99,6 @@ def _usage(group: Path) -> int:
     return int(text) if text and text.strip().isdigit() else 0
 
 
-def _working_set(group: Path) -> int:
-    """The group's usage less its inactive file cache (bytes), as the kubelet counts a container's
-    working set (``memory.stat`` ``total_inactive_file``, cgroup-v1/memory.rst); 0 when unreadable."""
-    for line in (_read(group / "memory.stat") or "").splitlines():
-        if line.startswith("total_inactive_file "):
-            return max(0, _usage(group) - int(line.split()[1]))
-    return 0
-
-
 def remove_stale(base: Path) -> int:
     """Remove the empty worker groups under ``base`` whose parent process is gone (a run killed
     before it could remove them); their workers died with it. Returns how many were removed."""
@@ -142,12 +133,12 @@ def enable_reason() -> tuple[Path | None, str]:
     """The run's group when worker groups can be made, else None and why not: no cgroup v1 memory
     group, no cgroup limit below physical RAM (outside a container the tree's RSS and the watchdog
     guard the run, as before), or a hierarchy this process cannot write."""
-    base = own_memory_cgroup()
-    if base is None:
+    found = find_memory_cgroup()
+    if found is None or found.version != 1:
         return None, "no cgroup v1 memory hierarchy"
-    limit = _cgroup_limits().get("cgroup_v1")
-    if limit is None or limit >= _physical_bytes():
+    if found.limit_bytes is None:
         return None, "no cgroup memory limit below physical RAM"
+    base = found.path
     if not os.access(base, os.W_OK) or not os.access(base / "cgroup.procs", os.W_OK):
         return None, f"the memory cgroup {base} is not writable"
     return base, ""
@@ -170,6 +161,7 @@ class WorkerCgroups:
 
     def __init__(self, base: Path, terminate_bytes: int, in_flight: int):
         self.base, self.terminate_bytes, self.in_flight = base, terminate_bytes, max(1, in_flight)
+        self._run_group = MemoryCgroup(1, base)  # its working set: what the tree holds that no RSS shows
         self._groups: dict[int, _Group] = {}
         self._refused: set[int] = set()  # workers whose group could not be made (not tried again)
         self._leftover: dict[int, _Group] = {}  # groups of gone workers that could not be removed yet
@@ -200,7 +192,8 @@ class WorkerCgroups:
         What the tree holds is the larger of its resident bytes and the run's group's working set,
         which also counts files on a tmpfs and what the groups of gone workers handed back to it."""
         parent = statm(self._me) or Rss(0)
-        tree = max(tree_bytes(parent, [r for p in pids if (r := statm(p)) is not None]), _working_set(self.base))
+        resident = tree_bytes(parent, [r for p in pids if (r := statm(p)) is not None])
+        tree = max(resident, self._run_group.working_set_bytes() or 0)
         granted = sum(max(0, g.limit - _usage(g.path)) for g in self._groups.values())
         waiting = max(1, self.in_flight - len(self._groups))
         share = max(FLOOR_BYTES, (self.terminate_bytes - tree - granted) // waiting)
@@ -262,6 +255,7 @@ class WorkerCgroups:
                 for pid in list(self._leftover):
                     self._remove(pid)
             left = [str(g.path) for g in self._leftover.values()]
+            self._run_group.close()
         if left:
             logger.info("worker cgroups still in use, removed at the next run: %s", ", ".join(left))
 
