@@ -1,5 +1,6 @@
 """What a killed run leaves behind is removed by the next one: worker cgroups (fixture directories
-here; real ones in tests/faults/test_worker_cgroups.py) and worker temporary directories."""
+here; real ones in tests/faults/test_worker_cgroups.py) and worker temporary directories; and a worker
+whose parent is gone does not stay (the whole run: tests/faults/test_parent_death.py)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,32 @@ def test_a_worker_uses_its_own_temporary_directory_and_removes_it_at_exit(tmp_pa
     path, staged = done.stdout.split()
     assert path == str(tmp_path / f"batchmem-w{int(path.rsplit('w', 1)[1])}") and staged.startswith(path + "/")
     assert not os.path.exists(path)  # removed when the process exited
+
+
+def test_a_worker_whose_parent_died_before_the_prctl_call_ends_at_once(tmp_path):
+    """prctl(2) sends nothing for a parent already gone: die_with_parent compares getppid() with it."""
+    import textwrap
+    import time
+
+    survived = tmp_path / "survived"
+    code = textwrap.dedent(f"""
+        import os, time
+        from batchmem.backends.lifeline import die_with_parent
+        parent = os.getpid()
+        if os.fork() == 0:
+            time.sleep(0.5)  # the parent has exited by now
+            die_with_parent(parent)
+            open({str(survived)!r}, "w").write("yes")
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    time.sleep(1.5)
+    assert not survived.exists()
+
+
+def test_a_worker_with_a_live_parent_asks_for_the_signal_and_lives_on():
+    code = "import os\nfrom batchmem.backends.lifeline import die_with_parent\nprint(die_with_parent(os.getppid()))\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == (
+        "pdeathsig" if sys.platform.startswith("linux") else "watch"
+    )
