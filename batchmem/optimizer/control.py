@@ -5,102 +5,36 @@ as arguments (a :class:`BatchMeasurement` per finished batch, the current
 resident bytes of the process tree, the pressure level, how many batches
 run at once), so it can be unit-tested with synthetic numbers.
 
-Estimates
----------
-Two per-item costs are estimated from each batch and smoothed with an
-exponentially weighted moving average (EWMA, weight ``ewma_alpha`` on the
-newest sample):
+After every batch, with per-unit costs smoothed by :class:`~.ewma.Ewma`::
 
-* ``bytes_per_item`` = ``peak_bytes / size`` (bytes per item), the peak
-  resident bytes above the pre-batch level divided by the batch size;
-* ``seconds_per_item`` = ``duration_s / size`` (seconds per item).
-
-Before a sample enters the EWMA it is clipped to
-``[estimate / outlier_ratio, estimate * outlier_ratio]``, so one outlier
-batch moves the estimate by at most ``alpha * (outlier_ratio - 1)``
-(+60 % with the defaults) and cannot halve or double the batch size. Two
-consecutive samples outside that window *on the same side* are a level
-shift, not an outlier: the estimate is reset to the newest sample.
-
-Set-points
-----------
-* Memory: the predicted peak of the next batch,
-  ``baseline_bytes + size * bytes_per_item * in_flight``, must stay under
-  ``memory_target_fraction * memory_limit_bytes``. Solving for ``size``
-  gives ``memory_size = (fraction * limit - baseline) / (bytes_per_item *
-  in_flight)``. The default fraction 0.6 is Dask's worker memory "target"
-  (``distributed.worker.memory.target: 0.60`` in distributed's
-  ``distributed.yaml``; https://distributed.dask.org/en/stable/worker-memory.html),
-  the level at which a Dask worker starts to relieve memory.
-* Time: batch wall time inside ``target_batch_seconds`` (default
-  ``(0.2, 2.0)`` s), joblib's auto-batching band
-  (``AutoBatchingMixin.MIN_IDEAL_BATCH_DURATION = 0.2`` and
-  ``MAX_IDEAL_BATCH_DURATION = 2`` in ``joblib/_parallel_backends.py``; older
-  joblib kept them in ``joblib/parallel.py``): long enough to amortise the
-  per-batch overhead, short enough that progress, checkpoints and load
-  balancing stay frequent. ``time_size = low / seconds_per_item`` aims at
-  the band's low edge (0.2 s by default): the per-batch
-  overhead of batchmem (a memory sample, an fsync of the output and of the
-  checkpoint: ~3 ms, benchmarks/bench_core.py) is already ~1.5 % there, and a
-  longer batch only holds more results in memory (a batch of 1 KB results
-  at 0.63 s held ~700 MB in the streaming benchmark). While the
-  predicted duration of the current size is inside the band the time term
-  never asks for a *smaller* batch (``time_size = max(size, time_size)``):
-  hysteresis, so noise does not make the size chatter.
-
-The law (applied after every batch, in this order)
---------------------------------------------------
-::
-
-    candidate = min(memory_size, time_size, size * growth)  # MI toward the set-points
+    candidate = min(memory_size, time_size, size * growth)   # MI toward the set-points
+    candidate = climb's answer, if any (weighted runs)        # :mod:`.climb`
     if pressure >= WARNING:
-        candidate = min(candidate, size * shrink_factor ** pressure) # MD on pressure
+        candidate = min(candidate, size * shrink_factor ** pressure)  # MD on pressure
     next = clamp(candidate, min_batch_size, min(max_batch_size, ceiling))
 
-That is multiplicative increase, multiplicative decrease (MIMD) around
-model-based set-points, not AIMD: the size grows by ``growth`` per batch
-while both targets have room (``growth_factor``, 2, or up to
-``max_growth_factor``, 8, while a batch takes a small fraction of the time
-aim: a cold start reaches its steady size in a few batches), jumps straight
-down to the memory or time set-point when one binds, and is multiplied by
-``shrink_factor`` once per pressure level (warning x0.5, critical x0.25,
-emergency x0.125 with the default 0.5).
-
-Out-of-memory ceiling: a batch of two or more items that ran out of memory
-(``MemoryError``, or its worker killed by SIGKILL) while its two halves then
-fit sets a ceiling of half its size. The ceiling rises again by an eighth of
-its starting value per successful batch (additive increase, as TCP congestion
-avoidance reopens its window after a loss: RFC 5681, section 3.1) and is
-dropped at twice the size that failed. A single item that fails on its own
-is that item's failure and sets no ceiling.
-
-Weights
--------
-With ``weighted=True`` the same law runs in weight units instead of items
-(:mod:`batchmem.weights`): the estimates are bytes and seconds per weight
-unit, the size is a weight budget, and the item bounds
-(``min_batch_size``/``max_batch_size``) are kept by the batcher, which cuts
-a batch at the item that would cross the budget.
-
-Weighted runs add a throughput hill-climb (perturb and observe, see
-``BatchSizeController._climb``): items that differ in size can cost less per
-unit in small batches (batches that fit in the heap pages the allocator keeps
-skip the page faults of larger ones), which the time band does not see. From
-the first batch the budget halves while that is not clearly dearer per unit
-(``(duration_s + batch_overhead_s) / weight``); a budget cheaper by more than
-``probe_margin`` caps the law's size, and a batch at twice the cap every
-``probe_every`` batches checks whether the cap still pays. Memory and
-pressure can still ask for less. Unweighted runs are unchanged.
+``memory_size`` keeps ``baseline + size * bytes_per_item * in_flight`` under
+``memory_target_fraction * memory_limit_bytes`` (0.6: Dask's worker memory
+target, https://distributed.dask.org/en/stable/worker-memory.html);
+``time_size`` aims a batch at the low edge of ``target_batch_seconds``
+((0.2, 2.0) s: joblib's ``AutoBatchingMixin`` band,
+https://joblib.readthedocs.io/en/stable/parallel.html). A batch that ran out
+of memory while its halves fit sets a ceiling that reopens additively
+(RFC 5681, section 3.1). With ``weighted=True`` the law runs in weight units
+(:mod:`batchmem.weights`). The derivation, and the measurements behind the
+defaults: ``docs/internals.md``, "How the control law works".
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchmem.errors import ConfigError
+from batchmem.optimizer.climb import ClimbState, ThroughputClimb
+from batchmem.optimizer.ewma import Ewma
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from batchmem.heap.monitor import PressureLevel
@@ -115,10 +49,6 @@ __all__ = [
 #: ``PressureLevel.WARNING`` as an int: the control law compares ints so it
 #: does not import the heap package (PressureLevel is an IntEnum).
 _WARNING = 1
-
-#: Batches the hill-climb waits for a probe (or the confirmation) to come back before it gives up on
-#: it: with batches in flight, those cut before it report first, and memory or the tail may cut it smaller.
-_PROBE_WAIT = 4
 
 
 @dataclass(frozen=True)
@@ -178,24 +108,17 @@ class ControlConfig:
             estimate is clipped (one outlier) or, twice in a row on the same
             side, taken as a level shift; > 1.
         batch_overhead_s: seconds one batch costs outside its own wall time (a
-            memory sample, the fsyncs of output and checkpoint: ~3 ms,
+            memory sample, the fsyncs of output and checkpoint; measured by
             benchmarks/bench_core.py), added to each batch in the throughput
             hill-climb (weighted runs), >= 0.
         probe_margin: the hill-climb moves to a probed size only when its
             seconds per unit are lower by more than this fraction, and gives
-            up a probe once they are higher by more, >= 0. Default 0.25: a
-            serial batch's seconds per unit fall 10-23 % below their median
-            (10th percentile, benchmarks/bench_weighted.py, the lines under
-            its table), so a 25 % gain is beyond that noise. With two workers
-            on two shared, loaded cores the spread reached 25-64 %, which is
-            why octaves are compared by the least of their last three
-            batches, not by one. Noise upward (90th percentile 1.8-8x) can
-            only end the descent early or keep a cap until the next probe.
+            up a probe once they are higher by more, >= 0: above the noise of
+            one batch's seconds per unit (benchmarks/bench_weighted.py prints
+            it under its table; figures in docs/internals.md).
         probe_every: batches at the hill-climb's cap between two probes of
-            twice the cap, >= 1. Default 16: a probe into a dearer octave
-            costs about ``2 * (ratio - 1) / (probe_every + 2)`` of the
-            throughput, 3-5 % with the 1.3-1.5x of 32- over 16-item batches
-            in benchmarks/bench_weighted.py (log-normal, serial).
+            twice the cap, >= 1; a probe into a dearer octave costs about
+            ``2 * (ratio - 1) / (probe_every + 2)`` of the throughput.
     """
 
     initial_batch_size: int = 100
@@ -213,6 +136,17 @@ class ControlConfig:
     probe_every: int = 16
 
     def __post_init__(self) -> None:
+        self._check_sizes()
+        self._check_band()
+        for name, ok, rule, example in _NUMBER_RULES:
+            value = getattr(self, name)
+            if not _is_number(value) or not ok(self, value):
+                raise ConfigError(f"{name}={value!r} {rule.format(self)}: give e.g. {example}")
+        pe = self.probe_every
+        if not _is_int(pe) or pe < 1:
+            raise ConfigError(f"probe_every={pe!r} is not a whole number >= 1: give e.g. 16")
+
+    def _check_sizes(self) -> None:
         for name in ("initial_batch_size", "min_batch_size", "max_batch_size"):
             value = getattr(self, name)
             if not _is_int(value):
@@ -230,11 +164,8 @@ class ControlConfig:
                 f"[min_batch_size={self.min_batch_size}, max_batch_size={self.max_batch_size}]: "
                 "set it between the two"
             )
-        f = self.memory_target_fraction
-        if not _is_number(f) or not 0 < f <= 1:
-            raise ConfigError(
-                f"memory_target_fraction={f!r} is not in (0, 1]: give a fraction of the memory limit, e.g. 0.6"
-            )
+
+    def _check_band(self) -> None:
         band = self.target_batch_seconds
         if not isinstance(band, (tuple, list)) or len(band) != 2 or not all(_is_number(x) for x in band):
             raise ConfigError(
@@ -244,35 +175,29 @@ class ControlConfig:
         if not 0 < low < high:
             raise ConfigError(f"target_batch_seconds={band!r} needs 0 < low < high: give e.g. (0.2, 2.0)")
         self.target_batch_seconds = (low, high)
-        a = self.ewma_alpha
-        if not _is_number(a) or not 0 < a <= 1:
-            raise ConfigError(f"ewma_alpha={a!r} is not in (0, 1]: give e.g. 0.3")
-        g = self.growth_factor
-        if not _is_number(g) or g <= 1:
-            raise ConfigError(f"growth_factor={g!r} is not > 1: give e.g. 2.0")
-        mg = self.max_growth_factor
-        if not _is_number(mg) or mg < g:
-            raise ConfigError(f"max_growth_factor={mg!r} is below growth_factor={g}: give e.g. 8.0")
-        s = self.shrink_factor
-        if not _is_number(s) or not 0 < s < 1:
-            raise ConfigError(f"shrink_factor={s!r} is not in (0, 1): give e.g. 0.5")
-        r = self.outlier_ratio
-        if not _is_number(r) or r <= 1:
-            raise ConfigError(f"outlier_ratio={r!r} is not > 1: give e.g. 3.0")
-        o = self.batch_overhead_s
-        if not _is_number(o) or o < 0:
-            raise ConfigError(f"batch_overhead_s={o!r} is not >= 0 seconds: give e.g. 0.003")
-        pm = self.probe_margin
-        if not _is_number(pm) or pm < 0:
-            raise ConfigError(f"probe_margin={pm!r} is not >= 0: give e.g. 0.25")
-        pe = self.probe_every
-        if not _is_int(pe) or pe < 1:
-            raise ConfigError(f"probe_every={pe!r} is not a whole number >= 1: give e.g. 16")
 
     @property
     def aim_s(self) -> float:
         """Batch wall time the time term aims at: the band's low edge, seconds (0.2 s by default)."""
         return self.target_batch_seconds[0]
+
+
+#: (field, check, what is wrong, example) of ControlConfig's number fields; ``{0}`` is the config.
+_NUMBER_RULES: tuple[tuple[str, Callable[[ControlConfig, float], bool], str, str], ...] = (
+    (
+        "memory_target_fraction",
+        lambda c, v: 0 < v <= 1,
+        "is not in (0, 1]",
+        "0.6 (a fraction of the memory limit)",
+    ),
+    ("ewma_alpha", lambda c, v: 0 < v <= 1, "is not in (0, 1]", "0.3"),
+    ("growth_factor", lambda c, v: v > 1, "is not > 1", "2.0"),
+    ("max_growth_factor", lambda c, v: v >= c.growth_factor, "is below growth_factor={0.growth_factor}", "8.0"),
+    ("shrink_factor", lambda c, v: 0 < v < 1, "is not in (0, 1)", "0.5"),
+    ("outlier_ratio", lambda c, v: v > 1, "is not > 1", "3.0"),
+    ("batch_overhead_s", lambda c, v: v >= 0, "is not >= 0 seconds", "0.003"),
+    ("probe_margin", lambda c, v: v >= 0, "is not >= 0", "0.25"),
+)
 
 
 @dataclass(frozen=True)
@@ -292,58 +217,6 @@ class Decision:
     time_size: int | None = None
 
 
-class _Ewma:
-    """EWMA of a non-negative per-item cost with outlier clipping and level-shift reset."""
-
-    __slots__ = ("alpha", "ratio", "value", "_pending")
-
-    def __init__(self, alpha: float, ratio: float, value: float | None = None):
-        self.alpha = alpha
-        self.ratio = ratio
-        self.value = value
-        self._pending = 0  # +1 / -1: the previous sample was clipped high / low
-
-    def update(self, sample: float) -> float:
-        sample = max(0.0, float(sample))
-        est = self.value
-        if est is None or est <= 0.0:
-            # Nothing to compare against (cold start, or all-zero so far): take the sample.
-            self.value = sample if est is None else est + self.alpha * (sample - est)
-            self._pending = 0
-            return self.value
-        hi, lo = est * self.ratio, est / self.ratio
-        side = 1 if sample > hi else (-1 if sample < lo else 0)
-        if side and side == self._pending:
-            self.value = sample  # level shift confirmed by two batches in a row
-            self._pending = 0
-            return self.value
-        self._pending = side
-        clipped = min(max(sample, lo), hi)
-        self.value = est + self.alpha * (clipped - est)
-        return self.value
-
-
-class _Octave:
-    """Seconds per unit of the batches in one octave of weight: an EWMA and the last three costs."""
-
-    __slots__ = ("ewma", "recent", "count")
-
-    def __init__(self, alpha: float, ratio: float):
-        self.ewma = _Ewma(alpha, ratio)
-        self.recent: list[float] = []
-        self.count = 0
-
-    def add(self, cost: float) -> None:
-        self.ewma.update(cost)
-        self.recent = [*self.recent[-2:], cost]
-        self.count += 1
-
-    @property
-    def score(self) -> float:
-        """The least of the last three costs: the least disturbed by other work on the machine."""
-        return min(self.recent)
-
-
 class BatchSizeController:
     """Chooses the next batch size (items) from per-batch measurements.
 
@@ -351,8 +224,10 @@ class BatchSizeController:
     the limit of the process tree, bytes; ``None`` disables the memory term
     (only time, pressure and the MemoryError ceiling then bound the size).
     ``warm_start`` seeds a run with what an earlier run of the same
-    operation learned: ``{"batch_size": items, "bytes_per_item": bytes,
-    "seconds_per_item": seconds}`` (any key may be missing).
+    operation learned: ``{"batch_size": items (weight units when weighted),
+    "bytes_per_item": bytes, "seconds_per_item": seconds, "climb": a
+    :class:`~.climb.ClimbState` value, "throughput_cap": weight units}`` (any
+    key may be missing).
     """
 
     def __init__(
@@ -371,34 +246,21 @@ class BatchSizeController:
             )
         self.memory_limit_bytes = memory_limit_bytes
         cfg = self.config
-        self._bytes = _Ewma(cfg.ewma_alpha, cfg.outlier_ratio)
-        self._seconds = _Ewma(cfg.ewma_alpha, cfg.outlier_ratio)
+        self._bytes = Ewma(cfg.ewma_alpha, cfg.outlier_ratio)
+        self._seconds = Ewma(cfg.ewma_alpha, cfg.outlier_ratio)
         self._ceiling: float | None = None
         self._ceiling_step = self._ceiling_drop = 0.0
-        # Throughput hill-climb (weighted runs), see _climb: "down" explores smaller budgets from
-        # the first batch's, "confirm" measures the largest once more, "capped" holds the cheapest
-        # one found, "off" leaves the law alone.
-        self._climb_state = "down" if weighted else "off"
-        self._octaves: dict[int, _Octave] = {}  # seconds per unit of the batches weighing (2^k, 2^(k+1)]
-        self._cap_octave: int | None = None  # the octave the cap fills batches up to
-        self._since_probe = 0
-        self._probe = 0  # +1 / -1: a batch one octave above / below the cap is on its way
-        self._probe_wait = 0  # batches observed since that probe (or the confirmation) was asked for
-        self._confirm = (0, 0)  # "confirm": the largest octave measured and its batch count then
-        self._warm_up: int | None = None  # first batches not scored: one per process running them
-        size: float | None = cfg.initial_batch_size
-        if weighted:  # the first batch is cut by items; its measured weight seeds the budget
-            size = None
-        if warm_start:
-            bs = warm_start.get("batch_size")
-            if _is_number(bs) and bs >= 1:
-                size = int(bs)
-            bpi = warm_start.get("bytes_per_item")
-            if _is_number(bpi) and bpi >= 0:
-                self._bytes.value = float(bpi)
-            spi = warm_start.get("seconds_per_item")
-            if _is_number(spi) and spi >= 0:
-                self._seconds.value = float(spi)
+        # Weighted, the first batch is cut by items (initial_batch_size); its measured weight seeds the budget.
+        size: float | None = None if weighted else cfg.initial_batch_size
+        warm = warm_start or {}
+        bs, bpi, spi = (warm.get(k) for k in ("batch_size", "bytes_per_item", "seconds_per_item"))
+        if _is_number(bs) and bs >= 1:
+            size = int(bs)
+        if _is_number(bpi) and bpi >= 0:
+            self._bytes.value = float(bpi)
+        if _is_number(spi) and spi >= 0:
+            self._seconds.value = float(spi)
+        self.climb = _climb_of(cfg, warm) if weighted else None
         self._size = None if size is None else self._clamp(size)
         self.last_decision = Decision(self._size or cfg.initial_batch_size, "initial")
 
@@ -509,7 +371,7 @@ class BatchSizeController:
         tim = self.time_target_size()
         if tim is not None and tim < candidate:
             candidate, reason = tim, ("hold" if tim == size else "time")
-        climb = self._climb(m, units, candidate, in_flight) if self.weighted else None
+        climb = self.climb.propose(m, units, candidate, in_flight) if self.climb is not None else None
         if climb is not None:
             candidate, reason = climb
         # Unweighted, memory_target_size is clamped at max_batch_size: there the max binds, not memory.
@@ -528,112 +390,7 @@ class BatchSizeController:
     @property
     def throughput_cap(self) -> float | None:
         """Budget the throughput hill-climb holds batches at (weight units), or None."""
-        return None if self._cap_octave is None else float(2 ** (self._cap_octave + 1))
-
-    def _climb(self, m: BatchMeasurement, units: float, law: float, in_flight: int) -> tuple[float, str] | None:
-        """Throughput hill-climb on seconds per weight unit (weighted runs): a size, or None.
-
-        Perturb and observe, the hill-climbing search for a maximum power point (Esram and
-        Chapman, "Comparison of Photovoltaic Array Maximum Power Point Tracking Techniques",
-        IEEE Trans. Energy Conversion 22(2), 2007): change the size, keep the change while the
-        measured cost per unit improves, turn back once it worsens. The cost of a batch is
-        ``(duration_s + batch_overhead_s) / units``, so batches too small to amortise the
-        per-batch overhead read as dearer. Why: seconds per unit need not be flat in the size.
-        Batches that fit in the heap pages the allocator keeps reuse them; larger ones fault
-        their pages in again (benchmarks/bench_weighted.py, log-normal mix: 16-item batches
-        0.5-0.8 s, 64 to 512 items 1.3-2.2 s, most of it in the kernel), a cost the time band
-        (aimed at amortising overhead) does not see.
-
-        Costs are kept per octave of batch weight (``(2^k, 2^(k+1)]`` units), so batches may
-        report in any order: with batches in flight, those cut before a decision come back after
-        it. With batches in flight (worker processes), the first ``in_flight`` batches are not
-        scored: each pays a fresh worker's cold start (new heap pages, first calls), which made
-        later, smaller batches look cheaper (tests/test_weights.py, the shift under n_jobs=2); the
-        size is held for them. An octave is scored by the
-        least of its last three batches' costs, the least disturbed figure (noise on a shared
-        machine only adds time; benchmarks/bench_weighted.py takes the best of its repeats for
-        the same reason). From the first batch the budget
-        halves (into the next octave down) while the smallest octave measured is not dearer
-        than the cheapest by more than ``probe_margin``; one batch dearer than that is run once
-        more before the descent turns back. Then, if the cheapest octave beats the largest
-        measured by more than the margin, one more batch in the largest octave checks that: its
-        costs are the run's first, measured while a fresh worker warms up and the parent starts
-        (the embeddings example, one loky worker: its first three batches of 8 texts cost
-        71-131 us a character against 31-40 us later, which capped the budget at one text for 20
-        batches). This is the extra measurement of the dP-P&O variant, which tells a change of
-        conditions from the effect of a perturbation (Sera et al., "Optimized Maximum Power Point
-        Tracker for Fast-Changing Environmental Conditions", IEEE Trans. Industrial Electronics
-        55(7), 2008). If the cheapest octave still wins, its top caps the law's size (memory and
-        pressure may still ask for less). At the cap, one batch in ``probe_every`` tries the octave above,
-        and one, half-way between, the octave below: the cap moves up when the batch above cost
-        no more per unit than the cap's own (an EWMA of its batches), and down when the batch
-        below was cheaper by more than the margin; it is dropped once the law's own size is as
-        cheap. Without a clear gain the law runs as before.
-        """
-        cfg = self.config
-        if units <= 0 or m.failed or m.duration_s < 0:
-            return None
-        cost = (m.duration_s + cfg.batch_overhead_s) / units
-        worse = 1.0 + cfg.probe_margin
-        if self._warm_up is None:  # worker processes start cold; batches in this process run in a warm one
-            self._warm_up = in_flight if in_flight > 1 else 0
-        if self._warm_up > 0:  # a worker's first batch pays its cold start: hold the size, score the next
-            self._warm_up -= 1
-            return units, "probe"
-        k = math.ceil(math.log2(units)) - 1 if units > 1 else -1  # (2^k, 2^(k+1)]; up to 1 unit: one octave
-        self._octaves.setdefault(k, _Octave(cfg.ewma_alpha, cfg.outlier_ratio)).add(cost)
-        scores = {o: oc.score for o, oc in self._octaves.items()}
-        best = min(scores, key=scores.__getitem__)
-        if self._climb_state == "down":
-            low = min(scores)
-            if low >= 0 and (k != low or m.size > 1):
-                if scores[low] <= scores[best] * worse:
-                    return float(2**low), "probe"  # budget 2^low: batches in the octave below
-                if self._octaves[low].count < 2:
-                    return float(2 ** (low + 1)), "probe"  # dearer on one batch: once more to be sure
-            top = max(scores)
-            if not _clearly_cheaper(scores, best, top, worse):
-                self._climb_state = "off"
-                return None
-            # Measure the largest octave once more before capping below it: its costs are the
-            # run's first, and a fresh worker's first batches (and the parent's start-up) read dear.
-            self._climb_state, self._confirm, self._probe_wait = "confirm", (top, self._octaves[top].count), 0
-            return float(2 ** (top + 1)), "probe"
-        if self._climb_state == "confirm":
-            top, count = self._confirm
-            self._probe_wait += 1
-            if max(scores) == top and self._octaves[top].count == count and self._probe_wait <= _PROBE_WAIT:
-                return float(2 ** (top + 1)), "probe"  # on its way (or cut smaller, by memory or the tail)
-            if not _clearly_cheaper(scores, best, max(scores), worse):
-                self._climb_state = "off"
-                return None
-            self._climb_state, self._cap_octave, self._since_probe = "capped", best, 0
-        if self._climb_state != "capped" or self._cap_octave is None:
-            return None
-        c = self._cap_octave
-        cap_cost = self._octaves[c].ewma.value if c in self._octaves else None
-        self._since_probe += 1
-        if self._probe and (k - c) * self._probe > 0:  # the probe (or a batch as far out) came back
-            up, self._probe = self._probe > 0, 0
-            if cap_cost is not None and (cost <= cap_cost if up else cost * worse < cap_cost):
-                self._cap_octave = c = c + (1 if up else -1)
-                if up:
-                    self._since_probe = cfg.probe_every  # as cheap above: try higher still
-        elif self._probe:
-            self._probe_wait += 1
-            if self._probe_wait > _PROBE_WAIT:  # its batch was cut smaller (memory, the tail): give up on it
-                self._probe = 0
-        cap = float(2 ** (c + 1))
-        if cap >= law:
-            self._climb_state, self._cap_octave = "off", None
-            return None
-        if not self._probe and self._since_probe >= cfg.probe_every:
-            self._probe, self._probe_wait, self._since_probe = 1, 0, 0
-            return min(2 * cap, law), "probe"
-        if not self._probe and self._since_probe == cfg.probe_every // 2 and c > 0:
-            self._probe, self._probe_wait = -1, 0
-            return cap / 2, "probe"
-        return cap, "throughput"
+        return None if self.climb is None else self.climb.cap
 
     def _growth(self, m: BatchMeasurement, units: float, size: float) -> float:
         """Increase factor: ``growth_factor``, or up to ``max_growth_factor`` while the batch just run
@@ -710,9 +467,17 @@ class BatchSizeController:
         return (size if self.weighted else int(size)), reason
 
 
-def _clearly_cheaper(scores: Mapping[int, float], best: int, top: int, worse: float) -> bool:
-    """Whether octave ``best`` is below ``top`` and cheaper per unit by more than the margin (``worse``: 1 + it)."""
-    return best < top and scores[best] * worse < scores[top]
+def _climb_of(config: ControlConfig, warm: Mapping[str, Any]) -> ThroughputClimb:
+    """The hill-climb of a weighted run: fresh (descending from the first batch), or where the
+    warm start's run left it (capped at its cap, or off)."""
+    cap = warm.get("throughput_cap")
+    try:
+        state = ClimbState(warm.get("climb"))
+    except ValueError:
+        state = ClimbState.DOWN
+    if state is ClimbState.CAPPED and _is_number(cap) and cap > 0:
+        return ThroughputClimb(config, ClimbState.CAPPED, float(cap))
+    return ThroughputClimb(config, ClimbState.OFF if state is ClimbState.OFF else ClimbState.DOWN)
 
 
 def _round(value: float | None) -> int | None:
