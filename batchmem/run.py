@@ -39,6 +39,7 @@ from .io.sources import take_weighted
 from .optimizer import BatchOptimizer
 from .optimizer.advice import RunSettings
 from .optimizer.control import BatchMeasurement
+from .optimizer.summary import RunSummary
 from .options import RunConfig
 from .stats import RunStats, bytes_per_item, items_per_second, write_json_atomic
 from .units import format_bytes
@@ -281,6 +282,7 @@ class Run:
         the first weighted batch, whose weight seeds the budget): ``asked`` items."""
         if budget is not None:
             b = self.config.batching
+            asked = self._first_rows(asked)
             return take_weighted(
                 self.source, budget, self.weigher, min_items=min(b.min_batch_size, asked), max_items=asked
             )
@@ -291,6 +293,16 @@ class Run:
         if self.weighted and batch is not None and len(batch):
             weight, weights = self._weigh(batch)
         return batch, weight, weights
+
+    def _first_rows(self, asked: int) -> int:
+        """A chunked source weighs rows only after its first read: until then a warm-started budget
+        is cut at the rows the last run's batches held (the optimizer's ``warm_items``)."""
+        per_row = getattr(self.source, "bytes_per_row", None)
+        if not callable(per_row) or per_row() is not None:
+            return asked
+        with self.lock:
+            learned = self.optimizer.warm_items
+        return min(asked, learned) if learned else asked
 
     def _start_weighting(self, batch: Any) -> None:
         """First batch of a ``weight="auto"`` run: budget in weight units if its items differ in size."""
@@ -543,29 +555,28 @@ class Run:
         except OSError as exc:  # e.g. the disk is full: the run's own error (if any) is the one to report
             logger.warning("writing the stats %s failed: %s", st.stats_path, exc)
         if self.config.batching.use_history and st.items:  # fixed-size runs are recorded too
-            self.optimizer.finish_run(
-                {
-                    "learned_batch_size": st.learned_batch_size,
-                    "items": st.items,
-                    "duration_s": st.duration_s,
-                    "items_per_s": st.items_per_s,
-                    "peak_rss_bytes": st.peak_rss_bytes,
-                    "bytes_per_item": st.bytes_per_item,
-                    "batches": st.batches,
-                    "failed": st.failed,
-                    "leaks": sum(1 for i in st.issues if i.get("kind") == "leak"),
-                    "finished_at": st.finished_at,
-                    "memory_errors": st.memory_errors,
-                    "resumed": int(st.resumed_from > 0),  # this run continued an output
-                    "limit_source": st.limit_source,
-                    "settings": st.settings,
-                    **(
-                        {"auto_workers": self.executor.chosen_workers}
-                        if isinstance(self.executor, AutoExecutor)
-                        else {}
-                    ),
-                }
-            )
+            self.optimizer.finish_run(self._summary())
+
+    def _summary(self) -> RunSummary:
+        """What the history keeps of this run (the optimizer adds what it learned)."""
+        st = self.stats
+        return RunSummary(
+            learned_batch_size=st.learned_batch_size,
+            items=st.items,
+            duration_s=st.duration_s,
+            items_per_s=st.items_per_s,
+            peak_rss_bytes=st.peak_rss_bytes,
+            bytes_per_item=st.bytes_per_item,
+            batches=st.batches,
+            failed=st.failed,
+            leaks=sum(1 for i in st.issues if i.get("kind") == "leak"),
+            finished_at=st.finished_at,
+            memory_errors=st.memory_errors,
+            resumed=int(st.resumed_from > 0),  # this run continued an output
+            limit_source=st.limit_source,
+            settings=st.settings,
+            auto_workers=self.executor.chosen_workers if isinstance(self.executor, AutoExecutor) else None,
+        )
 
     def _collect_issues(self) -> None:
         """Issues of the analyzer, the pressure escalation and worker recycling, and GC figures, into the stats."""

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from batchmem.optimizer.summary import RunSummary
 from batchmem.units import format_bytes, format_seconds
 
 __all__ = [
@@ -175,28 +176,30 @@ class RunFigures:
     leaks: int = 0
 
     @classmethod
-    def from_summary(cls, run: Mapping[str, Any], when: str = "the last run") -> RunFigures:
-        """Figures of a run summary stored in the history (see :meth:`HistoryStore.record_run`)."""
+    def from_summary(cls, summary: RunSummary | Mapping[str, Any], when: str = "the last run") -> RunFigures:
+        """Figures of a run summary stored in the history (a :class:`RunSummary`, or a dict of its keys)."""
+        run = RunSummary.of(summary)
+        median = run.batch_size_median
         return cls(
             when=when,
-            items=_count(run.get("items")) or 0,
-            failed=_count(run.get("failed")) or 0,
-            batches=_count(run.get("batches")) or 0,
-            batch_size_median=_number(run.get("batch_size_median", run.get("learned_batch_size"))),
-            batch_size_max=_count(run.get("batch_size_max")),
+            items=run.items or 0,
+            failed=run.failed or 0,
+            batches=run.batches or 0,
+            batch_size_median=median if median is not None else _number(run.learned_batch_size),
+            batch_size_max=run.batch_size_max,
             batch_s_median=batch_seconds(run),
-            bytes_per_item=_number(run.get("bytes_per_item", run.get("ewma_bytes_per_item"))),
-            memory_limit_bytes=_count(run.get("memory_limit_bytes")),
-            limit_source=run.get("limit_source") if isinstance(run.get("limit_source"), str) else None,
-            memory_bound_batches=_count(run.get("memory_bound_batches")),
-            pressure_batches=_count(run.get("pressure_batches")),
-            memory_errors=_count(run.get("memory_errors")) or 0,
-            ceiling=_count(run.get("ceiling")),
-            leaks=_count(run.get("leaks")) or 0,
+            bytes_per_item=run.bytes_per_item if run.bytes_per_item is not None else run.ewma_bytes_per_item,
+            memory_limit_bytes=run.memory_limit_bytes,
+            limit_source=run.limit_source,
+            memory_bound_batches=run.memory_bound_batches,
+            pressure_batches=run.pressure_batches,
+            memory_errors=run.memory_errors or 0,
+            ceiling=_count(run.ceiling),
+            leaks=run.leaks or 0,
         )
 
 
-def batch_seconds(run: Mapping[str, Any]) -> float | None:
+def batch_seconds(summary: RunSummary | Mapping[str, Any]) -> float | None:
     """The median batch time (s) of a stored run summary.
 
     ``batch_s_median`` when recorded; for older summaries of runs counted in
@@ -204,13 +207,13 @@ def batch_seconds(run: Mapping[str, Any]) -> float | None:
     estimated). None for weighted runs without it: their seconds per item
     are seconds per weight unit, not per item.
     """
-    recorded = _number(run.get("batch_s_median"))
-    if recorded is not None:
-        return recorded
-    if run.get("weight_unit", "items") != "items":
+    run = RunSummary.of(summary)
+    if run.batch_s_median is not None:
+        return run.batch_s_median
+    if run.weight_unit != "items":
         return None
-    size = _number(run.get("learned_batch_size"))
-    spi = _number(run.get("ewma_seconds_per_item", run.get("seconds_per_item")))
+    size = run.learned_batch_size
+    spi = run.ewma_seconds_per_item if run.ewma_seconds_per_item is not None else run.seconds_per_item
     return size * spi if size is not None and spi is not None else None
 
 
@@ -352,10 +355,10 @@ def _leaks(f: RunFigures) -> str | None:
 # --------------------------------------------------------------------------- trends over runs
 
 
-def trend_advice(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+def trend_advice(runs: Sequence[RunSummary | Mapping[str, Any]]) -> list[str]:
     """Recommendations from the last :data:`TREND_RUNS` stored run summaries (oldest first):
     memory per item that grew, throughput that fell, each by :data:`TREND_THRESHOLD` or more."""
-    recent = [r for r in runs if isinstance(r, Mapping)][-TREND_RUNS:]
+    recent = [RunSummary.of(r) for r in runs if isinstance(r, (RunSummary, Mapping))][-TREND_RUNS:]
     out = []
     grew = _trend(recent, "bytes_per_item", "ewma_bytes_per_item")
     if grew and grew[1] >= grew[0] * (1 + TREND_THRESHOLD):
@@ -372,7 +375,7 @@ def trend_advice(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def _trend(runs: Sequence[Mapping[str, Any]], key: str, alt: str | None = None) -> tuple[float, float] | None:
+def _trend(runs: Sequence[RunSummary], key: str, alt: str | None = None) -> tuple[float, float] | None:
     """(first, last) value of ``key`` (else ``alt``) over ``runs``; None with fewer than 3 values."""
     values = [v for r in runs if (v := _number(r.get(key, r.get(alt) if alt else None)))]
     if len(values) < 3 or values[0] <= 0:

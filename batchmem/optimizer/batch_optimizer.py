@@ -12,9 +12,11 @@ Life of a run (what :class:`batchmem.BatchProcessor` does)::
 
 The *learned batch size* of a run is the median of the last
 :data:`LEARNED_WINDOW` sizes the controller chose (its steady state, not the
-clipped tail batch), capped by the MemoryError ceiling if one was hit. The
-next run of the same operation starts there, and its EWMAs of bytes and
-seconds per item start from the previous run's estimates.
+warm-up nor the clipped tail batch), capped by the MemoryError ceiling if one
+was hit; weighted runs learn a budget the same way, and its size in items at
+the items per unit of their last batches. The next run of the same operation
+(in the same unit) starts there, its EWMAs of bytes and seconds per unit start
+from the previous run's estimates, and its hill-climb where the last one ended.
 
 Recommendations are :mod:`.advice`'s (pure text); this class hands it the
 figures of the live run or of the last stored one, with that run's settings.
@@ -38,7 +40,8 @@ from batchmem.optimizer.advice import (
     trend_advice,
 )
 from batchmem.optimizer.control import BatchMeasurement, BatchSizeController, ControlConfig
-from batchmem.optimizer.history import HistoryStore
+from batchmem.optimizer.history import HistoryStore, summaries
+from batchmem.optimizer.summary import RunSummary
 from batchmem.stats import bytes_per_item
 
 __all__ = ["LEARNED_WINDOW", "BatchOptimizer"]
@@ -53,10 +56,11 @@ _DEFAULT_OPERATION = "default"
 _PRESSURE_LABELS = ("normal", "warning", "critical", "emergency")
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
+#: Summary fields that only the control law knows: never taken from the caller's summary.
+_LEARNED_FIELDS = frozenset(
+    {"learned_budget", "weight_unit", "ewma_bytes_per_item", "ewma_seconds_per_item", "memory_bound_batches"}
+    | {"pressure_batches", "ceiling", "batch_size_min", "batch_size_max", "climb", "throughput_cap"}
+)
 
 
 class _Run:
@@ -77,6 +81,8 @@ class _Run:
         self.size_min: int | None = None
         self.size_max: int | None = None
         self.decided: deque[int] = deque([first_size], maxlen=LEARNED_WINDOW)
+        self.budgets: deque[float] = deque(maxlen=LEARNED_WINDOW)  # decided weight budgets (weighted runs)
+        self.recent: deque[tuple[int, float]] = deque(maxlen=LEARNED_WINDOW)  # (items, weight) of the last batches
         self.reasons: Counter[str] = Counter()
         self.pressure: Counter[str] = Counter()
         self.memory_errors = 0
@@ -115,6 +121,7 @@ class BatchOptimizer:
         # Validates memory_limit_bytes now rather than at the first batch.
         self.controller = BatchSizeController(self.config, memory_limit_bytes)
         self.weight_unit = "items"
+        self.warm_items: int | None = None  # items the first budget of a warm weighted run holds
         self._run: _Run | None = None
 
     # -- the run ------------------------------------------------------------
@@ -124,10 +131,9 @@ class BatchOptimizer:
             return None
         return self.history.load(operation)
 
-    def last_run(self, operation: str) -> dict | None:
-        """The summary of ``operation``'s last recorded run (see :meth:`HistoryStore.record_run`), or None."""
-        runs = (self._load(operation) or {}).get("runs_detail") or [None]
-        return runs[-1] if isinstance(runs[-1], dict) else None
+    def last_run(self, operation: str) -> RunSummary | None:
+        """The summary of ``operation``'s last recorded run, or None."""
+        return self.history.last_run(operation) if self.history is not None else None
 
     def start_run(
         self,
@@ -150,18 +156,14 @@ class BatchOptimizer:
         self.operation = op
         self.weight_unit = weight_unit
         weighted = weight_unit != "items"
-        record = self._load(op)
-        warm = None
-        learned = record.get("learned_budget" if weighted else "learned_batch_size") if record else None
-        if record and record.get("weight_unit", "items") == weight_unit and _number(learned):
-            warm = {
-                "batch_size": learned,
-                "bytes_per_item": record.get("ewma_bytes_per_item", record.get("bytes_per_item")),
-                "seconds_per_item": record.get("seconds_per_item"),
-            }
+        last = self.last_run(op)
+        warm = last.warm_start(weight_unit) if last is not None else None
         self.controller = BatchSizeController(self.config, self.memory_limit_bytes, warm_start=warm, weighted=weighted)
         if baseline_bytes is not None:
             self.controller.cap_to_memory(baseline_bytes, in_flight)
+        # Sources that weigh rows only after their first read (a CSV reader) cut the first budget by items.
+        budget = self.controller.next_budget()
+        self.warm_items = last.warm_items(budget) if last is not None and warm is not None and weighted else None
         first = self.controller.next_size()
         self._run = _Run(op, first, warm is not None)
         if warm is not None:
@@ -216,6 +218,10 @@ class BatchOptimizer:
         run.size_min = m.size if run.size_min is None else min(run.size_min, m.size)
         run.size_max = m.size if run.size_max is None else max(run.size_max, m.size)
         run.decided.append(size)
+        budget = self.controller.next_budget()
+        if self.controller.weighted and budget is not None:
+            run.budgets.append(budget)
+            run.recent.append((m.size, m.units))
         run.reasons[self.controller.last_decision.reason] += 1
         level = int(pressure)
         if level > 0:
@@ -232,65 +238,87 @@ class BatchOptimizer:
         return new
 
     def learned_batch_size(self) -> int:
-        """Steady-state size of the current run (items): median of the last few decided sizes, under the ceiling."""
-        run = self._ensure_run()
-        if self.controller.weighted:  # the budget is in weight units: report the items batches held
-            return int(statistics.median(run.sizes)) if run.sizes else self.config.initial_batch_size
-        learned = int(statistics.median(run.decided))
+        """Steady-state size of the current run (items): median of the last few decided sizes, under
+        the ceiling; weighted, the learned budget in items at the items per unit of the last batches."""
+        return self._learned(self._ensure_run())
+
+    def _learned(self, run: _Run) -> int:
+        cfg = self.config
+        budget = self._learned_budget(run)
+        if budget is not None:
+            items = sum(n for n, _ in run.recent)
+            weight = sum(w for _, w in run.recent)
+            learned = int(budget * items / weight) if weight > 0 else statistics.median(run.sizes)
+        else:
+            learned = int(statistics.median(run.sizes if self.controller.weighted and run.sizes else run.decided))
         ceiling = self.controller.ceiling
-        if ceiling is not None:
+        if ceiling is not None and not self.controller.weighted:
             learned = min(learned, ceiling)
-        return max(self.config.min_batch_size, min(self.config.max_batch_size, learned))
+        return int(max(cfg.min_batch_size, min(cfg.max_batch_size, learned)))
 
-    def finish_run(self, summary: Mapping[str, Any] | None = None) -> None:
-        """End the run and persist its summary (keys: see :meth:`HistoryStore.record_run`).
+    def _learned_budget(self, run: _Run) -> float | None:
+        """Weighted runs: the median of the last decided budgets (weight units), under the ceiling."""
+        if not self.controller.weighted or not run.budgets:
+            return None
+        budget = float(statistics.median(run.budgets))
+        ceiling = self.controller.ceiling
+        return budget if ceiling is None else min(budget, ceiling)
 
-        Missing figures are filled from the live counters; the learned batch
-        size and the EWMA estimates are always added. A history that cannot
-        be written is logged as a warning, not raised.
+    def finish_run(self, summary: RunSummary | Mapping[str, Any] | None = None) -> RunSummary:
+        """End the run and persist its summary; return it.
+
+        Figures the caller did not give (counts, times, batch sizes) are filled from the live
+        counters; what the control law learned (sizes, estimates, the climb) always comes from it.
+        A history that cannot be written is logged as a warning, not raised.
         """
         run = self._ensure_run()
-        out: dict[str, Any] = dict(summary or {})
-        out.setdefault("items", run.items)
-        out.setdefault("batches", run.batches)
-        out.setdefault("failed", run.failed)
-        out.setdefault("duration_s", run.busy_s)
-        duration = _number(out.get("duration_s")) or 0.0
-        items = _number(out.get("items")) or 0.0
-        if duration > 0:
-            out.setdefault("items_per_s", items / duration)
-        out.setdefault("learned_batch_size", self.learned_batch_size())
-        out["weight_unit"] = self.weight_unit
-        if self.controller.weighted:
-            out["learned_budget"] = float(statistics.median(run.decided))
-        bpi, spi = self.controller.bytes_per_item, self.controller.seconds_per_item
-        if bpi is not None:
-            out["ewma_bytes_per_item"] = bpi
-            out.setdefault("bytes_per_item", bpi)
-        if spi is not None:
-            out["ewma_seconds_per_item"] = spi
-            out.setdefault("seconds_per_item", spi)
-        out.setdefault("peak_batch_bytes", run.max_peak_bytes)
-        out["memory_bound_batches"] = run.reasons.get("memory", 0)
-        out["pressure_batches"] = sum(run.pressure.values())
-        out.setdefault("memory_errors", run.memory_errors)  # the run's count (RunStats) when given
-        out["ceiling"] = self.controller.ceiling
-        out["batch_size_min"] = run.size_min
-        out["batch_size_max"] = run.size_max
-        out.setdefault("batch_size_median", median_or_none(run.sizes))
-        out.setdefault("batch_s_median", median_or_none(run.durations))
-        out.setdefault("memory_limit_bytes", self.memory_limit_bytes)
-        given = RunSettings.from_dict(out.get("settings"))
-        out["settings"] = given.merged(self._config_settings()).to_dict()
+        out = RunSummary.of(summary)
+        given = out.to_dict()
+        live = self._summary(run)
+        for name, value in live.to_dict().items():
+            if name not in given or name in _LEARNED_FIELDS:
+                setattr(out, name, value)
+        out.settings = RunSettings.from_dict(given.get("settings")).merged(self._config_settings()).to_dict()
         run.finished = True
-        if self.history is None:
-            return
-        try:
-            self.history.record_run(run.operation, out)
-        except OSError as exc:
-            logger.warning(
-                "batchmem: could not save history of %r (%s); the next run will probe again", run.operation, exc
-            )
+        if self.history is not None:
+            try:
+                self.history.record_run(run.operation, out)
+            except OSError as exc:
+                logger.warning(
+                    "batchmem: could not save history of %r (%s); the next run will probe again", run.operation, exc
+                )
+        return out
+
+    def _summary(self, run: _Run) -> RunSummary:
+        """The live counters and what the control law learned, as a summary."""
+        c = self.controller
+        climb = c.climb
+        return RunSummary(
+            items=run.items,
+            batches=run.batches,
+            failed=run.failed,
+            memory_errors=run.memory_errors,
+            duration_s=run.busy_s,
+            items_per_s=run.items / run.busy_s if run.busy_s > 0 else None,
+            learned_batch_size=self._learned(run),
+            learned_budget=self._learned_budget(run),
+            weight_unit=self.weight_unit,
+            bytes_per_item=c.bytes_per_item,
+            seconds_per_item=c.seconds_per_item,
+            ewma_bytes_per_item=c.bytes_per_item,
+            ewma_seconds_per_item=c.seconds_per_item,
+            peak_batch_bytes=run.max_peak_bytes,
+            memory_bound_batches=run.reasons.get("memory", 0),
+            pressure_batches=sum(run.pressure.values()),
+            ceiling=c.ceiling,
+            batch_size_min=run.size_min,
+            batch_size_max=run.size_max,
+            batch_size_median=median_or_none(run.sizes),
+            batch_s_median=median_or_none(run.durations),
+            memory_limit_bytes=self.memory_limit_bytes,
+            climb=None if climb is None else climb.state.value,
+            throughput_cap=None if climb is None else climb.cap,
+        )
 
     # -- queries -------------------------------------------------------------
 
@@ -307,8 +335,8 @@ class BatchOptimizer:
             size = self.controller.next_size()
         else:
             record = self._load(op)
-            learned = _number(record.get("learned_batch_size")) if record else None
-            size = int(learned) if learned else self.config.initial_batch_size
+            learned = RunSummary.from_dict(record).learned_batch_size  # the record keeps its last run's
+            size = learned or self.config.initial_batch_size
             size = max(self.config.min_batch_size, min(self.config.max_batch_size, size))
         if isinstance(items, Sized):
             size = max(1, min(size, len(items)))
@@ -336,7 +364,7 @@ class BatchOptimizer:
             "batch_s_median": median_or_none(run.durations),
             "bytes_per_item_measured": bytes_per_item(run.peak_bytes_sum, run.items),
             "next_batch_size": c.next_size(),
-            "learned_batch_size": int(statistics.median(run.decided)),
+            "learned_batch_size": self._learned(run),
             "last_reason": c.last_decision.reason,
             "reasons": dict(run.reasons),
             "bytes_per_item": c.bytes_per_item,
@@ -352,7 +380,7 @@ class BatchOptimizer:
 
     @staticmethod
     def _figures(record: Mapping[str, Any]) -> dict[str, Any]:
-        runs = [r for r in record.get("runs_detail", []) if isinstance(r, dict)]
+        runs = summaries(record)
         return {
             "runs": record.get("runs", len(runs)),
             "items": record.get("items"),
@@ -365,11 +393,11 @@ class BatchOptimizer:
             "learned_batch_size": record.get("learned_batch_size"),
             "batch_s_median": batch_seconds(runs[-1]) if runs else None,
             "peak_rss_bytes": record.get("peak_rss_bytes"),
-            "leaks": record.get("leaks", sum(int(_number(r.get("leaks")) or 0) for r in runs)),
+            "leaks": record.get("leaks", sum(r.leaks or 0 for r in runs)),
             "resumes": record.get("resumes", 0),
             "first_run_at": record.get("first_run_at"),
             "last_run_at": record.get("last_run_at"),
-            "last_run": runs[-1] if runs else None,
+            "last_run": runs[-1].to_dict() if runs else None,
         }
 
     def get_batch_statistics(self, operation: str | None = None) -> dict[str, Any]:
@@ -447,10 +475,10 @@ class BatchOptimizer:
 
     def _recommend(self, record: Mapping[str, Any] | None, live: Mapping[str, Any] | None) -> list[str]:
         """Trends over the stored runs, then advice on the live run (else the last stored one)."""
-        runs = [r for r in (record or {}).get("runs_detail", []) if isinstance(r, dict)]
+        runs = summaries(record)
         out = trend_advice(runs)
         if live is not None and live["batches"]:
             out += run_advice(self._live_figures(live), self._config_settings())
         elif runs:
-            out += run_advice(RunFigures.from_summary(runs[-1]), RunSettings.from_dict(runs[-1].get("settings")))
+            out += run_advice(RunFigures.from_summary(runs[-1]), RunSettings.from_dict(runs[-1].settings))
         return out

@@ -30,9 +30,10 @@ import orjson
 import platformdirs
 
 from batchmem.errors import ConfigError
+from batchmem.optimizer.summary import RunSummary
 from batchmem.stats import items_per_second
 
-__all__ = ["HISTORY_VERSION", "MAX_RUNS", "HistoryStore", "history_dir", "history_file_name"]
+__all__ = ["HISTORY_VERSION", "MAX_RUNS", "HistoryStore", "history_dir", "history_file_name", "summaries"]
 
 logger = logging.getLogger("batchmem")
 
@@ -43,27 +44,6 @@ MAX_RUNS = 50
 #: Environment variable that overrides the cache root (read at call time).
 ENV_HOME = "BATCHMEM_HOME"
 
-_SUMMARY_INT_KEYS = (
-    "learned_batch_size",
-    "items",
-    "peak_rss_bytes",
-    "batches",
-    "failed",
-    "leaks",
-    "memory_errors",
-    "memory_bound_batches",
-    "pressure_batches",
-    "memory_limit_bytes",
-)
-_SUMMARY_FLOAT_KEYS = (
-    "bytes_per_item",
-    "seconds_per_item",
-    "duration_s",
-    "items_per_s",
-    "finished_at",
-    "batch_s_median",
-    "batch_size_median",
-)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -90,23 +70,10 @@ def history_file_name(operation: str) -> str:
     return f"{slug}-{digest}.json"
 
 
-def _clean_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Known numeric keys coerced (non-finite dropped); other JSON-able keys kept as they are."""
-    out: dict[str, Any] = {}
-    for key, value in summary.items():
-        if value is None:
-            continue
-        if key in _SUMMARY_INT_KEYS or key in _SUMMARY_FLOAT_KEYS:
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                continue
-            if not math.isfinite(number):
-                continue
-            out[key] = int(number) if key in _SUMMARY_INT_KEYS else number
-        else:
-            out[str(key)] = value
-    return out
+def summaries(record: Mapping[str, Any] | None) -> list[RunSummary]:
+    """The run summaries of a history record (as :meth:`HistoryStore.load` returns it), oldest first."""
+    runs = (record or {}).get("runs_detail")
+    return [RunSummary.from_dict(r) for r in runs if isinstance(r, Mapping)] if isinstance(runs, list) else []
 
 
 def _dumps(data: Any) -> bytes:
@@ -163,19 +130,22 @@ class HistoryStore:
             return None
         return data
 
-    def record_run(self, operation: str, summary: Mapping[str, Any]) -> None:
-        """Add one run's summary to ``operation``'s record and write it atomically.
+    def runs(self, operation: str) -> list[RunSummary]:
+        """The stored run summaries of ``operation``, oldest first (none without a readable file)."""
+        return summaries(self.load(operation))
 
-        Summary keys (units): learned_batch_size (items), bytes_per_item
-        (bytes), seconds_per_item (s), items, duration_s (s), items_per_s,
-        peak_rss_bytes (bytes), batches, failed (items), leaks (count),
-        batch_s_median (median wall time of a batch, s), batch_size_median (items),
-        memory_errors, resumed (1 when the run continued an output), settings (the run's options that advice checks, see
-        :class:`batchmem.optimizer.advice.RunSettings`), finished_at (epoch s;
-        filled in if missing). Other JSON-able keys are kept.
+    def last_run(self, operation: str) -> RunSummary | None:
+        """The summary of ``operation``'s last recorded run, or None."""
+        runs = self.runs(operation)
+        return runs[-1] if runs else None
+
+    def record_run(self, operation: str, summary: RunSummary | Mapping[str, Any]) -> None:
+        """Add one run's summary (a :class:`RunSummary`, or a dict of its keys) to ``operation``'s
+        record and write it atomically. ``finished_at`` is filled in if missing; keys that are not
+        figures of :class:`RunSummary` are dropped (``resumed``: 1 when the run continued an output).
         Raises OSError if the directory cannot be written.
         """
-        run = _clean_summary(summary)
+        run = RunSummary.of(summary).to_dict()
         run.setdefault("finished_at", time.time())
         old = self.load(operation) or {}
         runs = [r for r in old.get("runs_detail", []) if isinstance(r, dict)]

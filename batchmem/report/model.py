@@ -22,6 +22,7 @@ import orjson
 from ..errors import ConfigError
 from ..heap.monitor import PressureThresholds
 from ..optimizer.advice import RunFigures, RunSettings, median_or_none, memory_bound_advice, run_advice, trend_advice
+from ..optimizer.summary import RunSummary
 from ..stats import RunStats, batch_records_frame, items_per_second
 
 __all__ = ["Report", "batches_path_for", "load_report"]
@@ -176,7 +177,7 @@ def _analyzer_recommendations(raw: dict[str, Any], issues: list[dict[str, Any]])
     return out
 
 
-def _same_run(runs: list[dict[str, Any]], stats: RunStats) -> dict[str, Any]:
+def _same_run(runs: list[RunSummary], stats: RunStats) -> RunSummary | dict[str, Any]:
     """The history's summary of this very run (same finish time), or {} (history off, or rotated out)."""
     for run in reversed(runs):
         finished = run.get("finished_at")
@@ -185,7 +186,7 @@ def _same_run(runs: list[dict[str, Any]], stats: RunStats) -> dict[str, Any]:
     return {}
 
 
-def _run_figures(report: Report, this: dict[str, Any]) -> RunFigures:
+def _run_figures(report: Report, this: RunSummary | dict[str, Any]) -> RunFigures:
     """The advice's view of this run: the report's own figures; what only the optimizer counted
     (batches the memory target sized, the MemoryError ceiling) from the history's summary of it."""
     f, stats = report.figures, report.stats
@@ -264,7 +265,7 @@ def load_report(
         thresholds=_thresholds(raw),
         source=str(path),
     )
-    runs: list[dict[str, Any]] = []
+    runs: list[RunSummary] = []
     if use_history and stats.process_name:
         report.history, runs = _history(stats, history)
     this = _same_run(runs, stats)
@@ -280,7 +281,7 @@ def load_report(
     return report
 
 
-def _history(stats: RunStats, history: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+def _history(stats: RunStats, history: Any) -> tuple[dict[str, Any] | None, list[RunSummary]]:
     """The operation's history figures (None without runs) and its stored run summaries."""
     from ..optimizer import BatchOptimizer, HistoryStore
 
@@ -289,5 +290,4 @@ def _history(stats: RunStats, history: Any) -> tuple[dict[str, Any] | None, list
     figures = opt.get_batch_statistics(stats.process_name)["operations"].get(stats.process_name)
     if not figures or not figures.get("runs"):
         return None, []
-    record = store.load(stats.process_name) or {}
-    return figures, [r for r in record.get("runs_detail", []) if isinstance(r, dict)]
+    return figures, store.runs(stats.process_name)
