@@ -223,3 +223,19 @@ def test_statistics_and_trend_recommendation(home):
     assert stats["recommendations"] == recs  # one operation: no prefix
     raw = orjson.loads(store.path_for("grow").read_bytes())
     assert raw["version"] == 1
+
+
+def test_old_and_newer_history_files_load_with_unknown_and_missing_keys_tolerated(tmp_path):
+    # A run summary written by another version: keys this one does not know, figures it lacks and a
+    # figure of the wrong type. The warm start still reads what it needs; nothing raises.
+    store = HistoryStore(tmp_path)
+    run = {"learned_batch_size": 64, "items": "many", "future_key": [1, 2], "seconds_per_item": 0.001}
+    store.path_for("op").write_bytes(
+        orjson.dumps({"version": 1, "operation": "op", "runs": 1, "learned_batch_size": 64, "runs_detail": [run]})
+    )
+    last = store.last_run("op")
+    assert last is not None and last.learned_batch_size == 64 and last.items is None
+    assert not hasattr(last, "future_key")
+    opt = BatchOptimizer(history=store)
+    assert opt.start_run("op") == 64
+    assert opt.get_batch_statistics("op")["operations"]["op"]["learned_batch_size"] == 64

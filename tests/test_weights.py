@@ -403,6 +403,36 @@ def test_the_cap_is_lifted_once_larger_batches_are_as_cheap():
     assert weights[-1] == pytest.approx(ControlConfig().aim_s / 1e-4, rel=0.01)
 
 
+def test_a_fresh_descent_halves_at_most_two_octaves_before_a_measurement_asks_for_more():
+    # Flat costs: nothing says smaller batches pay, so the descent stops two octaves below the first
+    # batch (100 units) instead of halving until the per-batch overhead shows (it went down to 12).
+    _, weights, _ = _climb(lambda w, i: 4e-4, batches=10)
+    assert min(weights) >= 100 / 4, weights
+
+
+def test_falling_costs_lead_the_descent_further_down():
+    # Each halving is cheaper: the measurements ask for smaller batches, down to the cheap 8 units.
+    _, weights, _ = _climb(lambda w, i: 1e-4 if w <= 8 else 1e-4 * w / 8, batches=40)
+    assert min(weights[:12]) <= 8, weights
+
+
+@pytest.mark.parametrize("state, cap", [("capped", 32.0), ("off", None)])
+def test_a_warm_start_resumes_the_climb_where_the_last_run_left_it(state, cap):
+    warm = {"batch_size": 500, "climb": state, "throughput_cap": cap, "seconds_per_item": 4e-4}
+    ctrl = BatchSizeController(ControlConfig(), memory_limit_bytes=LIMIT, warm_start=warm, weighted=True)
+    assert ctrl.next_budget() == 500  # the learned budget, weight units
+    sizes, reasons = [], []
+    for _ in range(8):
+        w = float(max(1, int(ctrl.next_budget())))
+        ctrl.observe(BatchMeasurement(int(w), _cliff(w) * w, int(w * PER_UNIT), weight=w), baseline_bytes=BASELINE)
+        sizes.append(w)
+        reasons.append(ctrl.last_decision.reason)
+    if state == "capped":  # held at the cap from the first decision, no descent from 500 first
+        assert sizes[1:] == [32.0] * 7 and ctrl.throughput_cap == 32.0
+    else:  # the last run found no cheaper size: no probing this time either
+        assert "probe" not in reasons and ctrl.throughput_cap is None
+
+
 REUSE_CHILD = r"""
 import ctypes, json
 from batchmem.backends.serial import SerialExecutor

@@ -24,8 +24,8 @@ choice is made from their first outcomes, and if the run should stay
 in-process the batches in flight come back and the workers are shut down.
 Otherwise, when workers pay, loky workers are started in the background
 while batches go on in-process, and take over once they are up: their
-start-up (~0.45 s of CPU each) is off the critical path, and a run that
-stays in-process never pays for it. The choice and its reason are reported
+start-up is off the critical path, and a run that stays in-process never
+pays for it. The choice and its reason are reported
 (``RunStats.n_jobs_choice``: "2 forked workers: ...", "2 workers: ...").
 """
 
@@ -48,27 +48,21 @@ __all__ = ["AutoExecutor"]
 
 logger = logging.getLogger("batchmem")
 
-#: Round trip of one batch through an idle loky worker, seconds: about 0.5 ms on this project's
-#: 2-core test machine (benchmarks/bench_peers.py, tiny workload); 1 ms errs toward staying in-process.
+#: Round trip of one batch through an idle loky worker, seconds; rounded up from
+#: benchmarks/bench_peers.py (tiny workload), so a close call stays in-process. Figures: docs/internals.md.
 TASK_OVERHEAD_S = 1e-3
 #: Bytes per second a result travels through a pipe between processes (memcpy-bound; 1 GB/s is conservative).
 COPY_BYTES_PER_S = 1e9
 #: Parent-side cost of every item handed to workers and back (queueing, unpickling, bookkeeping),
-#: seconds: 1M trivial items took 1.4-1.6 s with 2 loky workers against 0.54 s in-process on the
-#: 2-core test machine, about 1 us per item (issue measurements, benchmarks/bench_peers.py tiny).
+#: seconds, from benchmarks/bench_peers.py (tiny workload). Figures: docs/internals.md.
 SHIP_PER_ITEM_S = 1e-6
-#: ``sys.setswitchinterval`` while workers start, seconds (Python's default is 5 ms). Loky's start-up
-#: threads in this process wait for the GIL while a batch of pure Python runs in-process; at 5 ms
-#: two workers took 0.68 s to start beside such a batch, at 0.5 ms 0.44 s, as with nothing running
-#: beside them (measured on the 2-core test machine). The default is restored once they are up.
+#: ``sys.setswitchinterval`` while workers start, seconds (Python's default is 5 ms): loky's start-up
+#: threads in this process wait for the GIL while a batch of pure Python runs here
+#: (https://docs.python.org/3/library/sys.html#sys.setswitchinterval). Restored once they are up.
 WARMUP_SWITCH_INTERVAL_S = 5e-4
-#: Longest in-process batch while the workers start, seconds. The workers take over between two
-#: in-process batches, so a long one keeps them idle once they are up: with 0.4-0.6 s batches (the
-#: time aim learned in history) two workers that were up waited 0.06-0.25 s for the first of them
-#: (the CPU workload of benchmarks/bench_peers.py). At 50 ms the wait is short and the extra commits
-#: (~3 ms each, benchmarks/bench_core.py) last only while the workers start. Its CPU and memory
-#: workloads, 5 interleaved warm runs each, medians: 3.14 s against 3.47 s without the cap, 1.77 s
-#: against 1.91 s.
+#: Longest in-process batch while the workers start, seconds: they take over between two in-process
+#: batches, so a long one keeps them idle once they are up (benchmarks/bench_peers.py, CPU and memory
+#: workloads; figures in docs/internals.md).
 WARMUP_BATCH_S = 0.05
 #: Batches measured before settling in-process (loky path; the first ones are the smallest and noisiest), or
 #: before either choice with forked workers, which run the probes anyway (the cheaper per item is used).
