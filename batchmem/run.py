@@ -295,13 +295,11 @@ class Run:
         return batch, weight, weights
 
     def _first_rows(self, asked: int) -> int:
-        """A chunked source weighs rows only after its first read: until then a warm-started budget
-        is cut at the rows the last run's batches held (the optimizer's ``warm_items``)."""
-        per_row = getattr(self.source, "bytes_per_row", None)
-        if not callable(per_row) or per_row() is not None:
-            return asked
+        """The first cut of a warm-started weighted run takes at most the items the last run's batches
+        held at this budget: a CSV reader weighs rows only after its first read, and an iterable pulls
+        items by count until it has seen their mean weight."""
         with self.lock:
-            learned = self.optimizer.warm_items
+            learned = self.optimizer.take_warm_items()
         return min(asked, learned) if learned else asked
 
     def _start_weighting(self, batch: Any) -> None:

@@ -83,6 +83,7 @@ class _Run:
         self.decided: deque[int] = deque([first_size], maxlen=LEARNED_WINDOW)
         self.budgets: deque[float] = deque(maxlen=LEARNED_WINDOW)  # decided weight budgets (weighted runs)
         self.recent: deque[tuple[int, float]] = deque(maxlen=LEARNED_WINDOW)  # (items, weight) of the last batches
+        self.weight_max = 0.0  # the heaviest batch, weight units (weighted runs)
         self.reasons: Counter[str] = Counter()
         self.pressure: Counter[str] = Counter()
         self.memory_errors = 0
@@ -170,6 +171,13 @@ class BatchOptimizer:
             logger.debug("batchmem: %s warm-starts at %d items per batch", op, first)
         return first
 
+    def take_warm_items(self) -> int | None:
+        """Items the first budget of a warm-started weighted run holds at the last run's items per unit,
+        once (None afterwards, and for cold or unweighted runs): for cutting the first batch of a source
+        that cannot weigh its items before reading them."""
+        items, self.warm_items = self.warm_items, None
+        return items
+
     def _ensure_run(self) -> _Run:
         if self._run is None or self._run.finished:
             self.start_run()
@@ -222,6 +230,7 @@ class BatchOptimizer:
         if self.controller.weighted and budget is not None:
             run.budgets.append(budget)
             run.recent.append((m.size, m.units))
+            run.weight_max = max(run.weight_max, m.units)
         run.reasons[self.controller.last_decision.reason] += 1
         level = int(pressure)
         if level > 0:
@@ -257,10 +266,11 @@ class BatchOptimizer:
         return int(max(cfg.min_batch_size, min(cfg.max_batch_size, learned)))
 
     def _learned_budget(self, run: _Run) -> float | None:
-        """Weighted runs: the median of the last decided budgets (weight units), under the ceiling."""
+        """Weighted runs: the median of the last decided budgets (weight units), under the ceiling and
+        no larger than the heaviest batch that ran (a run that ended while still growing learned that)."""
         if not self.controller.weighted or not run.budgets:
             return None
-        budget = float(statistics.median(run.budgets))
+        budget = min(float(statistics.median(run.budgets)), run.weight_max)
         ceiling = self.controller.ceiling
         return budget if ceiling is None else min(budget, ceiling)
 
