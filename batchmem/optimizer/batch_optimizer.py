@@ -8,7 +8,7 @@ Life of a run (what :class:`batchmem.BatchProcessor` does)::
     size = opt.observe(BatchMeasurement(size, duration_s, peak_bytes),
                        baseline_bytes=rss, pressure=level, in_flight=n_jobs)
     ...  # on MemoryError: size = opt.on_memory_error(size)
-    opt.finish_run({"items": ..., "duration_s": ..., "peak_rss_bytes": ...})   # persisted for the next run
+    opt.finish_run(RunSummary(items=..., duration_s=..., peak_rss_bytes=...))  # persisted for the next run
 
 The *learned batch size* of a run is the median of the last
 :data:`LEARNED_WINDOW` sizes the controller chose (its steady state, not the
@@ -149,9 +149,10 @@ class BatchOptimizer:
         ``weight_unit`` names what batches are budgeted in: ``"items"`` (unweighted) or the
         weight's name (``"auto"``, a callable's name); the control law then works in weight
         units (:class:`BatchSizeController` ``weighted``). Warm start: with history of the same
-        unit, the first size is the learned size of the operation's last run and the EWMAs
-        start from its estimates. If ``baseline_bytes`` (resident bytes now) is given, the
-        first size is also kept under the memory target.
+        unit, the first size is the learned size (or budget) of the operation's last run, the
+        EWMAs start from its estimates and the hill-climb where it ended (:meth:`RunSummary.warm_start`).
+        If ``baseline_bytes`` (resident bytes now) is given, the first size is also kept under the
+        memory target.
         """
         op = operation or self.operation or _DEFAULT_OPERATION
         self.operation = op
