@@ -259,6 +259,7 @@ class BatchOptimizer:
             items = sum(n for n, _ in run.recent)
             weight = sum(w for _, w in run.recent)
             learned = int(budget * items / weight) if weight > 0 else statistics.median(run.sizes)
+            learned = min(learned, run.size_max or learned)  # as the budget, no larger than what ran
         else:
             learned = int(statistics.median(run.sizes if self.controller.weighted and run.sizes else run.decided))
         ceiling = self.controller.ceiling
