@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import ConfigError
+from ..heap.monitor import PressureLevel, PressureThresholds
 from .base import ExecutorBase
 from .forking import fork_unsafe_reason, forking_allowed_threads, usable_cpus
 from .inner_threads import worker_env
@@ -84,6 +85,7 @@ class PoolExecutor(ExecutorBase):
         self.watchdog: OomWatchdog | None = None
         self.cgroups: WorkerCgroups | None = None
         self._task_opts = opts  # the options loky's tasks carry (worker_cgroups set once they are placed)
+        self._free_heap: dict[int, int] = {}  # worker pid -> free heap at its last batch's end, bytes
 
     # -- the pool
     def _get_pool(self) -> Any:
@@ -194,6 +196,20 @@ class PoolExecutor(ExecutorBase):
                 self.memory_accounting = "worker_cgroups"
                 self._task_opts = dataclasses.replace(self.opts, worker_cgroups=True)
         self.watchdog = OomWatchdog(pids, limit_bytes, terminate_fraction).start()
+
+    def memory_plan(
+        self, outcome: BatchOutcome | None, rss_bytes: int, pressure: PressureLevel, thresholds: PressureThresholds
+    ) -> tuple[int, PressureLevel, int]:
+        """As :meth:`ExecutorBase.memory_plan`, less the free heap of every live worker, not only the last
+        one's: each worker counts its own free heap into its next batch's peak, so the baseline (the
+        tree's RSS, which holds it too) must leave all of them out, or each is counted twice."""
+        if not self.processes:
+            return super().memory_plan(outcome, rss_bytes, pressure, thresholds)
+        if outcome is not None and outcome.pid:
+            self._free_heap[outcome.pid] = outcome.free_heap_end_bytes
+        live = set(self.worker_pids())
+        self._free_heap = {pid: b for pid, b in self._free_heap.items() if pid in live}
+        return max(0, rss_bytes - sum(self._free_heap.values())), pressure, self.in_flight
 
     @property
     def watchdog_kills(self) -> int:  # type: ignore[override]
