@@ -127,6 +127,9 @@ class Execution:
             per worker process before its first batch and its result reaches ``fn`` as ``state=``;
             ``teardown(state)`` runs when the worker is done with it.
         max_tasks_per_worker: replace the worker processes after this many batches each (None: never).
+        n_jobs_strict: fail (exit 2) instead of starting fewer worker processes than ``n_jobs`` when
+            only fewer fit under the memory target once each one's baseline is paid
+            (:mod:`batchmem.backends.fit`). Default: run the ones that fit, and say so.
         recycle_leaking_workers: replace the worker processes when a leak is flagged in one.
         stop_grace_seconds: after SIGINT/SIGTERM, how long the batches in flight may take to finish
             before they are cancelled, seconds.
@@ -144,6 +147,7 @@ class Execution:
     setup: Callable[[], Any] | str | None = None
     teardown: Callable[[Any], Any] | str | None = None
     max_tasks_per_worker: int | None = None
+    n_jobs_strict: bool = False
     recycle_leaking_workers: bool = True
     stop_grace_seconds: float = 30.0
     worker_cgroups: bool = True

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import RunOptions, make_executor
+from .backends.fit import fit_workers
 from .backends.worker_setup import make_worker_setup
 from .errors import RESUME_COMMAND, ConfigError, RunStopped
 from .heap.fit import check_fits
@@ -272,7 +273,7 @@ class BatchProcessor:
         lock = None
         try:
             if executor.local_memory:  # dask workers have limits of their own
-                self.check_fits(source, workers=executor.in_flight if getattr(executor, "processes", False) else 0)
+                self._fit(source, executor)
             lock = OutputLock(path)
             append = bool(resume) and path.exists()
             if append:
@@ -297,6 +298,26 @@ class BatchProcessor:
             if lock is not None:
                 lock.release()
             raise
+
+    def _fit(self, source: Any, executor: Any) -> None:
+        """The up-front checks: the run fits with one worker process (or in this process) at all, then
+        no more workers start than fit once each one's measured baseline is paid (:mod:`.backends.fit`)."""
+        processes = getattr(executor, "processes", False)
+        strict = self.config.execution.n_jobs_strict
+        self.check_fits(source, workers=1 if processes else 0)  # more workers: measured below
+        if processes and executor.in_flight > 1:
+            c = self.config
+            executor.fit_note = (
+                fit_workers(
+                    executor,
+                    limit_bytes=self.monitor.limit.bytes,
+                    target_fraction=c.batching.memory_target_fraction,
+                    aim_s=c.batching.control_config().aim_s,
+                    batched=c.batching.batched,
+                    strict=strict,
+                )
+                or ""
+            )
 
     def check_fits(self, source: Any = None, *, workers: int = 0, run_setup: bool = True) -> None:
         """Before anything is dispatched or written: raise

@@ -530,6 +530,8 @@ class Run:
         st.memory_accounting = getattr(self.executor, "memory_accounting", "rss")
         if isinstance(self.executor, AutoExecutor):
             st.n_jobs, st.n_jobs_choice = self.executor.in_flight, f"{self.executor.choice}: {self.executor.reason}"
+        elif self.executor.fit_note:
+            st.n_jobs, st.n_jobs_choice = self.executor.in_flight, self.executor.fit_note
         self.files.close()
         st.duration_s = time.perf_counter() - self.t0
         st.finished_at = time.time()

@@ -130,7 +130,9 @@ def main() -> None:
                 print(f"# n_jobs={n_jobs} repeat {r}: {res['wall']:.1f} s, exit {res['rc']}", file=sys.stderr)
         base = statistics.median(x["wall"] for x in runs["1"])
         print(f"{args.rows:,} rows, memory_limit {args.limit}, {args.repeats} interleaved repeats, medians\n")
-        print("| n_jobs | wall s | / n_jobs=1 | workers used | outside peak MiB | peak / limit | 1-row batches | exit |")
+        print(
+            "| n_jobs | wall s | / n_jobs=1 | workers used | outside peak MiB | peak / limit | 1-row batches | exit |"
+        )
         print("|---|---:|---:|---|---:|---:|---:|---|")
         for n_jobs, rs in runs.items():
             wall = statistics.median(x["wall"] for x in rs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchmem.optimizer.workers import WorkerFit, workers_that_fit
+from batchmem.heap.fit import WorkerFit, workers_that_fit
 
 MiB = 1 << 20
 GiB = 1 << 30

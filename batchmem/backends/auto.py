@@ -41,7 +41,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import ConfigError
+from ..heap.monitor import current_rss_bytes
 from .base import Executor, ExecutorBase
+from .fit import batch_peak_at_aim
 from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
 
 __all__ = ["AutoExecutor"]
@@ -253,9 +255,12 @@ class AutoExecutor(ExecutorBase):
         if workers == 1:
             self.reason = "one CPU available"
             return 1
-        room, peak = self.memory_room(), self._batch_peak_at_aim(out)
+        room, peak = self.memory_room(), batch_peak_at_aim(out, self.aim_s, self.opts.batched)
         if room is not None and peak > 0:
-            workers = max(1, min(workers, int(room // peak)))
+            # A loky worker is a new interpreter that imports what this one did: its baseline is about
+            # this process's. Forked workers exist already, and the room was measured with them.
+            baseline = 0 if self._forked is not None else current_rss_bytes()
+            workers = max(1, min(workers, int(room // (peak + baseline))))
         if workers == 1:
             self.reason = "one batch at the time aim needs the whole memory target; a second worker would not fit"
             return 1
@@ -270,22 +275,6 @@ class AutoExecutor(ExecutorBase):
             f"shipping it; {workers} workers fit under the memory target"
         )
         return workers
-
-    def _batch_peak_at_aim(self, out: BatchOutcome) -> float:
-        """Predicted peak bytes of one batch grown to the time aim.
-
-        A batched function may hold all of its items at once, so its peak grows with the batch. A
-        per-item function frees an item's transient memory before the next one starts: what grows
-        with the batch is only the results it keeps (their encoded bytes stand in for them). The free
-        heap counted into the measured peak (:func:`~batchmem.backends.worker.run_batch`) is left out:
-        it belongs to the process the batch ran in, and a worker's heap is its own (a pytest parent's
-        free heap made one 40 MiB item read as ~120 MiB, so a second worker "would not fit").
-        """
-        growth = max(1.0, self.aim_s / out.duration_s)
-        own = max(0, out.peak_bytes - out.free_heap_bytes)
-        if self.opts.batched:
-            return own * growth
-        return own + len(out.payload) * (growth - 1)
 
     def _start_workers(self, workers: int) -> None:
         """Build the worker executor and run an empty batch through it, so its processes exist

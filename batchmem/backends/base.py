@@ -14,7 +14,7 @@ a while (``batch_seconds_cap``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
 from ..heap.monitor import MemoryLimit, PressureLevel, PressureThresholds
@@ -82,6 +82,16 @@ class Executor(Protocol):
         """Replace the worker processes once the batches dispatched finish; False if this backend cannot."""
         ...
 
+    def wait_started(self, timeout_s: float = 60.0) -> list[int]:
+        """Wait until the worker processes started before the run have run their setup; their pids
+        (empty where batches run in this process)."""
+        ...
+
+    def resize(self, workers: int, reason: str) -> bool:
+        """Run at most ``workers`` batches at once from now on (fewer workers fit under the memory
+        target, :mod:`batchmem.backends.fit`); False where the count cannot change."""
+        ...
+
     def worker_pids(self) -> list[int]:
         """Process ids of the live worker processes (empty for in-process backends)."""
         ...
@@ -121,6 +131,10 @@ class ExecutorBase:
     batch_seconds_cap: float | None = None
     worker_cgroups: bool = True
     memory_accounting: str = "rss"
+    #: Called with the first outcome a worker returns: the workers that fit once a batch is measured.
+    refit: Callable[[BatchOutcome], int | None] | None = None
+    #: Why fewer workers run than ``n_jobs`` asked for ("" when as many as asked), for the stats.
+    fit_note: str = ""
 
     def __init__(self) -> None:
         self.worker_deaths = 0
@@ -143,6 +157,12 @@ class ExecutorBase:
         return max(0, rss_bytes - reusable), pressure, self.in_flight
 
     def request_recycle(self, reason: str) -> bool:
+        return False
+
+    def wait_started(self, timeout_s: float = 60.0) -> list[int]:
+        return []
+
+    def resize(self, workers: int, reason: str) -> bool:
         return False
 
     def worker_pids(self) -> list[int]:

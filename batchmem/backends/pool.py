@@ -86,6 +86,8 @@ class PoolExecutor(ExecutorBase):
         self.cgroups: WorkerCgroups | None = None
         self._task_opts = opts  # the options loky's tasks carry (worker_cgroups set once they are placed)
         self._free_heap: dict[int, int] = {}  # worker pid -> free heap at its last batch's end, bytes
+        self._started: Any = None  # the future of start()'s empty batch
+        self._resizing = False  # the next replacement of the pool makes it smaller (not a recycle)
 
     # -- the pool
     def _get_pool(self) -> Any:
@@ -168,7 +170,26 @@ class PoolExecutor(ExecutorBase):
 
     def start(self) -> None:
         """Start the worker processes now (forked ones exist when this returns), without waiting for them."""
-        self._submit(BatchTask(-1, 0, []))
+        self._started = self._submit(BatchTask(-1, 0, []))
+
+    def wait_started(self, timeout_s: float = 60.0) -> list[int]:
+        """Wait until the workers started by :meth:`start` ran their setup; their pids (empty for threads)."""
+        if self._started is not None:
+            with contextlib.suppress(Exception):  # a start that failed shows at the first real batch
+                self._started.result(timeout=timeout_s)
+        return self.worker_pids()
+
+    def resize(self, workers: int, reason: str) -> bool:
+        """Run at most ``workers`` batches at once from now on: the pool is replaced by a smaller one once
+        the batches in flight finish (fewer workers fit under the memory target, :mod:`batchmem.heap.fit`).
+        False, and nothing changes, for threads or when ``workers`` is not fewer."""
+        if not self.processes or workers >= self.in_flight:
+            return False
+        self.in_flight = max(1, workers)
+        if self._pool is not None:
+            self._resizing = True
+            self.request_recycle(reason)
+        return True
 
     def worker_pids(self) -> list[int]:
         """Pids of the live worker processes (empty for threads)."""
@@ -269,6 +290,11 @@ class PoolExecutor(ExecutorBase):
                 submitted = 0
                 yield from self._after_death(stranded, exc)
                 continue
+            if self.refit is not None and outcome.size:
+                refit, self.refit = self.refit, None
+                workers = refit(outcome)
+                if workers is not None:
+                    self.resize(workers, f"{workers} of {self.in_flight} workers fit under the memory target")
             top_up()
             yield outcome
 
@@ -309,6 +335,9 @@ class PoolExecutor(ExecutorBase):
         """Replace the workers: those of the drained pool exit (running their atexit teardown)."""
         self._recycle_reason = None
         self._drop_pool(kill=False)
+        if self._resizing:  # fewer workers fit: said once where it was decided, not a recycle
+            self._resizing = False
+            return
         self.recycles += 1
         self.recycle_reasons.append(reason)
         logger.warning("batchmem: replaced the worker processes (%s)", reason)

@@ -136,7 +136,8 @@ class JobActions:
         processor = self.build_processor(progress=False)
         e = self.execution
         if e.backend != "dask" and not e.scheduler_address:  # dask workers have limits of their own
-            processor.check_fits(workers=_worker_processes(e.n_jobs, e.backend), run_setup=False)
+            workers = _worker_processes(e.n_jobs, e.backend)  # fewer start when fewer fit, unless n_jobs_strict
+            processor.check_fits(workers=workers if e.n_jobs_strict else min(workers, 1), run_setup=False)
 
     def fingerprint_fields(self: Job) -> dict[str, Any]:
         """The settings that decide what the output lines hold, for the resume check.

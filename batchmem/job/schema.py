@@ -337,6 +337,13 @@ class ExecutionConfig(_Section):
     recycle_leaking_workers: bool = Field(
         True, description="Replace the worker processes when the heap analyzer flags a leak in one."
     )
+    n_jobs_strict: bool = Field(
+        False,
+        description=(
+            "Fail (exit 2) instead of starting fewer worker processes than n_jobs when only fewer fit under "
+            "the memory target once each one's baseline is paid. Default: run the ones that fit, and say so."
+        ),
+    )
     stop_grace_seconds: float = Field(
         30.0,
         ge=0,
