@@ -165,7 +165,7 @@ def test_a_50mib_limit_exits_2_at_once_with_nothing_written(job_dir, command, n_
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: memory_limit: 50.0MiB"), proc.stderr
     assert "raise memory_limit (e.g. --set batching.memory_limit=" in lines[0]
-    assert ("worker processes" in lines[0]) == (n_jobs == 2)
+    assert ("worker process" in lines[0]) == (n_jobs == 2)
     suggested = lines[0].split("--set batching.memory_limit=")[1].split(")")[0]
     fits = batchmem("validate", job, "--set", f"batching.memory_limit={suggested}", cwd=job_dir)
     assert fits.returncode == 0, fits.stderr  # the suggested limit passes the same check

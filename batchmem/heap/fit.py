@@ -51,11 +51,9 @@ def check_fits(
     target = target_fraction * limit_bytes
     if total < target:
         return
-    each = (
-        f" plus about as much in each of its {workers} worker processes, {format_bytes(total)} in all"
-        if workers
-        else ""
-    )
+    each = f" plus about as much in each of its {workers} worker processes" if workers > 1 else ""
+    each = each or (" plus about as much in its worker process" if workers else "")
+    each += f", {format_bytes(total)} in all" if workers else ""
     new = f"{suggested_limit_bytes(total, target_fraction) // _MiB}MiB"
     source = f" ({limit_source})" if limit_source else ""
     raise LimitTooSmallError(
