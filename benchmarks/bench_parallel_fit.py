@@ -2,7 +2,7 @@
 
 A CSV of 2,000,000 sales rows (generated once into a temporary folder, ~80 MB) is cleaned and
 enriched by a pandas transform, chunk by chunk, into JSONL by ``batchmem run`` under
-``memory_limit: 1GiB``, with ``execution.n_jobs`` 1, 2 and ``"auto"``. Each run is a fresh
+``memory_limit: 1GiB``, with ``execution.n_jobs`` 1, 2, 4 and ``"auto"``. Each run is a fresh
 subprocess with a fresh ``BATCHMEM_HOME`` (a first run, as a user's first run is); repeats are
 interleaved. Wall time is from spawn to exit; the peak is the highest sum of resident bytes over the
 process and its children, polled with psutil every 10 ms from this process (from outside, so
@@ -122,7 +122,7 @@ def main() -> None:
         folder = Path(tmp)
         (folder / "sales.py").write_text(TRANSFORM)
         csv = make_csv(folder, args.rows)
-        runs: dict[str, list[dict]] = {"1": [], "2": [], "auto": []}
+        runs: dict[str, list[dict]] = {"1": [], "2": [], "4": [], "auto": []}
         for r in range(args.repeats):
             for n_jobs in runs:
                 res = run_once(folder, csv, n_jobs, args.limit, f"{n_jobs}-{r}")

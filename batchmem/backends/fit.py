@@ -67,7 +67,10 @@ def fit_workers(
 
     def refit(outcome: BatchOutcome) -> int | None:
         fit = decide(batch_peak_at_aim(outcome, aim_s, batched))
-        return _apply(fit, strict) if fit.fewer else None
+        if not fit.fewer:
+            return None
+        executor.fit_note = fit.message()
+        return _apply(fit, strict)
 
     executor.refit = refit
     fit = decide(0.0)
