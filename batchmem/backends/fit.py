@@ -1,14 +1,16 @@
 """Start no more worker processes than fit under the memory target, and say so once.
 
 The figures are measured, not guessed: each worker's resident bytes once it has run its setup (the
-empty batch :meth:`~batchmem.backends.pool.PoolExecutor.start` submits), the parent's, and then the peak
-of the first batch a worker ran, grown to the time aim. The decision itself is
+empty batch :meth:`~batchmem.backends.pool.PoolExecutor.start` submits), the parent's, and then, once
+the first batch comes back, the workers' resident bytes again (a worker keeps some of the heap a batch
+used) and that batch's peak grown to the time aim. The decision itself is
 :func:`batchmem.heap.fit.workers_that_fit`; ``n_jobs="auto"`` sizes its workers from the same figures
 (:func:`batch_peak_at_aim`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from ..errors import ConfigError
@@ -53,21 +55,23 @@ def fit_workers(
     requested = executor.in_flight
     if len(pids) < 2 or requested < 2:
         return None
-    worker = max((statm_rss_bytes(pid) or 0) for pid in pids)
 
     def decide(batch_bytes: float) -> WorkerFit:
-        return WorkerFit.decide(
-            executor.in_flight,
+        # Measured each time: a worker that ran a batch holds more than its baseline (the heap it keeps).
+        worker = max((statm_rss_bytes(pid) or 0) for pid in executor.worker_pids() or pids)
+        fit = WorkerFit.decide(
+            requested,
             limit_bytes=limit_bytes,
             target_fraction=target_fraction,
             parent_bytes=current_rss_bytes(),
             worker_bytes=worker,
             batch_bytes=batch_bytes,
         )
+        return dataclasses.replace(fit, workers=min(fit.workers, executor.in_flight))
 
     def refit(outcome: BatchOutcome) -> int | None:
         fit = decide(batch_peak_at_aim(outcome, aim_s, batched))
-        if not fit.fewer:
+        if fit.workers >= executor.in_flight:
             return None
         executor.fit_note = fit.message()
         return _apply(fit, strict)

@@ -128,6 +128,7 @@ class WorkerFit:
         1.0GiB (each worker holds 210MiB before its first batch); running 1``."""
         why = f"each worker holds {format_bytes(self.worker_bytes)} before its first batch"
         if self.batch_bytes > 0:
+            why = f"each worker holds {format_bytes(self.worker_bytes)} after its first batch"
             why += f" and a batch at the time aim needs {format_bytes(self.batch_bytes)}"
         return (
             f"n_jobs={self.requested} requested; {self.workers} fit{'s' if self.workers == 1 else ''} under "
