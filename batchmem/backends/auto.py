@@ -41,7 +41,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import ConfigError
-from ..heap.monitor import current_rss_bytes
 from .base import Executor, ExecutorBase
 from .fit import batch_peak_at_aim
 from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
@@ -257,10 +256,7 @@ class AutoExecutor(ExecutorBase):
             return 1
         room, peak = self.memory_room(), batch_peak_at_aim(out, self.aim_s, self.opts.batched)
         if room is not None and peak > 0:
-            # A loky worker is a new interpreter that imports what this one did: its baseline is about
-            # this process's. Forked workers exist already, and the room was measured with them.
-            baseline = 0 if self._forked is not None else current_rss_bytes()
-            workers = max(1, min(workers, int(room // (peak + baseline))))
+            workers = max(1, min(workers, int(room // peak)))
         if workers == 1:
             self.reason = "one batch at the time aim needs the whole memory target; a second worker would not fit"
             return 1
