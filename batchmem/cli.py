@@ -121,6 +121,7 @@ def cli() -> None:
     \b
     Examples:
       batchmem validate job.yaml
+      batchmem plan job.yaml
       batchmem run job.yaml
       batchmem run job.yaml --set batching.memory_limit=1GiB --set execution.n_jobs=4
       batchmem run job.yaml --resume
@@ -192,6 +193,7 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
     "--resume", is_flag=True, help="Continue an interrupted run: keep the committed output and skip those items."
 )
 @click.option("--restart", is_flag=True, help="Start over although the output holds an unfinished run of this job.")
+@click.option("--plan", "with_plan", is_flag=True, help="Print the forecast first (batchmem plan), then run.")
 @click.option(
     "--force-resume",
     "force_resume",
@@ -200,7 +202,13 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
 )
 @verbosity_options
 def run(
-    job_file: Path, overrides: tuple[str, ...], no_progress: bool, resume: bool, restart: bool, force_resume: bool
+    job_file: Path,
+    overrides: tuple[str, ...],
+    no_progress: bool,
+    resume: bool,
+    restart: bool,
+    with_plan: bool,
+    force_resume: bool,
 ) -> int:
     """Run a job file: read the source in batches, apply the function, stream results to the output.
 
@@ -217,6 +225,7 @@ def run(
       batchmem run job.yaml
       batchmem run job.yaml --set batching.memory_limit=512MiB --set output.overwrite=true
       batchmem run job.yaml --resume
+      batchmem run job.yaml --plan
     """
     from .job import load_job, run_job
     from .signals import RunInterrupted
@@ -228,6 +237,10 @@ def run(
     if restart:
         overrides = (*overrides, "output.overwrite=true")
     job = load_job(job_file, overrides, resume=resume_mode is not False)
+    if with_plan:
+        from .cli_plan import echo_plan, plan_job
+
+        echo_plan(job, plan_job(job))
     if resume_mode == "auto":
         resume_mode = _auto_resume(job)
     _HELD.held.clear()
@@ -456,6 +469,10 @@ def _interrupted(exc: BaseException | None) -> None:
     click.echo("interrupted", err=True)
     sys.exit(EXIT_INTERRUPTED)
 
+
+from .cli_plan import add_plan_command  # noqa: E402 (the group and its shared options are defined above)
+
+add_plan_command(cli, _set_option, verbosity_options)
 
 if __name__ == "__main__":
     main()

@@ -203,6 +203,21 @@ class BatchProcessor:
             }
         return fingerprint(dict(given))
 
+    def plan(self, items: Iterable[Any], fn: Callable[..., Any], output: str | os.PathLike[str] | None = None) -> Any:
+        """Forecast a run of ``fn`` over ``items`` before it runs: a :class:`batchmem.plan.Plan` (time,
+        peak bytes, recommended and minimum memory limits, whether the heaviest item fits).
+
+        Runs ``fn`` on a few sample batches in this processor's backend and setup, writes no output and
+        records the figures in the operation's history (unless ``use_history=False``). A generator is
+        consumed to weigh it (the plan's notes say so). ``output``: where the run will write (a batch's
+        commit is timed in a temporary folder beside it; the output itself is not touched). See
+        :mod:`batchmem.plan`.
+        """
+        from .plan import make_plan
+
+        folder = Path(output).parent if output is not None and Path(output).parent.is_dir() else None
+        return make_plan(self.config, self.monitor, lambda: self._executor(fn, encode=True), items, output_dir=folder)
+
     def _spool(self) -> Path:
         """A private temporary folder for a run without ``output`` (see :class:`BatchResult`)."""
         return Path(tempfile.mkdtemp(prefix=f"batchmem-{self.process_name}-"))
@@ -253,6 +268,9 @@ class BatchProcessor:
         if complete:
             return self._complete_result(path, errors_path, fmt)
         check_output(path, overwrite=overwrite, resume=bool(resume))
+        from .plan.guard import refuse_if_unfit
+
+        refuse_if_unfit(self.config, self.monitor.limit, items)  # no batch runs if history says it cannot fit
         ckpt = Checkpoint(fingerprint=fingerprint, fingerprint_fields=fingerprint_fields)
         run = self._start(as_source(items), fn, (path, errors_path, fmt), ckpt, resume)
         self._execute(run)

@@ -23,6 +23,9 @@ Weigher = Callable[[Sequence[Any]], "list[float] | None"]
 
 #: Items pulled at a time while every item seen so far weighed 0 (no mean weight to divide the budget by).
 ZERO_WEIGHT_RUN = 256
+#: Rows of the first chunk of a CSV/JSONL source cut to a weight budget before any row was read (its bytes
+#: per row are not known yet): a warm-started run's budget in bytes must not be taken as a row count.
+FIRST_FRAME_ROWS = 1000
 
 
 @runtime_checkable
@@ -195,7 +198,8 @@ def take_weighted(
         r = per_row() if callable(per_row) else None
         return r if r and r > 0 else 1.0
 
-    n = int(min(max_items, max(min_items, budget // rate(), 1)))
+    known = per_row() if callable(per_row) else 1.0
+    n = int(min(max_items, max(min_items, budget // rate(), 1) if known else max(min_items, FIRST_FRAME_ROWS)))
     batch = source.take(n)
     # weighed at the rate that includes its own rows: a chunk where rows grew weighs what it holds
     return batch, (len(batch) * rate() if batch is not None else 0.0), None

@@ -185,6 +185,9 @@ class HistoryStore:
             "seconds_per_item": run.get(
                 "ewma_seconds_per_item", run.get("seconds_per_item", old.get("seconds_per_item"))
             ),
+            # what a warm start checks and reads (BatchOptimizer.start_run): the unit and a weighted budget
+            "weight_unit": run.get("weight_unit", old.get("weight_unit", "items")),
+            "learned_budget": run.get("learned_budget", old.get("learned_budget")),
             "runs_detail": runs,
         }
         self._write_atomic(self.path_for(operation), _dumps(record))

@@ -1,0 +1,333 @@
+"""Run the sample batches of a forecast in the job's own executor and turn them into a :class:`Plan`.
+
+The function runs where the job would run it (the same backend, workers and per-worker setup, built
+by the caller's executor factory), one sample batch at a time (``run_isolated``), and each batch is
+measured where it ran (:func:`batchmem.backends.worker.run_batch`: wall seconds, peak resident bytes
+above the batch's start). Results are dropped: nothing is written to the job's output. The figures go
+into the operation's history, so the next run starts warm and ``batchmem run`` can refuse a limit that
+cannot hold the heaviest item (:mod:`batchmem.plan.guard`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import BatchTask, Executor
+from ..backends.forking import usable_cpus
+from ..errors import ConfigError
+from ..heap.monitor import MemoryMonitor
+from ..optimizer.history import HistoryStore
+from ..options import RunConfig
+from ..weights import make_weigher
+from .fit import CostModel, RunShape, batch_weight, fit_line, forecast_limits, predict
+from .model import Plan
+from .sample import SampleBatch, choose, sample_size
+from .weigh import Weighed, run_unit, weigh_source
+
+__all__ = ["Measured", "make_plan"]
+
+logger = logging.getLogger("batchmem")
+
+#: A sample batch holds at most this share of the items (1/100): the four batches and the warm-up stay a
+#: few percent of the run, and the fitted lines carry the forecast to the run's batch sizes.
+SAMPLE_SHARE = 100
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One sample batch as measured: label, items, weight (units), cut and run seconds, peak bytes,
+    and the process tree's baseline (bytes) after it."""
+
+    label: str
+    items: int
+    weight: float
+    cut_s: float
+    run_s: float
+    wall_s: float
+    peak_bytes: int
+    baseline_bytes: int
+    output_bytes: int = 0
+    retained_bytes: int = 0  # the tree's resident bytes after the batch, above baseline_bytes
+
+
+def _run_one(
+    executor: Executor, weighed: Weighed, batch: SampleBatch, monitor: MemoryMonitor, baseline: int
+) -> tuple[Measured | None, str | None]:
+    """Cut (fetch) and run one sample batch; its tree peak is the larger of the tree's RSS after it and
+    the RSS before it plus the batch's own peak growth, less ``baseline`` (bytes before sampling)."""
+    items, cut_s = weighed.fetch(batch.indices)
+    weights = [float(weighed.weights[i]) for i in batch.indices]
+    start = int(weighed.index[batch.indices[0]])
+    task = BatchTask(0, start, items, weight=float(sum(weights)), weights=weights)
+    before = monitor.rss_bytes()
+    t1 = time.perf_counter()
+    out = executor.run_isolated(task)
+    wall = time.perf_counter() - t1
+    if out.split or out.error is not None:
+        why = out.split or f"{type(out.error[1]).__name__}: {out.error[1]}"
+        return None, f"the {batch.label} sample batch ({len(task)} items from item {start}) failed ({why})"
+    after = monitor.rss_bytes()
+    peak = max(after, before + out.peak_bytes) - baseline
+    m = Measured(batch.label, len(task), task.weight, cut_s, out.duration_s, wall, max(0, peak), baseline)
+    return replace(m, output_bytes=len(out.payload), retained_bytes=max(0, after - baseline)), None
+
+
+def _sample(
+    executor: Executor, weighed: Weighed, config: RunConfig, monitor: MemoryMonitor
+) -> tuple[list[Measured], list[str]]:
+    """Warm-up batch first (sizes the rest), then the heaviest item alone, light, heavy and median.
+
+    The windows the batches come from are chosen (and, for a file, read in one forward pass) once, at
+    the largest sample size; each batch is the head of its window.
+    """
+    b = config.batching
+    n = len(weighed.weights)
+    k0 = max(1, min(b.batch_size, max(1, n // (10 * SAMPLE_SHARE)), b.max_batch_size))
+    windows = {
+        sb.label: sb for sb in choose(weighed.weights, max(k0, 2 * (n // SAMPLE_SHARE)), contiguous=weighed.contiguous)
+    }
+    if weighed.prefetch is not None:
+        weighed.prefetch([sb.indices for sb in windows.values()])
+    baseline = monitor.rss_bytes()
+    warm, why = _run_one(executor, weighed, _head(windows["warmup"], k0), monitor, baseline)
+    if warm is None:
+        raise ConfigError(f"plan: {why}; fix the function or the data, then plan again")
+    k = sample_size(k0, warm.run_s, b.control_config().aim_s, n // SAMPLE_SHARE, b.max_batch_size)
+    heavy_q, mid = float(np.quantile(weighed.weights, 0.9)), max(weighed.median_weight, 1e-12)
+    k_heavy = max(1, min(k, int(2 * k * mid / max(heavy_q, mid))))  # a heavy batch at most ~2x the median's weight
+    # the median batch twice the others: weights apart even where items weigh alike, nearer the run's size
+    sizes = {"light": k, "median": 2 * k, "heavy": k_heavy, "heaviest": 1}
+    batches = [_head(windows[label], size) for label, size in sizes.items()]
+    # lightest first: memory a batch leaves in the heap shows in the peaks of the batches after it
+    batches.sort(key=lambda sb: float(weighed.weights[list(sb.indices)].sum()))
+    done, notes = [warm], []
+    for batch in batches:
+        measured, why = _run_one(executor, weighed, batch, monitor, baseline)
+        if measured is None:
+            notes.append(why)
+        else:
+            done.append(measured)
+    return done, notes
+
+
+def _head(batch: SampleBatch, k: int) -> SampleBatch:
+    return SampleBatch(batch.label, batch.indices[:k])
+
+
+def commit_seconds(folder: Path | None, fsync: bool, monitor: MemoryMonitor, repeats: int = 3) -> float:
+    """Seconds a run spends committing one batch outside it, timed in a temporary folder in ``folder``
+    (removed after): append to a results file, replace a checkpoint, append a batch record (with
+    ``fsync``: the results and the checkpoint forced to disk, as :mod:`batchmem.io.output` does), and
+    take a memory sample. The median of ``repeats``."""
+    times = []
+    with tempfile.TemporaryDirectory(prefix=".batchmem-plan-", dir=folder) as tmp:
+        out, ckpt, record = Path(tmp) / "out", Path(tmp) / "ckpt", Path(tmp) / "batches"
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with open(out, "ab") as fh:
+                fh.write(b"x" * 4096)
+                fh.flush()
+                if fsync:
+                    os.fsync(fh.fileno())
+            with open(ckpt.with_suffix(".tmp"), "wb") as fh:
+                fh.write(b"{}")
+                if fsync:
+                    os.fsync(fh.fileno())
+            os.replace(ckpt.with_suffix(".tmp"), ckpt)
+            with open(record, "ab") as fh:
+                fh.write(b"{}\n")
+            monitor.sample()
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _confidence(model: CostModel, points: int) -> dict[str, Any]:
+    worst = max(model.bytes.spread, model.seconds.spread)
+    level = "high" if worst <= 0.25 and points >= 3 else "medium" if worst <= 0.6 else "low"
+    return {
+        "level": level,
+        "bytes_r2": model.bytes.r2,
+        "bytes_spread": model.bytes.spread,
+        "seconds_r2": model.seconds.r2,
+        "seconds_spread": model.seconds.spread,
+        "sample_batches": points,
+    }
+
+
+def _model(measured: list[Measured], startup_s: float, overhead_s: float, input_bytes: float) -> CostModel:
+    """The lines through the sample (the warm-up left out): a batch's peak above the tree's resident bytes
+    before sampling, and the share of it the tree still held after the batch (median over the batches)."""
+    fit = [m for m in measured if m.label != "warmup"] or measured
+    x = [m.weight for m in fit]
+    kept = [min(1.0, m.retained_bytes / m.peak_bytes) for m in fit if m.peak_bytes > 0]
+    return CostModel(
+        retained_fraction=float(np.median(kept)) if kept else 0.0,
+        output_per_unit=sum(m.output_bytes for m in fit) / max(1e-12, sum(x)),
+        input_bytes=input_bytes,
+        baseline_bytes=float(measured[0].baseline_bytes),
+        bytes=fit_line(x, [m.peak_bytes for m in fit]),
+        seconds=fit_line(x, [m.run_s for m in fit]),
+        cut=fit_line(x, [m.cut_s for m in fit]),
+        startup_s=startup_s,
+        overhead_s=overhead_s,
+    )
+
+
+def _shape(weighed: Weighed, config: RunConfig) -> RunShape:
+    b, p = config.batching, config.pressure
+    count = weighed.items or len(weighed.weights)
+    return RunShape(
+        total_weight=weighed.total_weight,
+        mean_weight=weighed.total_weight / max(1, count),
+        max_weight=weighed.max_weight,
+        median_weight=weighed.median_weight,
+        items=weighed.items,
+        aim_s=b.control_config().aim_s,
+        memory_target_fraction=b.memory_target_fraction,
+        terminate_fraction=p.terminate_fraction,
+        max_batch_size=b.max_batch_size,
+        min_batch_size=b.min_batch_size,
+    )
+
+
+def make_plan(
+    config: RunConfig,
+    monitor: MemoryMonitor,
+    new_executor: Callable[[], Executor],
+    items: Any,
+    *,
+    output_dir: Path | None = None,
+    history: HistoryStore | None = None,
+) -> Plan:
+    """Weigh ``items``, run the sample batches in ``new_executor()`` (closed after), fit, forecast.
+
+    ``output_dir``: the folder the run will write to, where a batch's commit is timed in a temporary
+    folder (:func:`commit_seconds`; default: the system's temporary folder).
+
+    Records the figures in ``history`` (default: the operation's history unless ``use_history`` is
+    off). Raises :class:`~batchmem.errors.ConfigError` for an empty source or a failing warm-up batch.
+    """
+    b = config.batching
+    weigher = make_weigher(b.weight) if b.auto_optimize else None
+    frames = callable(getattr(items, "bytes_per_row", None)) and b.weight is not None and b.auto_optimize
+    t0 = time.perf_counter()
+    weighed = weigh_source(items, weigher, frames=frames)
+    if not len(weighed.weights):
+        weighed.close()
+        raise ConfigError("plan: the source holds no items; point the job at a source with items")
+    t_exec = time.perf_counter()
+    try:
+        executor = new_executor()
+    except BaseException:
+        weighed.close()
+        raise
+    try:
+        started = time.perf_counter()
+        measured, notes = _sample(executor, weighed, config, monitor)
+        # executor start: building it, plus what the warm-up batch waited for beyond its own run
+        startup_s = started - t_exec + max(0.0, measured[0].wall_s - measured[0].run_s)
+    finally:
+        executor.close()
+        weighed.close()
+    unit = run_unit(b, items, bool(np.all(weighed.weights == 1)))
+    overhead_s = commit_seconds(output_dir, config.output.fsync, monitor)
+    plan = _forecast(config, monitor, weighed, measured, startup_s, executor.in_flight, unit, overhead_s)
+    plan.sample_seconds = time.perf_counter() - t0
+    plan.notes = [weighed.how, *notes]
+    if b.use_history:
+        _record(history or HistoryStore(), config, plan, measured)
+    return plan
+
+
+def _forecast(
+    config: RunConfig,
+    monitor: MemoryMonitor,
+    weighed: Weighed,
+    measured: list[Measured],
+    startup_s: float,
+    jobs: int,
+    unit: str,
+    overhead_s: float,
+) -> Plan:
+    """The plan at the configured limit (the recommended one when none is set) for ``jobs`` in flight."""
+    model = _model(measured, startup_s, overhead_s, weighed.file_bytes)
+    shape = _shape(weighed, config)
+    recommended, minimum = forecast_limits(model, shape, jobs)
+    configured = config.pressure.memory_limit is not None
+    limit = monitor.limit.bytes if configured else recommended
+    seconds, peak = predict(model, shape, limit, jobs)
+    cores = max(1, usable_cpus())
+    # each n_jobs at the configured limit, or at its own recommended one
+    by_jobs = {
+        n: predict(model, shape, limit if configured else forecast_limits(model, shape, n)[0], n)[0]
+        for n in range(1, cores + 1)
+    }
+    heaviest_bytes = model.baseline_bytes + model.bytes.at(shape.max_weight)
+    fits = heaviest_bytes <= config.pressure.terminate_fraction * monitor.limit.bytes
+    return Plan(
+        items=weighed.items,
+        total_weight=weighed.total_weight,
+        weight_unit=unit,
+        sample_items=sum(m.items for m in measured),
+        sample_seconds=0.0,
+        predicted_seconds=seconds,
+        predicted_seconds_by_n_jobs=by_jobs,
+        predicted_peak_bytes=int(peak),
+        recommended_memory_limit_bytes=recommended,
+        min_memory_limit_bytes=minimum,
+        heaviest_item={"index": int(weighed.heaviest), "bytes": int(model.bytes.at(shape.max_weight))},
+        fits=bool(fits),
+        confidence=_confidence(model, len(measured) - 1),
+        memory_limit_bytes=monitor.limit.bytes,
+        limit_source=monitor.limit.source,
+        n_jobs=jobs,
+        model=model,
+        shape=shape,
+        batch_weight=batch_weight(model, shape, limit, jobs),
+    )
+
+
+def _record(store: HistoryStore, config: RunConfig, plan: Plan, measured: list[Measured]) -> None:
+    """The plan's figures as a history entry: the next run warm-starts from them, the guard reads the model."""
+    model, shape = plan.model, plan.shape
+    w = plan.batch_weight
+    weighted = plan.weight_unit != "items"
+    summary = {
+        "kind": "plan",
+        "items": 0,
+        "batches": 0,
+        "duration_s": 0.0,
+        "weight_unit": plan.weight_unit,
+        "learned_batch_size": max(1, int(w / shape.mean_weight)),
+        **({"learned_budget": w} if weighted else {}),
+        "ewma_bytes_per_item": model.bytes.at(w) / w,
+        "seconds_per_item": model.seconds.at(w) / w,
+        "memory_limit_bytes": plan.memory_limit_bytes,
+        "plan": {
+            "baseline_bytes": model.baseline_bytes,
+            "bytes_intercept": model.bytes.intercept,
+            "bytes_per_unit": model.bytes.slope,
+            "seconds_intercept": model.seconds.intercept,
+            "seconds_per_unit": model.seconds.slope,
+            "max_weight": shape.max_weight,
+            "min_memory_limit_bytes": plan.min_memory_limit_bytes,
+            "recommended_memory_limit_bytes": plan.recommended_memory_limit_bytes,
+            "sample": [asdict(m) for m in measured],
+            "model": asdict(model),
+            "shape": asdict(shape),
+            "n_jobs": plan.n_jobs,
+        },
+    }
+    try:
+        store.record_run(config.process_name, summary)
+    except OSError as exc:
+        logger.warning("batchmem: could not save the plan in the history of %r (%s)", config.process_name, exc)
