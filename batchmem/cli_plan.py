@@ -94,6 +94,4 @@ def add_plan_command(group: click.Group, set_option: Any, verbosity_options: Any
     )(plan)
     command = verbosity_options(set_option(command))
     command = click.argument("job_file", metavar="JOB", type=click.Path(dir_okay=False, path_type=Path))(command)
-    group.command(
-        "plan", short_help="Forecast a job's time, peak memory and the memory limit to ask for.", epilog=KEYS_HELP
-    )(command)
+    group.command("plan", short_help="Forecast a job's time, peak memory and memory limit.", epilog=KEYS_HELP)(command)

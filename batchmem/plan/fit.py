@@ -38,7 +38,15 @@ import numpy as np
 
 from batchmem.heap.trend import theil_sen
 
-__all__ = ["CostModel", "Line", "RunShape", "batch_weight", "fit_line", "forecast_limits", "predict"]
+__all__ = [
+    "CostModel",
+    "Line",
+    "RunShape",
+    "batch_weight",
+    "fit_line",
+    "forecast_limits",
+    "predict",
+]
 
 #: Limits are rounded up to this many bytes (1 MiB): what a ``--mem``/``memory:`` line can ask for.
 ROUND_BYTES = 1 << 20
@@ -112,7 +120,9 @@ class RunShape:
     """The run being forecast: the source's weights and the job's batching settings.
 
     total_weight/mean_weight/max_weight: weight units; items: count (None: unknown); aim_s: time aim of
-    a batch (s); memory_target_fraction/terminate_fraction: shares of the limit; max_batch_size: items.
+    a batch (s); memory_target_fraction/terminate_fraction: shares of the limit; max/min_batch_size:
+    items. (The throughput hill-climb of weighted runs caps a batch only where smaller batches cost less
+    per unit, which a straight line with a non-negative intercept never says.)
     """
 
     total_weight: float
@@ -164,12 +174,12 @@ def forecast_limits(model: CostModel, shape: RunShape, in_flight: int) -> tuple[
 def predict(model: CostModel, shape: RunShape, limit: float, n_jobs: int) -> tuple[float, float]:
     """``(seconds, peak_bytes)`` of the run under ``limit`` bytes with ``n_jobs`` batches in flight.
 
-    Batch weight: the smaller of the time aim and the memory target (at least one mean item); the run's
-    seconds are the executor start, the cutting (in the parent), and the batches' own seconds plus
-    their commit overhead shared by ``n_jobs``. Peak: what a memory cgroup of ``limit`` bytes is charged
-    at most: the baseline plus ``n_jobs`` batches at that weight (or the heaviest item alone beside the
-    others, whichever is more), plus the page cache of the input read and the output written, which the
-    kernel reclaims at the limit (so the cache counts only up to it).
+    Batch weight: :func:`batch_weight`. The run's seconds are the executor start, the cutting (in the
+    parent), and the batches' own seconds plus their commit overhead shared by ``n_jobs``. Peak: what a
+    memory cgroup of ``limit`` bytes is charged at most: the baseline, the heap earlier batches left
+    behind (``retained_fraction``), ``n_jobs`` batches at that weight (or the heaviest item alone beside
+    the others, whichever is more), plus the page cache of the input read and the output written, which
+    the kernel reclaims at the limit (so the cache counts only up to it).
     """
     w = batch_weight(model, shape, limit, n_jobs)
     batches = max(1.0, shape.total_weight / w)
@@ -179,7 +189,10 @@ def predict(model: CostModel, shape: RunShape, limit: float, n_jobs: int) -> tup
     seconds = model.startup_s + cut_s + run_s / max(1, n_jobs)
     b = model.bytes
     in_flight = max(1, min(n_jobs, math.ceil(batches)))
-    resident = model.baseline_bytes + max(in_flight * b.at(w), b.at(shape.max_weight) + (in_flight - 1) * b.at(w))
+    kept = in_flight * model.retained_fraction * b.at(w)  # heap the batches before left behind
+    resident = (
+        model.baseline_bytes + kept + max(in_flight * b.at(w), b.at(shape.max_weight) + (in_flight - 1) * b.at(w))
+    )
     cache = model.output_per_unit * shape.total_weight + model.input_bytes
     return float(seconds), float(max(resident, min(limit, resident + cache)))
 

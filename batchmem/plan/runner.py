@@ -40,6 +40,8 @@ logger = logging.getLogger("batchmem")
 #: A sample batch holds at most this share of the items (1/100): the four batches and the warm-up stay a
 #: few percent of the run, and the fitted lines carry the forecast to the run's batch sizes.
 SAMPLE_SHARE = 100
+#: Items a sample batch may hold whatever the share: lines fitted to batches of a few items are noise.
+MIN_SAMPLE_ITEMS = 16
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,10 @@ def _sample(
     n = len(weighed.weights)
     k0 = max(1, min(b.batch_size, max(1, n // (10 * SAMPLE_SHARE)), b.max_batch_size))
     windows = {
-        sb.label: sb for sb in choose(weighed.weights, max(k0, 2 * (n // SAMPLE_SHARE)), contiguous=weighed.contiguous)
+        sb.label: sb
+        for sb in choose(
+            weighed.weights, max(k0, 2 * max(n // SAMPLE_SHARE, MIN_SAMPLE_ITEMS)), contiguous=weighed.contiguous
+        )
     }
     if weighed.prefetch is not None:
         weighed.prefetch([sb.indices for sb in windows.values()])
@@ -101,7 +106,8 @@ def _sample(
     warm, why = _run_one(executor, weighed, _head(windows["warmup"], k0), monitor, baseline)
     if warm is None:
         raise ConfigError(f"plan: {why}; fix the function or the data, then plan again")
-    k = sample_size(k0, warm.run_s, b.control_config().aim_s, n // SAMPLE_SHARE, b.max_batch_size)
+    most = min(max(n // SAMPLE_SHARE, MIN_SAMPLE_ITEMS), max(1, n // 4))
+    k = sample_size(k0, warm.run_s, b.control_config().aim_s, most, b.max_batch_size)
     heavy_q, mid = float(np.quantile(weighed.weights, 0.9)), max(weighed.median_weight, 1e-12)
     k_heavy = max(1, min(k, int(2 * k * mid / max(heavy_q, mid))))  # a heavy batch at most ~2x the median's weight
     # the median batch twice the others: weights apart even where items weigh alike, nearer the run's size
@@ -183,7 +189,7 @@ def _model(measured: list[Measured], startup_s: float, overhead_s: float, input_
 
 
 def _shape(weighed: Weighed, config: RunConfig) -> RunShape:
-    b, p = config.batching, config.pressure
+    b, p, control = config.batching, config.pressure, config.batching.control_config()
     count = weighed.items or len(weighed.weights)
     return RunShape(
         total_weight=weighed.total_weight,
@@ -191,7 +197,7 @@ def _shape(weighed: Weighed, config: RunConfig) -> RunShape:
         max_weight=weighed.max_weight,
         median_weight=weighed.median_weight,
         items=weighed.items,
-        aim_s=b.control_config().aim_s,
+        aim_s=control.aim_s,
         memory_target_fraction=b.memory_target_fraction,
         terminate_fraction=p.terminate_fraction,
         max_batch_size=b.max_batch_size,

@@ -1,0 +1,214 @@
+"""`batchmem plan` and BatchProcessor.plan: the forecast's keys, sorted inputs, the fits guard, no output written.
+
+The forecast runs the real function on real sample batches (in-process) and the guard a real
+``batchmem run`` subprocess; the fitting arithmetic is checked with synthetic numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batchmem import BatchProcessor
+from batchmem.plan import CostModel, Line, RunShape, fit_line, forecast_limits, predict
+from batchmem.plan.sample import choose
+
+MiB = 1 << 20
+KEYS = {
+    "items": int,
+    "total_weight": float,
+    "weight_unit": str,
+    "sample_items": int,
+    "sample_seconds": float,
+    "predicted_seconds": float,
+    "predicted_seconds_by_n_jobs": dict,
+    "predicted_peak_bytes": int,
+    "recommended_memory_limit_bytes": int,
+    "min_memory_limit_bytes": int,
+    "heaviest_item": dict,
+    "fits": bool,
+    "confidence": dict,
+}
+
+FNS = textwrap.dedent(
+    """
+    import time
+    import numpy as np
+
+    def sized(n=400, big_mib=0.0):
+        # sizes in MiB, ascending: the heaviest items at the end
+        sizes = [0.05 + 3.0 * (i / (n - 1)) ** 2 for i in range(n)]
+        if big_mib:
+            sizes[-1] = big_mib
+        return [(i, mb) for i, mb in enumerate(sizes)]
+
+    def weight(item):
+        return item[1]
+
+    def work(batch):
+        held = [np.ones(int(mb * (1 << 20)) // 8) for _, mb in batch]  # held until the batch returns
+        time.sleep(0.0005 + 0.002 * sum(mb for _, mb in batch))  # seconds in proportion to the MiB
+        return [i + int(h[0]) - 1 for (i, _), h in zip(batch, held)]
+    """
+)
+
+
+def _cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TMPDIR": str(cwd)}
+    return subprocess.run(
+        [sys.executable, "-m", "batchmem.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Path:
+    (tmp_path / "plan_fns.py").write_text(FNS)
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            name: plan_test
+            source: {type: python, path: "plan_fns:sized", options: {n: 200}}
+            function: plan_fns:work
+            batched: true
+            batching: {weight: "plan_fns:weight", batch_size: 8, memory_limit: 1GiB}
+            output: {path: out/results.jsonl}
+            progress: false
+            """
+        )
+    )
+    return path
+
+
+def _load_fns(tmp_path: Path):
+    (tmp_path / "plan_fns.py").write_text(FNS)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+
+        import plan_fns
+
+        return importlib.reload(plan_fns)
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_json_keys_and_types(job: Path, tmp_path: Path):
+    done = _cli("plan", str(job), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert set(plan) == set(KEYS)
+    for key, kind in KEYS.items():
+        value = plan[key]
+        assert isinstance(value, kind) or (kind is float and isinstance(value, int)), (key, value)
+    assert plan["items"] == 200 and plan["weight_unit"] == "plan_fns:weight"
+    assert set(plan["heaviest_item"]) == {"index", "bytes"} and plan["heaviest_item"]["index"] == 199
+    assert plan["predicted_seconds_by_n_jobs"]["1"] > 0 and all(k.isdigit() for k in plan["predicted_seconds_by_n_jobs"])
+    assert {"level", "bytes_r2", "bytes_spread", "seconds_r2", "seconds_spread"} <= set(plan["confidence"])
+    assert plan["min_memory_limit_bytes"] <= plan["recommended_memory_limit_bytes"]
+    human = _cli("plan", str(job), cwd=tmp_path)
+    assert human.returncode == 0, human.stderr
+    for ready in ("#SBATCH --mem=", "resources:", "docker run --memory ", "memory_limit:"):
+        assert ready in human.stdout
+
+
+def test_plan_writes_nothing_to_the_output(job: Path, tmp_path: Path):
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "__pycache__" not in p.parts)
+    done = _cli("plan", str(job), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "__pycache__" not in p.parts)
+    assert after == before  # no output, no sidecar, no checkpoint, not even the output folder
+    assert not (tmp_path / "out").exists()
+
+
+def test_sorted_input_heaviest_at_the_end_is_forecast_within_bounds(tmp_path: Path):
+    fns = _load_fns(tmp_path)
+    items = fns.sized(400)
+    proc = BatchProcessor(
+        batched=True, weight=fns.weight, memory_limit=1 << 30, progress=False, batch_size=8, process_name="plan_sorted"
+    )
+    plan = proc.plan(items, fns.work)
+    assert plan.heaviest_item["index"] == 399  # the last item: sampling the head would never see it
+    # the heaviest item alone holds ~3 MiB (plus the interpreter's own growth in the batch)
+    assert 0.5 * 3.05 * MiB <= plan.heaviest_item["bytes"] <= 3 * 3.05 * MiB
+    t0 = time.perf_counter()
+    result = proc.process(items, fns.work, tmp_path / "out.jsonl")
+    took = time.perf_counter() - t0
+    assert result.stats.items == 400
+    assert 0.67 <= took / plan.predicted_seconds <= 1.5, (took, plan.predicted_seconds)
+    assert 0.5 <= result.stats.peak_rss_bytes / plan.predicted_peak_bytes <= 1.25, (
+        result.stats.peak_rss_bytes,
+        plan.predicted_peak_bytes,
+    )
+
+
+def test_a_heaviest_item_that_cannot_fit_stops_run_before_the_first_batch(tmp_path: Path):
+    (tmp_path / "plan_fns.py").write_text(FNS)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        textwrap.dedent(
+            """
+            name: plan_guard
+            source: {type: python, path: "plan_fns:sized", options: {n: 100, big_mib: 200}}
+            function: plan_fns:work
+            batched: true
+            batching: {weight: "plan_fns:weight", batch_size: 8}
+            output: {path: out.jsonl}
+            progress: false
+            """
+        )
+    )
+    planned = _cli("plan", str(job), "--json", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    minimum = json.loads(planned.stdout)["min_memory_limit_bytes"]
+    limit = f"{int(minimum * 0.6) // MiB}MiB"  # under the baseline plus the 200 MiB item
+    done = _cli("run", str(job), "--set", f"batching.memory_limit={limit}", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "fits: false" in lines[0] and "item 99" in lines[0] and "batching.memory_limit" in lines[0]
+    assert not (tmp_path / "out.jsonl").exists()  # no batch ran, nothing was written
+
+
+# ---------------------------------------------------------------- the arithmetic, with synthetic numbers
+
+
+def test_fit_line_recovers_a_line_and_ignores_one_outlier():
+    x = [1.0, 10.0, 20.0, 40.0, 80.0]
+    y = [5 + 2 * v for v in x]
+    y[2] *= 3  # one disturbed batch
+    line = fit_line(x, y)
+    assert line.slope == pytest.approx(2.0) and line.intercept == pytest.approx(5.0)
+    assert line.spread > 1.0  # the outlier shows in the spread
+    flat = fit_line([1.0, 2.0, 3.0], [4.0, 2.0, 0.5])  # falling: no negative cost per unit
+    assert flat.slope == 0.0 and flat.intercept == pytest.approx(2.0)
+
+
+def test_limits_and_prediction_follow_the_control_law():
+    model = CostModel(100 * MiB, Line(0.0, float(MiB)), Line(0.0, 0.01), Line(0.0, 0.0), overhead_s=0.0)
+    shape = RunShape(total_weight=1000.0, mean_weight=1.0, max_weight=50.0, median_weight=1.0, items=1000)
+    recommended, minimum = forecast_limits(model, shape, in_flight=1)
+    assert minimum == pytest.approx(150 * MiB / 0.95, rel=0.01)  # baseline + heaviest alone over terminate
+    assert recommended == pytest.approx(120 * MiB / 0.6, rel=0.01)  # 20-unit batches (0.2 s) under the target
+    seconds, peak = predict(model, shape, recommended, 1)
+    assert seconds == pytest.approx(10.0, rel=0.01) and peak == pytest.approx(150 * MiB, rel=0.01)
+    slow, _ = predict(model, shape, minimum, 1)  # the target holds batches shorter, seconds unchanged here
+    assert slow == pytest.approx(10.0, rel=0.01)
+
+
+def test_sample_batches_spread_over_the_weights_of_a_sorted_source():
+    weights = np.arange(1000, dtype=float)
+    by_label = {b.label: b for b in choose(weights, 10, contiguous=True)}
+    assert by_label["heaviest"].indices == (999,)
+    assert max(by_label["light"].indices) < 200 and min(by_label["heavy"].indices) > 800
+    ranked = {b.label: b for b in choose(weights[::-1].copy(), 10, contiguous=False)}
+    assert ranked["heaviest"].indices == (0,) and min(ranked["light"].indices) > 800
