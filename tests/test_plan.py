@@ -111,7 +111,8 @@ def test_json_keys_and_types(job: Path, tmp_path: Path):
         assert isinstance(value, kind) or (kind is float and isinstance(value, int)), (key, value)
     assert plan["items"] == 200 and plan["weight_unit"] == "plan_fns:weight"
     assert set(plan["heaviest_item"]) == {"index", "bytes"} and plan["heaviest_item"]["index"] == 199
-    assert plan["predicted_seconds_by_n_jobs"]["1"] > 0 and all(k.isdigit() for k in plan["predicted_seconds_by_n_jobs"])
+    by_jobs = plan["predicted_seconds_by_n_jobs"]
+    assert by_jobs["1"] > 0 and all(k.isdigit() and isinstance(v, float) for k, v in by_jobs.items())
     assert {"level", "bytes_r2", "bytes_spread", "seconds_r2", "seconds_spread"} <= set(plan["confidence"])
     assert plan["min_memory_limit_bytes"] <= plan["recommended_memory_limit_bytes"]
     human = _cli("plan", str(job), cwd=tmp_path)
