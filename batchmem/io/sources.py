@@ -198,8 +198,8 @@ def take_weighted(
         r = per_row() if callable(per_row) else None
         return r if r and r > 0 else 1.0
 
-    known = per_row() if callable(per_row) else 1.0
-    n = int(min(max_items, max(min_items, budget // rate(), 1) if known else max(min_items, FIRST_FRAME_ROWS)))
+    first = callable(per_row) and per_row() is None and not getattr(source, "position", 0)
+    n = int(min(max_items, max(min_items, FIRST_FRAME_ROWS) if first else max(min_items, budget // rate(), 1)))
     batch = source.take(n)
     # weighed at the rate that includes its own rows: a chunk where rows grew weighs what it holds
     return batch, (len(batch) * rate() if batch is not None else 0.0), None
