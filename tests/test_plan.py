@@ -38,7 +38,8 @@ KEYS = {
 
 FNS = textwrap.dedent(
     """
-        import numpy as np
+    import time
+    import numpy as np
 
     def sized(n=400, big_mib=0.0):
         # sizes in MiB, ascending: the heaviest items at the end
@@ -118,6 +119,7 @@ SORTED_CHILD = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import plan_fns as fns
+from batchmem import BatchProcessor
 
 items = fns.sized(400)
 proc = BatchProcessor(batched=True, weight=fns.weight, memory_limit=1 << 30, progress=False, batch_size=8,
