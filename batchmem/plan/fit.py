@@ -161,12 +161,16 @@ def forecast_limits(model: CostModel, shape: RunShape, in_flight: int) -> tuple[
     """``(recommended, minimum)`` memory limits, bytes.
 
     Minimum: the baseline, the heaviest item alone and the median item in each other batch in flight,
-    over ``terminate_fraction``. Recommended: batches at the time aim under the memory target, with the
-    heap the batch before left behind (``retained_fraction``), and never below the minimum.
+    over ``terminate_fraction``, and at least the baseline with one mean item over the memory target
+    (below that a run stops before it starts: there would be no room for batches). Recommended: batches
+    at the time aim under the memory target, with the heap the batch before left behind
+    (``retained_fraction``), and never below the minimum.
     """
     b = model.bytes
     heaviest = model.baseline_bytes + b.at(shape.max_weight) + (in_flight - 1) * b.at(shape.median_weight)
-    minimum = _round_up(heaviest / shape.terminate_fraction)
+    # and a run refuses to start where the tree with one item loaded is above the memory target
+    loaded = (model.baseline_bytes + b.at(shape.mean_weight)) / shape.memory_target_fraction
+    minimum = _round_up(max(heaviest / shape.terminate_fraction, loaded))
     at_aim = model.baseline_bytes + in_flight * (1 + model.retained_fraction) * b.at(time_weight(model, shape))
     return max(minimum, _round_up(at_aim / shape.memory_target_fraction)), minimum
 
