@@ -72,7 +72,9 @@ def _scored(xs: np.ndarray, ys: np.ndarray, line: Line) -> Line:
     fitted = line.intercept + line.slope * xs
     total = float(((ys - ys.mean()) ** 2).sum())
     r2 = 1.0 if total <= 0 else max(0.0, 1.0 - float(((ys - fitted) ** 2).sum()) / total)
-    spread = float(np.max(np.abs(ys - fitted) / np.maximum(np.abs(fitted), 1e-12)))
+    # relative to the fitted value, but not to one near zero (a single light item): a tenth of the median
+    scale = np.maximum(np.abs(fitted), max(0.1 * float(np.median(np.abs(ys))), 1e-12))
+    spread = float(np.max(np.abs(ys - fitted) / scale))
     return Line(line.intercept, line.slope, r2, spread, int(xs.size))
 
 

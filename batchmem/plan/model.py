@@ -84,7 +84,7 @@ class Plan:
             ("predicted time", f"{self.predicted_seconds:,.1f}s at n_jobs={self.n_jobs} (by n_jobs: {by_jobs})"),
             ("predicted peak", format_bytes(self.predicted_peak_bytes)),
             ("recommended limit", format_bytes(self.recommended_memory_limit_bytes) + " (batches at full speed)"),
-            ("minimum limit", format_bytes(self.min_memory_limit_bytes) + " (the heaviest item alone)"),
+            ("minimum limit", format_bytes(self.min_memory_limit_bytes) + " (the run completes, slowly)"),
             ("heaviest item", f"item {h['index']:,}, {format_bytes(h['bytes'])}"),
             ("memory limit now", limit),
             ("fits", "yes" if self.fits else "NO: the limit cannot hold the heaviest item"),
