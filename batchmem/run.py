@@ -282,9 +282,13 @@ class Run:
         the first weighted batch, whose weight seeds the budget): ``asked`` items."""
         if budget is not None:
             b = self.config.batching
-            asked = self._first_rows(asked)
+            warm = self._first_rows(asked)  # a warm start: the rows the last run's batches held
             return take_weighted(
-                self.source, budget, self.weigher, min_items=min(b.min_batch_size, asked), max_items=asked
+                self.source,
+                budget,
+                self.weigher,
+                min_items=warm or min(b.min_batch_size, asked),
+                max_items=warm or asked,
             )
         batch = self.source.take(asked)
         weight, weights = float(len(batch)) if batch is not None else 0.0, None
@@ -294,13 +298,13 @@ class Run:
             weight, weights = self._weigh(batch)
         return batch, weight, weights
 
-    def _first_rows(self, asked: int) -> int:
-        """The first cut of a warm-started weighted run takes at most the items the last run's batches
-        held at this budget: a CSV reader weighs rows only after its first read, and an iterable pulls
-        items by count until it has seen their mean weight."""
+    def _first_rows(self, asked: int) -> int | None:
+        """The first cut of a warm-started weighted run takes the items the last run's batches held at
+        this budget (at most ``asked``): a CSV reader weighs rows only after its first read, and an
+        iterable pulls items by count until it has seen their mean weight. None when not warm."""
         with self.lock:
             learned = self.optimizer.take_warm_items()
-        return min(asked, learned) if learned else asked
+        return min(asked, learned) if learned else None
 
     def _start_weighting(self, batch: Any) -> None:
         """First batch of a ``weight="auto"`` run: budget in weight units if its items differ in size."""
