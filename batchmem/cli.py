@@ -158,8 +158,9 @@ def validate(job_file: Path, overrides: tuple[str, ...], resume: bool) -> int:
 
     job = load_job(job_file, overrides, resume=resume)
     job.check_ready()  # the extras, the imports, and a memory limit the job fits in
-    b, e = job.batching, job.execution
-    limit = b.memory_limit
+    config = job.run_config()
+    b, e = config.batching, config.execution
+    limit = config.pressure.memory_limit
     limit_text = (
         "detected" if limit is None else f"{limit:.0%} of detected" if isinstance(limit, float) else format_bytes(limit)
     )

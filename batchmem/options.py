@@ -1,32 +1,32 @@
-"""Typed option groups of a run, validated on construction.
+"""Typed option groups of a run; each option is defined once: default, unit, bounds, check, job-file key.
 
-Every option of :class:`~batchmem.BatchProcessor` lives in exactly one
-group, as a dataclass field with its default, unit and check. The groups
-mirror the job file: ``batching:``, ``execution:``, ``errors:``,
-``pressure:``, ``analysis:``, ``output:`` (see :mod:`batchmem.job`).
-
-``BatchProcessor(n_jobs=2, on_error="skip")`` is sugar: :func:`group_options`
-maps each flat keyword (and the Node.js option names in :data:`NODE_ALIASES`)
-to its group, here and nowhere else. Invalid values raise
-:class:`~batchmem.errors.ConfigError` naming the option and the fix.
+Every option of :class:`~batchmem.BatchProcessor` is a field, made by :func:`~batchmem.option_spec.option`,
+of one group. The groups check themselves on construction and the job-file models are derived from the
+same fields (:mod:`batchmem.job.derive`), so ``BatchProcessor(...)``, ``batchmem validate`` and ``batchmem
+run`` accept the same values; errors name the keyword in Python, the dotted key in a job file. Flat keywords
+and the Node.js names (:data:`NODE_ALIASES`) are mapped to their group by :func:`group_options`, only here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from . import option_spec as checks
 from .errors import ConfigError
 from .heap.monitor import PressureThresholds
-from .optimizer.control import ControlConfig
+from .option_spec import check_fields, fail, option
+
+if TYPE_CHECKING:
+    from .optimizer.control import ControlConfig
 
 __all__ = [
     "Analysis",
     "Batching",
+    "DEFAULT_BATCH_SIZE",
     "ErrorPolicy",
     "Execution",
     "GROUPS",
@@ -50,240 +50,390 @@ NODE_ALIASES = MappingProxyType(
     }
 )
 
-
-def _one_of(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    if value not in choices:
-        listed = ", ".join(str(c) for c in choices)
-        raise ConfigError(f"{name}: {value!r} is not one of {listed}; pick one of them")
+#: First batch size when ``batch_size`` is not given, items (clamped into the batch-size bounds).
+DEFAULT_BATCH_SIZE = 100
 
 
-def _number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf, unit: str = "") -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not low < value <= high:
-        bound = f"in ({low}, {high}]" if math.isfinite(high) else f"> {low}"
-        raise ConfigError(f"{name}: {value!r} must be a number {bound}{unit}")
+# --------------------------------------------------------------------------- the groups
 
 
 @dataclass(frozen=True)
 class Batching:
-    """How batches are cut and sized (job file ``batching:``; ``batched`` is top-level there).
+    """How batches are cut and sized: job-file ``batching:`` (``batched`` is top-level there).
 
-    Attributes:
-        batch_size: first batch size (``auto_optimize=True``) or the fixed size, items.
-        auto_optimize: let :class:`~batchmem.BatchOptimizer` resize batches after each one.
-        batched: False: ``fn(item) -> result``; True: ``fn(list) -> list`` of the same length
-            (a DataFrame chunk for pandas sources).
-        min_batch_size, max_batch_size: the optimizer's bounds, items.
-        target_batch_seconds: (low, high) wall time per batch the optimizer aims for, seconds.
-        memory_target_fraction: share of the memory limit the batches in flight may fill, (0, 1].
-        use_history: warm-start from, and record into, the per-operation history.
-        weight: cost unit of an item: ``"auto"`` (its input size, see :mod:`batchmem.weights`),
-            a callable ``item -> number >= 0``, or None to count items.
+    Each field's description, unit and bounds are its ``metadata["spec"]`` (docs/job-file.md lists them).
     """
 
-    batch_size: int = 100
-    auto_optimize: bool = True
-    batched: bool = False
-    min_batch_size: int = 1
-    max_batch_size: int = 1_000_000
-    target_batch_seconds: tuple[float, float] = (0.2, 2.0)
-    memory_target_fraction: float = 0.6
-    use_history: bool = True
-    weight: str | Callable[[Any], float] | None = "auto"
+    batch_size: int | None = option(
+        None,
+        "First batch size (or the fixed size without auto_optimize), items. "
+        f"Default: {DEFAULT_BATCH_SIZE}, moved into [min_batch_size, max_batch_size].",
+        job="batching.batch_size",
+        kind=int,
+        gt=0,
+        none_ok=True,
+    )
+    auto_optimize: bool = option(
+        True,
+        "Let the optimizer resize batches from live measurements and history.",
+        job="batching.auto_optimize",
+        kind=bool,
+    )
+    batched: bool = option(
+        False,
+        "false: fn(item) -> result. true: fn(batch) -> results of the same length "
+        "(a DataFrame chunk for pandas sources).",
+        job="batched",
+        kind=bool,
+    )
+    min_batch_size: int = option(
+        1, "Smallest batch the optimizer may choose, items.", job="batching.min_batch_size", kind=int, gt=0
+    )
+    max_batch_size: int = option(
+        1_000_000, "Largest batch the optimizer may choose, items.", job="batching.max_batch_size", kind=int, gt=0
+    )
+    target_batch_seconds: tuple[float, float] = option(
+        (0.2, 2.0),
+        "[low, high] wall time per batch the optimizer aims for, seconds, 0 < low < high "
+        "(joblib's auto-batching band).",
+        job="batching.target_batch_seconds",
+        check=checks.band_check,
+        job_type=tuple[float, float],
+    )
+    memory_target_fraction: float = option(
+        0.6,
+        "Share of the free memory under the limit that batches in flight may fill (Dask's worker memory target).",
+        job="batching.memory_target_fraction",
+        kind=float,
+        gt=0,
+        le=1,
+    )
+    use_history: bool = option(
+        True,
+        "Warm-start from, and record into, the operation's run history (`batchmem stats`).",
+        job="batching.use_history",
+        kind=bool,
+    )
+    weight: str | Callable[[Any], float] | None = option(
+        "auto",
+        "Cost unit of an item, so batches are budgeted in it: `auto` (its size: characters, bytes, file size; "
+        "1 for numbers), `none` (count items), or `module:callable` returning a number >= 0 per item.",
+        job="batching.weight",
+        check=checks.weight_check,
+        job_type=str,
+        from_job=lambda v: None if v == "none" else v,
+    )
 
     def __post_init__(self) -> None:
-        self.control_config()  # ControlConfig checks sizes, band and fraction, naming the field
-        if not (self.weight is None or self.weight == "auto" or callable(self.weight)):
-            raise ConfigError(f"weight: {self.weight!r} is not 'auto', None or a callable item -> number")
+        check_fields(self)
+        low, high = self.min_batch_size, self.max_batch_size
+        if low > high:
+            raise fail(
+                "min_batch_size",
+                f"min_batch_size ({low}) is larger than max_batch_size ({high}); "
+                "lower min_batch_size or raise max_batch_size",
+            )
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", min(max(DEFAULT_BATCH_SIZE, low), high))
+        elif not low <= self.batch_size <= high:
+            raise fail(
+                "batch_size",
+                f"batch_size ({self.batch_size}) must lie between min_batch_size ({low}) "
+                f"and max_batch_size ({high}); change one of them",
+            )
 
     def control_config(self) -> ControlConfig:
-        """The control law's tuning; ``batch_size`` is clamped into [min_batch_size, max_batch_size]."""
-        size = self.batch_size
-        if isinstance(size, int) and not isinstance(size, bool):
-            size = min(max(size, self.min_batch_size), self.max_batch_size)
+        """The control law's tuning from these (checked) options."""
+        from .optimizer.control import ControlConfig
+
         return ControlConfig(
-            initial_batch_size=size,
+            initial_batch_size=self.batch_size,
             min_batch_size=self.min_batch_size,
             max_batch_size=self.max_batch_size,
             memory_target_fraction=self.memory_target_fraction,
-            target_batch_seconds=tuple(self.target_batch_seconds),
+            target_batch_seconds=self.target_batch_seconds,
         )
+
+
+_BACKENDS = Literal["loky", "threading", "multiprocessing", "dask", "sequential"]
 
 
 @dataclass(frozen=True)
 class Execution:
-    """Where batches run (job file ``execution:``; ``setup``/``teardown`` are top-level there).
+    """Where batches run: job-file ``execution:`` (``setup``/``teardown`` are top-level there)."""
 
-    Attributes:
-        n_jobs: batches at once; 1 runs in this process unless a backend is named; -1: every CPU;
-            ``"auto"``: in-process until measurements show that worker processes pay, then as many as
-            the cores and the memory target allow (:mod:`batchmem.backends.auto`).
-        backend: a name from :data:`batchmem.backends.BACKENDS` or any joblib backend; None: in-process
-            for ``n_jobs=1``, else joblib's configured backend (loky).
-        client, scheduler_address: ``backend="dask"``: a ``distributed.Client`` or a scheduler address;
-            either implies dask.
-        connect_timeout: seconds to wait for a silent scheduler address.
-        setup, teardown: per-worker setup, a callable or ``"module:callable"``: ``setup()`` runs once
-            per worker process before its first batch and its result reaches ``fn`` as ``state=``;
-            ``teardown(state)`` runs when the worker is done with it.
-        max_tasks_per_worker: replace the worker processes after this many batches each (None: never).
-        n_jobs_strict: fail (exit 2) instead of starting fewer worker processes than ``n_jobs`` when
-            only fewer fit under the memory target once each one's baseline is paid
-            (:mod:`batchmem.backends.fit`). Default: run the ones that fit, and say so.
-        recycle_leaking_workers: replace the worker processes when a leak is flagged in one.
-        stop_grace_seconds: after SIGINT/SIGTERM, how long the batches in flight may take to finish
-            before they are cancelled, seconds.
-        worker_cgroups: inside a memory cgroup with a limit whose (v1) hierarchy this process can write,
-            give each worker process a child cgroup of its own with its share of the limit, so that the
-            kernel stops a runaway worker, not the run, and batches are charged exactly
-            (:mod:`batchmem.backends.worker_cgroups`). False keeps the workers in the run's cgroup.
-    """
-
-    n_jobs: int | str = 1
-    backend: str | None = None
-    client: Any = None
-    scheduler_address: str | None = None
-    connect_timeout: float = 10.0
-    setup: Callable[[], Any] | str | None = None
-    teardown: Callable[[Any], Any] | str | None = None
-    max_tasks_per_worker: int | None = None
-    n_jobs_strict: bool = False
-    recycle_leaking_workers: bool = True
-    stop_grace_seconds: float = 30.0
-    worker_cgroups: bool = True
+    n_jobs: int | str = option(
+        1,
+        "Batches run at once: 1 runs in-process; -1 uses every CPU (joblib convention); `auto` runs in-process "
+        "until an item costs more than shipping it to a worker, then uses as many workers as fit. Not 0.",
+        job="execution.n_jobs",
+        check=checks.n_jobs_check,
+        job_type=int | Literal["auto"],
+    )
+    backend: str | None = option(
+        None,
+        "loky, multiprocessing or threading (batchmem's own worker pools), dask, or sequential. Default: "
+        "in-process for n_jobs 1, else joblib's configured backend, loky unless set "
+        "(dask when scheduler_address is set).",
+        job="execution.backend",
+        kind=str,
+        none_ok=True,
+        job_type=_BACKENDS | None,
+    )
+    client: Any = option(
+        None,
+        "A distributed.Client to run batches on; implies backend dask.",
+        job=None,
+        check=checks.client_check,
+        none_ok=True,
+    )
+    scheduler_address: str | None = option(
+        None,
+        "Address of a dask scheduler (`tcp://host:8786`) to connect to; implies backend dask. "
+        "Default: none (dask's default client).",
+        job="execution.scheduler_address",
+        kind=str,
+        none_ok=True,
+    )
+    connect_timeout: float = option(
+        10.0,
+        "Seconds to wait for a scheduler address that does not answer (refused fails at once).",
+        job="execution.connect_timeout",
+        kind=float,
+        gt=0,
+        unit=" seconds",
+    )
+    setup: Callable[[], Any] | str | None = option(
+        None,
+        "`module:callable` (in Python also a callable) run once per worker process before its first batch; its "
+        "return value reaches the function as the keyword argument `state` (`def fn(item, state): ...`). "
+        "Default: none.",
+        job="setup",
+        check=checks.callable_ref_check,
+        none_ok=True,
+        job_type=str | None,
+    )
+    teardown: Callable[[Any], Any] | str | None = option(
+        None,
+        "`module:callable` called with the setup's state when a worker is done with it. Needs `setup`. Default: none.",
+        job="teardown",
+        check=checks.callable_ref_check,
+        none_ok=True,
+        job_type=str | None,
+    )
+    max_tasks_per_worker: int | None = option(
+        None,
+        "Replace the worker processes after this many batches each. Default: never.",
+        job="execution.max_tasks_per_worker",
+        kind=int,
+        ge=1,
+        none_ok=True,
+        unit=" (batches)",
+    )
+    n_jobs_strict: bool = option(
+        False,
+        "Fail (exit 2) instead of starting fewer worker processes than n_jobs when only fewer fit under the "
+        "memory target once each one's baseline is paid. Default: run the ones that fit, and say so.",
+        job="execution.n_jobs_strict",
+        kind=bool,
+    )
+    recycle_leaking_workers: bool = option(
+        True,
+        "Replace the worker processes when the heap analyzer flags a leak in one.",
+        job="execution.recycle_leaking_workers",
+        kind=bool,
+    )
+    stop_grace_seconds: float = option(
+        30.0,
+        "After SIGINT/SIGTERM, seconds the batches in flight may take before they are cancelled.",
+        job="execution.stop_grace_seconds",
+        kind=float,
+        ge=0,
+        unit=" seconds",
+    )
+    worker_cgroups: bool = option(
+        True,
+        "Inside a memory cgroup with a limit, where the hierarchy is writable (cgroup v1, root), give each "
+        "worker process a child cgroup with its share of the limit, so the kernel stops a runaway worker, "
+        "not the run, and batches are charged exactly. false keeps the workers in the run's cgroup.",
+        job="execution.worker_cgroups",
+        kind=bool,
+    )
 
     def __post_init__(self) -> None:
-        auto = self.n_jobs == "auto"
-        if not auto and (self.n_jobs == 0 or not isinstance(self.n_jobs, int) or isinstance(self.n_jobs, bool)):
-            raise ConfigError(
-                f"n_jobs: {self.n_jobs!r} cannot run anything; use 1 (serial), N workers, -1 (all cores) or 'auto'"
+        check_fields(self)
+        if self.teardown is not None and self.setup is None:
+            raise fail(
+                "teardown", "there is no setup to tear down (teardown needs a setup); add setup or remove teardown"
             )
         if self.client is not None or self.scheduler_address is not None:
             if self.backend not in (None, "dask"):
-                raise ConfigError(
-                    f"backend: {self.backend!r} cannot use a dask client or scheduler_address; use backend='dask'"
+                raise fail(
+                    "backend", f"{self.backend!r} cannot use a dask client or scheduler_address; use backend dask"
                 )
             object.__setattr__(self, "backend", "dask")
-        mt = self.max_tasks_per_worker
-        if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
-            raise ConfigError(f"max_tasks_per_worker: {mt!r} must be an integer >= 1 (batches) or None")
-        _number("connect_timeout", self.connect_timeout, unit=" seconds")
-        _number("stop_grace_seconds", self.stop_grace_seconds, low=-1e-12, unit=" seconds")
 
 
 @dataclass(frozen=True)
 class ErrorPolicy:
-    """What a failing item does (job file: the top-level ``on_error``, ``max_retries``, ``retry_exhausted``).
+    """What a failing item does (job file: the top-level ``on_error``, ``max_retries``, ``retry_exhausted``)."""
 
-    Attributes:
-        on_error: ``"raise"`` stops at the first failing item (naming its index); ``"skip"`` writes an
-            error record and a ``null`` line and goes on; ``"retry"`` retries ``max_retries`` times with
-            exponential backoff (tenacity: 0.05 s doubling, at most 2 s apart), then does what
-            ``retry_exhausted`` says (``"skip"`` or ``"raise"``).
-    """
-
-    on_error: str = "raise"
-    max_retries: int = 3
-    retry_exhausted: str = "skip"
+    on_error: str = option(
+        "raise",
+        "raise: stop at the first failing item (naming its index); skip: record it in the errors file, write a "
+        "null line and go on; retry: retry max_retries times with exponential backoff, then do what "
+        "retry_exhausted says.",
+        job="on_error",
+        choices=("raise", "skip", "retry"),
+    )
+    max_retries: int = option(
+        3,
+        "Attempts after the first one with on_error: retry (exponential backoff from 0.05 s, at most 2 s apart).",
+        job="max_retries",
+        kind=int,
+        ge=0,
+    )
+    retry_exhausted: str = option(
+        "skip",
+        "With on_error: retry, an item still failing after max_retries retries is skipped "
+        "(error record, null line) or stops the run (raise).",
+        job="retry_exhausted",
+        choices=("skip", "raise"),
+    )
 
     def __post_init__(self) -> None:
-        _one_of("on_error", self.on_error, ("raise", "skip", "retry"))
-        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
-            raise ConfigError(f"max_retries: {self.max_retries!r} must be an integer >= 0")
-        _one_of("retry_exhausted", self.retry_exhausted, ("skip", "raise"))
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class Pressure:
-    """The memory limit and what happens as usage nears it (job file ``pressure:``;
-    ``memory_limit`` is under ``batching:`` there).
+    """The memory limit and what happens as usage nears it: job-file ``pressure:``
+    (``memory_limit`` is under ``batching:`` there)."""
 
-    Attributes:
-        memory_limit: bytes, a size string (``"2GiB"``), a fraction of the detected limit (``0.5``) or
-            None to detect it (cgroup, rlimit, physical RAM).
-        memory_monitoring: sample the process tree's resident set size (RSS) after every batch.
-        pressure_thresholds: utilization fractions for warning/critical/emergency (0.80/0.90/0.95).
-        adaptive_thresholds: True (or a dict of ``warning_mb``/``critical_mb``/``emergency_mb``) sets the
-            thresholds at the baseline measured when the run starts + 50/70/90 MB instead.
-        pressure_max_wait_s: longest pause of dispatch at critical pressure, seconds; after it batches
-            go on at ``min_batch_size``.
-        terminate_fraction: utilization of the limit at which the OOM watchdog kills the worker process
-            holding the most memory (process backends), (0, 1]; Dask's
-            ``distributed.worker.memory.terminate`` (0.95).
-    """
-
-    memory_limit: int | str | float | None = None
-    memory_monitoring: bool = True
-    pressure_thresholds: PressureThresholds = field(default_factory=PressureThresholds)
-    adaptive_thresholds: bool | Mapping[str, float] = False
-    pressure_max_wait_s: float = 10.0
-    terminate_fraction: float = 0.95
+    memory_limit: int | str | float | None = option(
+        None,
+        "Memory the run may use: a size string (`512MiB`, `2GiB`; decimal `MB`/`GB` too), an integer of bytes, "
+        "or a fraction 0<f<=1 (or `50%`) of the detected limit. Default: the detected limit "
+        "(cgroup, rlimit or physical RAM).",
+        job="batching.memory_limit",
+        check=checks.memory_limit_check,
+        none_ok=True,
+        job_type=Any,
+        label="size string | int (bytes) | float (fraction) | null",
+    )
+    memory_monitoring: bool = option(
+        True, "Sample the process tree's RSS after every batch.", job="pressure.memory_monitoring", kind=bool
+    )
+    pressure_thresholds: PressureThresholds = option(
+        doc="Utilization of the limit at which pressure escalates: warning (shrink batches, collect garbage), "
+        "critical (pause dispatch), emergency (cleanup callbacks, stop cleanly); 0 < warning < critical < "
+        "emergency <= 1.",
+        job="pressure.pressure_thresholds",
+        factory=PressureThresholds,
+        check=checks.thresholds_check,
+        from_job=checks.thresholds_from_job,
+    )
+    adaptive_thresholds: bool | Mapping[str, float] = option(
+        False,
+        "true (or a mapping of warning_mb/critical_mb/emergency_mb) puts the levels at the run's starting "
+        "RSS + 50/70/90 MB instead.",
+        job="pressure.adaptive_thresholds",
+        check=checks.adaptive_check,
+        job_type=bool | dict[str, float],
+    )
+    pressure_max_wait_s: float = option(
+        10.0,
+        "Longest pause of dispatch at critical pressure, seconds; then batches go on at min_batch_size.",
+        job="pressure.pressure_max_wait_s",
+        kind=float,
+        ge=0,
+        unit=" seconds",
+    )
+    terminate_fraction: float = option(
+        0.95,
+        "Share of the limit at which the OOM watchdog kills the worker process holding the most memory "
+        "(process backends; Dask's distributed.worker.memory.terminate).",
+        job="pressure.terminate_fraction",
+        kind=float,
+        gt=0,
+        le=1,
+    )
 
     def __post_init__(self) -> None:
         if self.pressure_thresholds is None:
             object.__setattr__(self, "pressure_thresholds", PressureThresholds())
-        elif isinstance(self.pressure_thresholds, Mapping):
-            object.__setattr__(self, "pressure_thresholds", PressureThresholds(**self.pressure_thresholds))
-        if not isinstance(self.pressure_thresholds, PressureThresholds):
-            raise ConfigError(
-                f"pressure_thresholds: {self.pressure_thresholds!r} is not a PressureThresholds or a mapping "
-                "of warning/critical/emergency fractions"
-            )
-        _number("pressure_max_wait_s", self.pressure_max_wait_s, low=-1e-12, unit=" seconds")
-        _number("terminate_fraction", self.terminate_fraction, high=1.0, unit=" (fraction of the limit)")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """Heap analysis and garbage collection (job file ``analysis:``; ``detect_memory_issues`` is top-level).
+    """Heap analysis and garbage collection: job-file ``analysis:`` (``detect_memory_issues`` is top-level)."""
 
-    Attributes:
-        detect_memory_issues: run the :class:`~batchmem.HeapAnalyzer` on per-batch baselines.
-        trace_allocations: trace this process with :mod:`tracemalloc` so leak verdicts name the source
-            lines that grew (3-5x slower; benchmarks/bench_leaks.py).
-        gc_max_time_fraction: share of wall time garbage collection between batches may take, (0, 1].
-        force_gc_on_completion: run ``gc.collect()`` once the run ends.
-        analyzer: keyword arguments of :class:`~batchmem.HeapAnalyzer` (its windows and thresholds).
-    """
-
-    detect_memory_issues: bool = True
-    trace_allocations: bool = False
-    gc_max_time_fraction: float = 0.05
-    force_gc_on_completion: bool = False
-    analyzer: Mapping[str, Any] = field(default_factory=dict)
+    detect_memory_issues: bool = option(
+        True,
+        "Run the heap analyzer (leaks, GC trouble, pressure) during the run.",
+        job="detect_memory_issues",
+        kind=bool,
+    )
+    trace_allocations: bool = option(
+        False,
+        "Trace allocations (tracemalloc) so leak verdicts name source lines; 3-5x slower (benchmarks/bench_leaks.py).",
+        job="analysis.trace_allocations",
+        kind=bool,
+    )
+    gc_max_time_fraction: float = option(
+        0.05,
+        "Share of wall time garbage collection between batches may take.",
+        job="analysis.gc_max_time_fraction",
+        kind=float,
+        gt=0,
+        le=1,
+    )
+    force_gc_on_completion: bool = option(
+        False, "Run gc.collect() once the run ends.", job="analysis.force_gc_on_completion", kind=bool
+    )
+    analyzer: Mapping[str, Any] = option(
+        doc="Keyword arguments of the heap analyzer (window, min_batches, min_confidence, ...).",
+        job="analysis.analyzer",
+        factory=dict,
+        check=checks.analyzer_check,
+        job_type=dict[str, Any],
+    )
 
     def __post_init__(self) -> None:
-        _number("gc_max_time_fraction", self.gc_max_time_fraction, high=1.0)
-        if not isinstance(self.analyzer, Mapping):
-            raise ConfigError(f"analyzer: {self.analyzer!r} is not a mapping of HeapAnalyzer keyword arguments")
-        import inspect
-
-        from .heap.analyzer import HeapAnalyzer
-
-        known = set(inspect.signature(HeapAnalyzer).parameters) - {"monitor", "trace_allocations", "gc_watch"}
-        for key in self.analyzer:
-            if key not in known:
-                listed = ", ".join(sorted(known))
-                raise ConfigError(f"analyzer.{key}: not an option of HeapAnalyzer; use one of {listed}")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class Output:
-    """How results are written (job file ``output:``; ``progress`` is top-level there).
+    """How results are written: job-file ``output:`` (``progress`` is top-level there)."""
 
-    Attributes:
-        fsync: ``os.fsync`` the output (and error file) after every batch, before the checkpoint is
-            replaced (itself fsynced): committed batches survive a power cut, not only a ``kill -9``.
-        json_default: fallback for results orjson cannot encode (e.g. ``str``).
-        progress: show a tqdm bar (batch size, RSS and pressure in its postfix).
-    """
+    fsync: bool = option(
+        True,
+        "Force each batch to disk (fsync) before the checkpoint is replaced: committed batches survive a "
+        "power cut, not only a kill -9. false saves about one disk sync per batch.",
+        job="output.fsync",
+        kind=bool,
+    )
+    json_default: Callable[[Any], Any] | None = option(
+        None,
+        "Fallback for results orjson cannot encode: `str` writes `str(value)` (in Python: any callable). "
+        "Default: none (such a result stops the run with an error naming its type and item index).",
+        job="output.json_default",
+        check=checks.json_default_check,
+        none_ok=True,
+        job_type=Literal["str"] | None,
+        from_job=lambda v: str if v == "str" else v,
+    )
+    progress: bool = option(
+        True, "Show a progress bar on the terminal (`--no-progress` turns it off).", job="progress", kind=bool
+    )
 
-    fsync: bool = True
-    json_default: Callable[[Any], Any] | None = None
-    progress: bool = True
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
-#: The option groups by their job-file section name.
+#: The option groups by their section name in :class:`RunConfig`.
 GROUPS: Mapping[str, type] = MappingProxyType(
     {
         "batching": Batching,
@@ -309,6 +459,10 @@ class RunConfig:
     pressure: Pressure = field(default_factory=Pressure)
     analysis: Analysis = field(default_factory=Analysis)
     output: Output = field(default_factory=Output)
+
+    def groups(self) -> dict[str, Any]:
+        """The groups as keyword arguments of :class:`~batchmem.BatchProcessor` (``process_name`` too)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def option_names() -> frozenset[str]:
@@ -339,6 +493,8 @@ def group_options(groups: Mapping[str, Any], flat: Mapping[str, Any], *, process
         if group is not None and not isinstance(group, cls):
             raise ConfigError(f"{section}: expected a batchmem.options.{cls.__name__}, got {type(group).__name__}")
         changes = {k: v for k, v in flat.items() if _FLAT[k] == section}
-        group = group or cls()
-        built[section] = dataclasses.replace(group, **changes) if changes else group
+        if group is None:
+            built[section] = cls(**changes)
+        else:
+            built[section] = dataclasses.replace(group, **changes) if changes else group
     return RunConfig(process_name=process_name, **built)

@@ -32,6 +32,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .callables import import_callable, is_reference
 from .errors import ConfigError
 
 __all__ = ["CONTAINER_CAP", "Weigher", "auto_weight", "make_weigher", "weight_unit"]
@@ -108,7 +109,9 @@ def make_weigher(spec: str | Callable[[Any], float] | None) -> Weigher | None:
         return _auto
     if callable(spec):
         return _user(spec)
-    raise ConfigError(f"weight: {spec!r} is not 'auto', None or a callable item -> number")
+    if is_reference(spec):
+        return _user(import_callable(spec, field="weight"))
+    raise ConfigError(f"weight: {spec!r} is not 'auto', None, a callable item -> number or 'module:callable'")
 
 
 def weight_unit(spec: str | Callable[[Any], float] | None, frames: bool = False) -> str:
@@ -118,6 +121,6 @@ def weight_unit(spec: str | Callable[[Any], float] | None, frames: bool = False)
         return "items"
     if frames:
         return "bytes in the file"
-    if spec == "auto":
-        return "auto"
+    if spec == "auto" or is_reference(spec):
+        return str(spec)
     return f"{getattr(spec, '__module__', '')}:{getattr(spec, '__qualname__', repr(spec))}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -96,7 +97,8 @@ def test_minimal_job_gets_documented_defaults(tmp_path, monkeypatch):
     assert job.on_error == "raise" and job.max_retries == 3
     assert job.progress is True and job.detect_memory_issues is True
     b = job.batching
-    assert (b.auto_optimize, b.batch_size, b.min_batch_size, b.max_batch_size) == (True, 100, 1, 1_000_000)
+    assert b.batch_size is None and job.run_config().batching.batch_size == 100  # 100, moved into [min, max]
+    assert (b.auto_optimize, b.min_batch_size, b.max_batch_size) == (True, 1, 1_000_000)
     assert b.memory_limit is None and b.target_batch_seconds == (0.2, 2.0) and b.memory_target_fraction == 0.6
     assert (job.execution.n_jobs, job.execution.backend, job.execution.scheduler_address) == (1, None, None)
     assert job.base_dir == (tmp_path / "jobs").resolve()
@@ -416,13 +418,12 @@ def test_build_processor_maps_the_job(tmp_path):
         """
     )
     job = load_job(make_job(tmp_path, body))
-    kwargs = job.processor_kwargs(progress=False)
+    config = job.run_config(progress=False)
     expected = dict(
         batch_size=20,
         auto_optimize=False,
         memory_limit=0.5,
         detect_memory_issues=False,
-        process_name="mapped",
         n_jobs=2,
         backend="threading",
         batched=False,
@@ -440,11 +441,15 @@ def test_build_processor_maps_the_job(tmp_path):
         fsync=True,
         json_default=None,
     )
-    assert {k: kwargs[k] for k in expected} == expected
-    from batchmem.options import option_names
-
-    assert set(kwargs) == option_names() - {"client"} | {"process_name"}  # every option but a Python object
-    assert job.processor_kwargs()["progress"] is True
+    flat = {
+        f.name: getattr(group, f.name)
+        for group in config.groups().values()
+        if dataclasses.is_dataclass(group)
+        for f in dataclasses.fields(group)
+    }
+    assert config.process_name == "mapped"
+    assert {k: flat[k] for k in expected} == expected
+    assert job.run_config().output.progress is True
     proc = job.build_processor(progress=False)
     c = proc.config
     assert (c.batching.batch_size, c.process_name, c.errors.on_error, c.execution.n_jobs) == (20, "mapped", "skip", 2)

@@ -52,8 +52,8 @@ def expected_memory_size(
     [
         ({"min_batch_size": 0}, "min_batch_size"),
         ({"min_batch_size": 10, "max_batch_size": 5, "initial_batch_size": 5}, "max_batch_size"),
-        ({"initial_batch_size": 0}, "initial_batch_size"),
-        ({"max_batch_size": 50}, "initial_batch_size"),
+        ({"initial_batch_size": 0}, "batch_size"),  # checked as the option batch_size of batchmem.options
+        ({"max_batch_size": 50}, "batch_size"),
         ({"min_batch_size": 2.5}, "min_batch_size"),
         ({"memory_target_fraction": 0}, "memory_target_fraction"),
         ({"memory_target_fraction": 1.5}, "memory_target_fraction"),

@@ -43,7 +43,7 @@ NON_DEFAULT = {
     "on_error": "retry",
     "max_retries": 1,
     "retry_exhausted": "raise",
-    "memory_limit": "512MiB",
+    "memory_limit": 0.5,
     "memory_monitoring": False,
     "pressure_thresholds": PressureThresholds(0.7, 0.8, 0.9),
     "adaptive_thresholds": True,

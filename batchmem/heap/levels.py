@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from batchmem.errors import ConfigError
@@ -75,9 +75,9 @@ class PressureThresholds:
         ConfigError: naming the field unless ``0 < warning < critical < emergency <= 1``.
     """
 
-    warning: float = 0.80
-    critical: float = 0.90
-    emergency: float = 0.95
+    warning: float = field(default=0.80, metadata={"doc": "Shrink batches and collect garbage from here."})
+    critical: float = field(default=0.90, metadata={"doc": "Pause dispatch (backpressure) from here."})
+    emergency: float = field(default=0.95, metadata={"doc": "Run cleanup callbacks and stop cleanly from here."})
 
     def __post_init__(self) -> None:
         w = _check_fraction("warning", self.warning)

@@ -5,19 +5,22 @@
 problem a user can cause raises a one-line
 :class:`~batchmem.errors.JobFileError` naming the job-file key.
 
-:meth:`JobActions.processor_kwargs` is the one place that maps the job's
-keys to :class:`~batchmem.BatchProcessor` options.
+:meth:`JobActions.run_config` hands the job's option groups (built from
+:mod:`batchmem.options` when the job was validated) to
+:class:`~batchmem.BatchProcessor` as they are.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backends.worker_setup import accepts_state
 from ..callables import import_callable
 from ..errors import ConfigError, JobFileError, one_line
+from ..options import RunConfig
 
 if TYPE_CHECKING:
     from .schema import Job
@@ -64,42 +67,29 @@ class JobActions:
                 "remove or rename the option"
             ) from exc
 
-    def processor_kwargs(self: Job, progress: bool | None = None) -> dict[str, Any]:
-        """Keyword arguments of :class:`~batchmem.processor.BatchProcessor` for this job.
+    def run_config(self: Job, progress: bool | None = None) -> RunConfig:
+        """The option groups of this job, checked when the job was validated.
 
-        The sections pass straight through: every job key named like an option of
-        :mod:`batchmem.options` (in ``batching``, ``execution``, ``pressure``, ``analysis``,
-        ``output`` or at the top level) becomes that option; only the job-file spellings
-        of Python objects are translated (``weight``, ``json_default``; ``setup`` and
-        ``teardown`` are imported by :meth:`build_processor`). ``progress`` overrides the file.
+        The ``module:callable`` references of ``batching.weight``, ``setup`` and ``teardown``
+        are imported here (job folder on sys.path, errors naming the key); ``progress``
+        overrides the file's ``progress``.
         """
-        from ..options import option_names
-
-        names = option_names()
-        kwargs: dict[str, Any] = {k: v for k, v in self if k in names}
-        for section in ("batching", "execution", "pressure", "analysis", "output"):
-            kwargs.update((k, v) for k, v in getattr(self, section).model_dump().items() if k in names)
-        kwargs["process_name"] = self.name
-        kwargs["target_batch_seconds"] = tuple(kwargs["target_batch_seconds"])
-        kwargs["json_default"] = str if kwargs["json_default"] == "str" else None
-        if kwargs["weight"] == "none":
-            kwargs["weight"] = None
-        elif kwargs["weight"] != "auto":
-            kwargs["weight"] = _import(kwargs["weight"], "batching.weight", self.base_dir)
+        config = self._config
+        batching, execution, output = config.batching, config.execution, config.output
+        if isinstance(batching.weight, str) and batching.weight != "auto":
+            batching = replace(batching, weight=_import(batching.weight, "batching.weight", self.base_dir))
+        refs = {k: getattr(execution, k) for k in ("setup", "teardown")}
+        execution = replace(execution, **{k: _import(v, k, self.base_dir) for k, v in refs.items() if v is not None})
         if progress is not None:
-            kwargs["progress"] = progress
-        return kwargs
+            output = replace(output, progress=progress)
+        return replace(config, batching=batching, execution=execution, output=output)
 
     def build_processor(self: Job, progress: bool | None = None) -> Any:
         """A :class:`~batchmem.processor.BatchProcessor` configured from this job (``progress`` overrides the file)."""
         from ..processor import BatchProcessor
 
-        kwargs = self.processor_kwargs(progress)
-        for key in ("setup", "teardown"):  # imported here: job folder on sys.path, errors naming the key
-            if kwargs[key] is not None:
-                kwargs[key] = _import(kwargs[key], key, self.base_dir)
         try:
-            return BatchProcessor(**kwargs)
+            return BatchProcessor(**self.run_config(progress).groups())
         except JobFileError:
             raise
         except ConfigError as exc:  # the processor names its own option; say it is about this job

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from batchmem.errors import ConfigError
 from batchmem.optimizer.climb import ClimbState, ThroughputClimb
 from batchmem.optimizer.ewma import Ewma
+from batchmem.options import DEFAULT_BATCH_SIZE, Batching
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from batchmem.heap.monitor import PressureLevel
@@ -85,20 +86,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: The user-facing options the control law shares with :class:`batchmem.options.Batching`.
+_OPTION = Batching.__dataclass_fields__
+
+
 @dataclass
 class ControlConfig:
     """Tuning of the control law; validated on construction.
 
     Attributes:
-        initial_batch_size: first batch size of a cold run, items.
-        min_batch_size: smallest batch ever proposed, items (>= 1).
-        max_batch_size: largest batch ever proposed, items.
-        memory_target_fraction: share of the memory limit the predicted
-            batch peak may reach, in (0, 1]. Default 0.6 = Dask's
-            ``distributed.worker.memory.target``.
-        target_batch_seconds: (low, high) wall-time band of one batch,
-            seconds. Default (0.2, 2.0) = joblib's
-            ``MIN_IDEAL_BATCH_DURATION`` / ``MAX_IDEAL_BATCH_DURATION``.
+        initial_batch_size, min_batch_size, max_batch_size, memory_target_fraction,
+            target_batch_seconds: the options ``batch_size`` (items), ``min_batch_size``,
+            ``max_batch_size``, ``memory_target_fraction`` and ``target_batch_seconds``
+            (seconds) of :class:`batchmem.options.Batching`, which defines their
+            defaults, units and bounds and checks them here too.
         ewma_alpha: weight of the newest sample in the EWMA estimates, (0, 1].
         growth_factor: multiplicative increase per batch while there is room, > 1.
         max_growth_factor: largest increase per batch while batches are far shorter than the
@@ -121,11 +122,11 @@ class ControlConfig:
             ``2 * (ratio - 1) / (probe_every + 2)`` of the throughput.
     """
 
-    initial_batch_size: int = 100
-    min_batch_size: int = 1
-    max_batch_size: int = 1_000_000
-    memory_target_fraction: float = 0.6
-    target_batch_seconds: tuple[float, float] = (0.2, 2.0)
+    initial_batch_size: int = DEFAULT_BATCH_SIZE
+    min_batch_size: int = _OPTION["min_batch_size"].default
+    max_batch_size: int = _OPTION["max_batch_size"].default
+    memory_target_fraction: float = _OPTION["memory_target_fraction"].default
+    target_batch_seconds: tuple[float, float] = _OPTION["target_batch_seconds"].default
     ewma_alpha: float = 0.3
     growth_factor: float = 2.0
     max_growth_factor: float = 8.0
@@ -136,8 +137,15 @@ class ControlConfig:
     probe_every: int = 16
 
     def __post_init__(self) -> None:
-        self._check_sizes()
-        self._check_band()
+        # The bounds of the options a user sets are defined once, in batchmem.options.
+        checked = Batching(
+            batch_size=self.initial_batch_size,
+            min_batch_size=self.min_batch_size,
+            max_batch_size=self.max_batch_size,
+            memory_target_fraction=self.memory_target_fraction,
+            target_batch_seconds=self.target_batch_seconds,
+        )
+        self.target_batch_seconds = checked.target_batch_seconds
         for name, ok, rule, example in _NUMBER_RULES:
             value = getattr(self, name)
             if not _is_number(value) or not ok(self, value):
@@ -145,36 +153,6 @@ class ControlConfig:
         pe = self.probe_every
         if not _is_int(pe) or pe < 1:
             raise ConfigError(f"probe_every={pe!r} is not a whole number >= 1: give e.g. 16")
-
-    def _check_sizes(self) -> None:
-        for name in ("initial_batch_size", "min_batch_size", "max_batch_size"):
-            value = getattr(self, name)
-            if not _is_int(value):
-                raise ConfigError(f"{name}={value!r} is not an integer: give a whole number of items")
-        if self.min_batch_size < 1:
-            raise ConfigError(f"min_batch_size={self.min_batch_size} is below 1: set min_batch_size >= 1")
-        if self.max_batch_size < self.min_batch_size:
-            raise ConfigError(
-                f"max_batch_size={self.max_batch_size} is below min_batch_size={self.min_batch_size}: "
-                "set max_batch_size >= min_batch_size"
-            )
-        if not self.min_batch_size <= self.initial_batch_size <= self.max_batch_size:
-            raise ConfigError(
-                f"initial_batch_size={self.initial_batch_size} is outside "
-                f"[min_batch_size={self.min_batch_size}, max_batch_size={self.max_batch_size}]: "
-                "set it between the two"
-            )
-
-    def _check_band(self) -> None:
-        band = self.target_batch_seconds
-        if not isinstance(band, (tuple, list)) or len(band) != 2 or not all(_is_number(x) for x in band):
-            raise ConfigError(
-                f"target_batch_seconds={band!r} is not a (low, high) pair of seconds: give e.g. (0.2, 2.0)"
-            )
-        low, high = float(band[0]), float(band[1])
-        if not 0 < low < high:
-            raise ConfigError(f"target_batch_seconds={band!r} needs 0 < low < high: give e.g. (0.2, 2.0)")
-        self.target_batch_seconds = (low, high)
 
     @property
     def aim_s(self) -> float:
@@ -184,12 +162,6 @@ class ControlConfig:
 
 #: (field, check, what is wrong, example) of ControlConfig's number fields; ``{0}`` is the config.
 _NUMBER_RULES: tuple[tuple[str, Callable[[ControlConfig, float], bool], str, str], ...] = (
-    (
-        "memory_target_fraction",
-        lambda c, v: 0 < v <= 1,
-        "is not in (0, 1]",
-        "0.6 (a fraction of the memory limit)",
-    ),
     ("ewma_alpha", lambda c, v: 0 < v <= 1, "is not in (0, 1]", "0.3"),
     ("growth_factor", lambda c, v: v > 1, "is not > 1", "2.0"),
     ("max_growth_factor", lambda c, v: v >= c.growth_factor, "is below growth_factor={0.growth_factor}", "8.0"),

@@ -111,11 +111,12 @@ def test_job_keys_json_default_retry_exhausted_fsync(job_dir):
         )
     )
     job = load_job(job_path)
-    kwargs = job.processor_kwargs()
-    assert kwargs["json_default"] is str and kwargs["fsync"] is False and kwargs["retry_exhausted"] == "raise"
+    config = job.run_config()
+    assert config.output.json_default is str and config.output.fsync is False
+    assert config.errors.retry_exhausted == "raise"
     result = run_job(job)
     assert list(result)[5] == {"i": 5, "v": "{1, 2}"}
-    assert load_job(write_job(job_dir, "defaults", n=1)).processor_kwargs()["fsync"] is True
+    assert load_job(write_job(job_dir, "defaults", n=1)).run_config().output.fsync is True
 
 
 def test_fsync_per_batch_by_default(tmp_path, monkeypatch):
