@@ -84,6 +84,18 @@ class ConfigError(BatchmemError, ValueError):
     """A bad option value (batch sizes, memory limit, thresholds, ...)."""
 
 
+class OptionError(ConfigError):
+    """A bad option value: ``option`` names it as the caller spelt it, ``problem`` is the rest of the message.
+
+    A job file reports ``problem`` under the option's job-file key (``batching.batch_size``),
+    the Python API under the keyword (``batch_size``), so each user reads the name they wrote.
+    """
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option}: {problem}")
+        self.option, self.problem = option, problem
+
+
 class JobFileError(ConfigError):
     """A job file that cannot be read or does not validate."""
 

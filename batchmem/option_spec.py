@@ -19,22 +19,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from .callables import is_reference, short_repr
-from .errors import ConfigError
+from .errors import ConfigError, OptionError
 from .heap.monitor import PressureThresholds, parse_size
 
 __all__ = ["OptionError", "Spec", "check_fields", "check_option", "fail", "option", "spec_of"]
-
-
-class OptionError(ConfigError):
-    """A bad option value; ``option`` is the Python keyword and ``problem`` the message without it.
-
-    A job file reports ``problem`` under the option's job-file key (``batching.batch_size``),
-    the Python API under the keyword (``batch_size``), so each user reads the name they wrote.
-    """
-
-    def __init__(self, option: str, problem: str):
-        super().__init__(f"{option}: {problem}")
-        self.option, self.problem = option, problem
 
 
 def fail(name: str, problem: str) -> OptionError:
@@ -165,7 +153,7 @@ def band_check(name: str, value: Any) -> tuple[float, float]:
 def weight_check(name: str, value: Any) -> Any:
     if value is None or value == "auto" or callable(value) or is_reference(value):
         return value
-    raise fail(name, f"{short_repr(value)} is not 'auto', None, a callable item -> number or 'module:callable'")
+    raise fail(name, f"{short_repr(value)} is not auto, none (None), a callable item -> number or 'module:callable'")
 
 
 def n_jobs_check(name: str, value: Any) -> Any:
@@ -228,8 +216,8 @@ def thresholds_check(name: str, value: Any) -> PressureThresholds:
             raise fail(f"{name}.{unknown[0]}", "not a threshold; use warning, critical and emergency")
         try:
             value = PressureThresholds(**value)
-        except ConfigError as exc:
-            raise fail(name, str(exc)) from None
+        except OptionError as exc:  # PressureThresholds.<level>: say it under this option
+            raise fail(f"{name}.{exc.option.rpartition('.')[2]}", exc.problem) from None
     if not isinstance(value, PressureThresholds):
         raise fail(name, f"{short_repr(value)} is not a PressureThresholds or a mapping of warning/critical/emergency")
     return value

@@ -13,7 +13,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchmem.errors import ConfigError
+from batchmem.errors import OptionError
 
 __all__ = ["STALL_CRITICAL_AVG10", "STALL_WARNING_AVG10", "PressureLevel", "PressureThresholds", "stall_level"]
 
@@ -54,9 +54,7 @@ class PressureLevel(enum.IntEnum):
 
 def _check_fraction(field: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-        raise ConfigError(
-            f"PressureThresholds.{field}={value!r} is not a number; give a utilization fraction such as {field}=0.9"
-        )
+        raise OptionError(f"PressureThresholds.{field}", f"{value!r} is not a number; give a fraction such as 0.9")
     return float(value)
 
 
@@ -83,15 +81,15 @@ class PressureThresholds:
         w = _check_fraction("warning", self.warning)
         c = _check_fraction("critical", self.critical)
         e = _check_fraction("emergency", self.emergency)
-        hint = "e.g. PressureThresholds(warning=0.80, critical=0.90, emergency=0.95)"
+        hint = "0 < warning < critical < emergency <= 1, e.g. 0.80, 0.90, 0.95"
         if not 0 < w:
-            raise ConfigError(f"PressureThresholds.warning={w} must be greater than 0; {hint}")
+            raise OptionError("PressureThresholds.warning", f"{w} must be greater than 0; {hint}")
         if not w < c:
-            raise ConfigError(f"PressureThresholds.critical={c} must be greater than warning={w}; {hint}")
+            raise OptionError("PressureThresholds.critical", f"{c} must be greater than warning ({w}); {hint}")
         if not c < e:
-            raise ConfigError(f"PressureThresholds.emergency={e} must be greater than critical={c}; {hint}")
+            raise OptionError("PressureThresholds.emergency", f"{e} must be greater than critical ({c}); {hint}")
         if not e <= 1:
-            raise ConfigError(f"PressureThresholds.emergency={e} must be at most 1; {hint}")
+            raise OptionError("PressureThresholds.emergency", f"{e} must be at most 1; {hint}")
 
     def level(self, utilization: float) -> PressureLevel:
         """Map ``utilization`` (usage / limit; may exceed 1) to a :class:`PressureLevel`.

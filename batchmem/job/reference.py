@@ -1,7 +1,8 @@
 """The job file reference: a Markdown table of every key, generated from the pydantic models.
 
 ``python -c "from batchmem.job import job_reference_markdown as r; print(r())"``
-prints the table the README shows, so the README stays in step with the schema.
+prints the table of docs/job-file.md, so the reference stays in step with the schema
+(itself derived from :mod:`batchmem.options`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ def _default_label(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _range(field: FieldInfo) -> str:
+    """The field's bounds as a sentence (`` Range: > 0, <= 1.``), from its pydantic constraints."""
+    parts = [f"{sign} {getattr(m, name)}" for m in field.metadata for name, sign in _BOUNDS if hasattr(m, name)]
+    return f" Range: {', '.join(parts)}." if parts else ""
+
+
 def job_reference_markdown() -> str:
     """The job file reference as a Markdown table: every key (dotted), type, default and description.
 
@@ -86,7 +96,7 @@ def job_reference_markdown() -> str:
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
             key = f"{prefix}{name}"
-            desc = one_line(field.description or "").replace("|", "\\|")
+            desc = one_line((field.description or "") + _range(field)).replace("|", "\\|")
             kind = type_label(field).replace("|", "\\|")
             rows.append(f"| `{key}` | {kind} | {_default_label(field)} | {desc} |")
             inner = unwrap_model(field.annotation)
