@@ -3,8 +3,8 @@
 The options are walked from the option groups' fields (not from a list kept here): every option gets
 a value of the wrong type and, where its spec has bounds or choices, a value outside them. Python
 (``BatchProcessor(...)``) and a job file (``batchmem validate`` and ``batchmem run``, through the
-console entry point in this process) must both refuse it with a ConfigError, exit code 2, in one line naming the option as that
-user wrote it: the keyword in Python, the dotted key in the job file.
+console entry point in this process) must both refuse it with a ConfigError, exit code 2, in one
+line naming the option as that user wrote it: the keyword in Python, the dotted key in the job file.
 """
 
 from __future__ import annotations
