@@ -98,7 +98,8 @@ class Batching:
         "(joblib's auto-batching band).",
         job="batching.target_batch_seconds",
         check=checks.band_check,
-        job_type=tuple[float, float],
+        job_type=list[float],
+        label="[low, high] (numbers)",
     )
     memory_target_fraction: float = option(
         0.6,

@@ -441,7 +441,7 @@ def test_custom_thresholds_and_ordering():
     ],
 )
 def test_threshold_validation_names_field(kwargs, field):
-    with pytest.raises(ConfigError, match=rf"PressureThresholds\.{field}="):
+    with pytest.raises(ConfigError, match=rf"^PressureThresholds\.{field}: "):
         PressureThresholds(**kwargs)
 
 

@@ -86,11 +86,10 @@ def _checker(name: str, spec: Spec) -> AfterValidator:
 def _field(name: str, spec: Spec, default: Any, factory: Any) -> tuple[Any, Any]:
     extra = {"type_label": spec.label} if spec.label else None
     bounds = {"gt": spec.gt, "ge": spec.ge, "le": spec.le} if spec.kind in (int, float) else {}
-    strict = False if typing.get_origin(spec.job_type) is tuple else None  # YAML has lists, not tuples
     if factory is not MISSING:
         info = Field(default_factory=factory, description=spec.doc, json_schema_extra=extra)
     else:
-        info = Field(default, description=spec.doc, json_schema_extra=extra, strict=strict, **bounds)
+        info = Field(default, description=spec.doc, json_schema_extra=extra, **bounds)
     return Annotated[_annotation(spec), _checker(name, spec)], info
 
 

@@ -311,10 +311,10 @@ Job = create_model(
     __base__=_JobFile,
     __doc__="A validated job file. Build one with :func:`load_job`; run it with :func:`run_job`.",
     __module__=__name__,
-    **section_fields(""),
     batching=_sub(BatchingConfig, "Batch sizes and memory limit", "batching"),
     execution=_sub(ExecutionConfig, "Parallel execution", "execution"),
     pressure=_sub(PressureConfig, "Memory pressure escalation", "pressure"),
     analysis=_sub(AnalysisConfig, "Heap analysis and GC", "analysis"),
     output=(OutputConfig, Field(description="Where results go (mapping; see `output.*`).")),
+    **section_fields(""),  # after the sections: pydantic reports errors in field order
 )
