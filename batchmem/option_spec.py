@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from .callables import is_reference, short_repr
 from .errors import ConfigError, OptionError
+from .heap.limits import FRACTION_RE
 from .heap.monitor import PressureThresholds, parse_size
 
 __all__ = ["OptionError", "Spec", "check_fields", "check_option", "fail", "option", "spec_of"]
@@ -143,6 +143,7 @@ def check_fields(group: Any) -> None:
 
 
 def band_check(name: str, value: Any) -> tuple[float, float]:
+    """A (low, high) pair of seconds with 0 < low < high, as floats."""
     ok = isinstance(value, (tuple, list)) and len(value) == 2
     ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     if not ok or not 0 < value[0] < value[1] < math.inf:
@@ -151,24 +152,28 @@ def band_check(name: str, value: Any) -> tuple[float, float]:
 
 
 def weight_check(name: str, value: Any) -> Any:
+    """``"auto"``, None (count items), a callable ``item -> number >= 0`` or its ``"module:callable"``."""
     if value is None or value == "auto" or callable(value) or is_reference(value):
         return value
     raise fail(name, f"{short_repr(value)} is not auto, none (None), a callable item -> number or 'module:callable'")
 
 
 def n_jobs_check(name: str, value: Any) -> Any:
+    """An integer other than 0 (-1: every CPU, joblib's convention) or ``"auto"``."""
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value != 0):
         return value
     raise fail(name, f"{short_repr(value)} cannot run anything; use 1 (serial), N workers, -1 (all cores) or 'auto'")
 
 
 def client_check(name: str, value: Any) -> Any:
+    """None or an object with a ``submit`` method (a ``distributed.Client``)."""
     if value is None or callable(getattr(value, "submit", None)):
         return value
     raise fail(name, f"{short_repr(value)} is not a distributed.Client; pass one, or scheduler_address")
 
 
 def callable_ref_check(name: str, value: Any) -> Any:
+    """None, a callable or a ``"module:callable"`` reference (imported when the run starts)."""
     if isinstance(value, str) and not is_reference(value):
         raise fail(name, f"expected 'module:callable' such as 'transform:clean', got {short_repr(value)}")
     if not (value is None or isinstance(value, str) or callable(value)):
@@ -179,12 +184,11 @@ def callable_ref_check(name: str, value: Any) -> Any:
 _LIMIT_FIX = (
     "use a size string like 512MB or 2GiB, an integer number of bytes, or a fraction 0 < f <= 1 of the detected limit"
 )
-_FRACTION_RE = re.compile(r"^\s*(?:0?\.\d+|1\.0*)\s*$")
 
 
 def _limit_text(name: str, text: str) -> int | float:
     text = text.strip()
-    if text.endswith("%") or _FRACTION_RE.match(text):
+    if text.endswith("%") or FRACTION_RE.match(text):
         try:
             fraction = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
         except ValueError:
@@ -210,6 +214,7 @@ def memory_limit_check(name: str, value: Any) -> int | float:
 
 
 def thresholds_check(name: str, value: Any) -> PressureThresholds:
+    """A :class:`PressureThresholds` or a mapping of its levels (which it checks), naming the level."""
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - {f.name for f in fields(PressureThresholds)})
         if unknown:
@@ -227,6 +232,7 @@ _ADAPTIVE_KEYS = ("warning_mb", "critical_mb", "emergency_mb")
 
 
 def adaptive_check(name: str, value: Any) -> Any:
+    """A flag, or a mapping of ``warning_mb``/``critical_mb``/``emergency_mb`` offsets (decimal MB)."""
     if isinstance(value, bool):
         return value
     if isinstance(value, Mapping) and all(
@@ -237,6 +243,7 @@ def adaptive_check(name: str, value: Any) -> Any:
 
 
 def analyzer_check(name: str, value: Any) -> Any:
+    """A mapping of :class:`~batchmem.HeapAnalyzer` keyword arguments, naming an unknown one."""
     if not isinstance(value, Mapping):
         raise fail(name, f"{short_repr(value)} is not a mapping of HeapAnalyzer keyword arguments")
     from .heap.analyzer import HeapAnalyzer
@@ -249,10 +256,12 @@ def analyzer_check(name: str, value: Any) -> Any:
 
 
 def json_default_check(name: str, value: Any) -> Any:
+    """A callable that turns a result orjson cannot encode into one it can."""
     if callable(value):
         return value
     raise fail(name, f"{short_repr(value)} is not callable; pass a function such as str")
 
 
 def thresholds_from_job(value: Any) -> Any:
+    """A job file's ``pressure_thresholds`` model as the mapping :func:`thresholds_check` takes."""
     return value.model_dump() if hasattr(value, "model_dump") else value

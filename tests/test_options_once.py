@@ -142,3 +142,12 @@ def test_a_check_between_options_names_the_job_key(tmp_path, batchmem):
     code, output = batchmem("validate", str(job))
     assert code == 2 and ": teardown: there is no setup" in output, output
 
+
+def test_a_weight_reference_means_the_same_in_python_as_in_a_job_file(tmp_path, monkeypatch):
+    """``weight: module:callable`` is valid in a job file, so ``weight="module:callable"`` is valid in Python."""
+    (tmp_path / "onceweights.py").write_text("def chars(item):\n    return float(len(str(item)))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    proc = BatchProcessor(weight="onceweights:chars", progress=False, use_history=False)
+    result = proc.process(range(50), abs, tmp_path / "out.jsonl")
+    assert list(result) == list(range(50)) and result.stats.weight_unit == "onceweights:chars"
+    sys.modules.pop("onceweights", None)

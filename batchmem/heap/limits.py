@@ -38,7 +38,8 @@ _HAVE_PROCFS: bool = sys.platform.startswith("linux") and os.path.exists("/proc/
 _SIZE_EXAMPLE = '"512MB", "2GiB" or "1.5GB"'
 
 # "0.5" / ".25" / "1.0": a fraction written as a string (CLI flags, env vars).
-_FRACTION_RE = re.compile(r"^\s*(?:0?\.\d+|1\.0*)\s*$")
+#: A string that is a fraction of the detected limit ("0.5", ".25", "1.0"), not a size.
+FRACTION_RE = re.compile(r"^\s*(?:0?\.\d+|1\.0*)\s*$")
 
 # Order used to break ties between equal limits: the most specific source wins.
 _SOURCE_ORDER = ("cgroup_v2_high", "cgroup_v2", "cgroup_v1", "rlimit_as", "rlimit_data", "physical")
@@ -187,7 +188,7 @@ def resolve_memory_limit(value: int | str | float | None, detected: MemoryLimit 
     """
     if value is None:
         return detected if detected is not None else detect_memory_limit()
-    if isinstance(value, str) and _FRACTION_RE.match(value):
+    if isinstance(value, str) and FRACTION_RE.match(value):
         value = float(value)
     if isinstance(value, float):
         if not (0.0 < value <= 1.0):

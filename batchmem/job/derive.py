@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import MISSING, fields
+from dataclasses import Field as Field_
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, create_model
@@ -39,22 +40,22 @@ class FieldError(ValueError):
         self.field = field
 
 
-def _specs() -> typing.Iterator[tuple[str, Spec]]:
-    """(Python keyword, spec) of every option a job file holds."""
+def _job_options() -> typing.Iterator[tuple[Field_, Spec]]:
+    """(dataclass field, spec) of every option a job file holds."""
     for cls in GROUPS.values():
         for f in fields(cls):
             spec = f.metadata.get("spec")
             if spec is not None and spec.job is not None:
-                yield f.name, spec
+                yield f, spec
 
 
 def job_key(option: str) -> str:
     """The job-file key of a Python option (``"min_batch_size"`` -> ``"batching.min_batch_size"``);
     a dotted sub-key (``"analyzer.windw"``) keeps its tail."""
     head, dot, tail = option.partition(".")
-    for name, spec in _specs():
-        if name == head:
-            return spec.job + dot + tail
+    for f, spec in _job_options():
+        if f.name == head:
+            return f"{spec.job}{dot}{tail}"
     return option
 
 
@@ -68,13 +69,17 @@ def _annotation(spec: Spec) -> Any:
     return annotation | None if spec.none_ok else annotation
 
 
+def _from_job(spec: Spec, value: Any) -> Any:
+    """A job file's spelling of a value as Python's (``json_default: str`` -> :class:`str`)."""
+    return spec.from_job(value) if spec.from_job is not None and value is not None else value
+
+
 def _checker(name: str, spec: Spec) -> AfterValidator:
     """Run the option's own check on a job value; the value keeps its job spelling unless normalised."""
 
     def check(value: Any) -> Any:
-        python = spec.from_job(value) if spec.from_job is not None and value is not None else value
         try:
-            checked = check_option(name, python, spec)
+            checked = check_option(name, _from_job(spec, value), spec)
         except OptionError as exc:
             _, dot, tail = exc.option.partition(".")
             raise FieldError(tail, exc.problem) if dot else ValueError(exc.problem) from None
@@ -100,18 +105,15 @@ def section_fields(section: str, nested: dict[str, type[BaseModel]] | None = Non
     model's defaults).
     """
     out: dict[str, Any] = {}
-    for cls in GROUPS.values():
-        for f in fields(cls):
-            spec = f.metadata.get("spec")
-            if spec is None or spec.job is None or spec.job.rpartition(".")[0] != section:
-                continue
-            key = spec.job.rpartition(".")[2]
-            if nested and f.name in nested:
-                model = nested[f.name]
-                annotated = Annotated[model, _checker(f.name, spec)]
-                out[key] = (annotated, Field(default_factory=model, description=spec.doc))
-            else:
-                out[key] = _field(f.name, spec, f.default, f.default_factory)
+    for f, spec in _job_options():
+        where, _, key = spec.job.rpartition(".")
+        if where != section:
+            continue
+        if nested and f.name in nested:
+            model = nested[f.name]
+            out[key] = (Annotated[model, _checker(f.name, spec)], Field(default_factory=model, description=spec.doc))
+        else:
+            out[key] = _field(f.name, spec, f.default, f.default_factory)
     return out
 
 
@@ -143,8 +145,7 @@ def run_config(job: Any) -> RunConfig:
         for f in fields(cls):
             spec = f.metadata.get("spec")
             if spec is not None and spec.job is not None:
-                value = _value_at(job, spec.job)
-                values[f.name] = spec.from_job(value) if spec.from_job is not None and value is not None else value
+                values[f.name] = _from_job(spec, _value_at(job, spec.job))
         try:
             built[section] = cls(**values)
         except OptionError as exc:
