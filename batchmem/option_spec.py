@@ -19,8 +19,8 @@ from typing import Any
 
 from .callables import is_reference, short_repr
 from .errors import ConfigError, OptionError
-from .heap.limits import FRACTION_RE
-from .heap.monitor import PressureThresholds, parse_size
+from .heap.levels import PressureThresholds
+from .heap.limits import FRACTION_RE, parse_size
 
 __all__ = ["OptionError", "Spec", "check_fields", "check_option", "fail", "option", "spec_of"]
 

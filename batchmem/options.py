@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import option_spec as checks
 from .errors import ConfigError
-from .heap.monitor import PressureThresholds
+from .heap.levels import PressureThresholds
 from .option_spec import check_fields, fail, option
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, create_model
 
-from ..heap.monitor import PressureThresholds
+from ..heap.levels import PressureThresholds
 from ..option_spec import OptionError, Spec, check_option
 from ..options import GROUPS, RunConfig
 
@@ -119,7 +119,7 @@ def section_fields(section: str, nested: dict[str, type[BaseModel]] | None = Non
 
 def thresholds_model(base: type[BaseModel]) -> type[BaseModel]:
     """``pressure.pressure_thresholds`` as a model: the fields and defaults of
-    :class:`~batchmem.heap.monitor.PressureThresholds`, which checks them."""
+    :class:`~batchmem.heap.levels.PressureThresholds`, which checks them."""
     defs = {
         f.name: (float, Field(f.default, description=f.metadata.get("doc", ""))) for f in fields(PressureThresholds)
     }
