@@ -302,8 +302,7 @@ class ErrorPolicy:
         choices=("skip", "raise"),
     )
 
-    def __post_init__(self) -> None:
-        check_fields(self)
+    __post_init__ = check_fields  # every field checked (and normalised) on construction
 
 
 @dataclass(frozen=True)
@@ -401,8 +400,7 @@ class Analysis:
         job_type=dict[str, Any],
     )
 
-    def __post_init__(self) -> None:
-        check_fields(self)
+    __post_init__ = check_fields  # every field checked (and normalised) on construction
 
 
 @dataclass(frozen=True)
@@ -430,8 +428,7 @@ class Output:
         True, "Show a progress bar on the terminal (`--no-progress` turns it off).", job="progress", kind=bool
     )
 
-    def __post_init__(self) -> None:
-        check_fields(self)
+    __post_init__ = check_fields  # every field checked (and normalised) on construction
 
 
 #: The option groups by their section name in :class:`RunConfig`.
