@@ -14,7 +14,8 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Any
 
 from .callables import is_reference, short_repr
@@ -22,7 +23,7 @@ from .errors import ConfigError, OptionError
 from .heap.levels import PressureThresholds
 from .heap.limits import FRACTION_RE, parse_size
 
-__all__ = ["OptionError", "Spec", "check_fields", "check_option", "fail", "option", "spec_of"]
+__all__ = ["OptionError", "SECTION", "Spec", "check_fields", "check_option", "fail", "job_section", "option", "spec_of"]
 
 
 def fail(name: str, problem: str) -> OptionError:
@@ -76,12 +77,36 @@ class Spec:
         return f" <= {self.le:g}" if self.le is not None else ""
 
 
-def option(default: Any = MISSING, doc: str = "", *, job: str | None, factory: Any = MISSING, **spec: Any) -> Any:
-    """A dataclass field for an option: its default (or ``factory``) and its :class:`Spec`."""
+#: ``option(job=SECTION)`` (the default): the job-file key is ``<the group's section>.<the field's name>``.
+SECTION = "<section>"
+
+
+def option(
+    default: Any = MISSING, doc: str = "", *, job: str | None = SECTION, factory: Any = MISSING, **spec: Any
+) -> Any:
+    """A dataclass field for an option: its default (or ``factory``) and its :class:`Spec`.
+
+    ``job`` is the dotted job-file key: by default the group's section (:func:`job_section`) and the
+    field's name; a key elsewhere (``"on_error"``, ``"batching.memory_limit"``); None: Python only.
+    """
     meta = {"spec": Spec(doc=doc, job=job, **spec)}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def job_section(section: str) -> Callable[[type], type]:
+    """Class decorator of an option group (above ``@dataclass``): its fields' job keys default to
+    ``section.<field name>``, so a job file's section and the group's fields cannot drift apart."""
+
+    def decorate(cls: type) -> type:
+        for f in fields(cls):
+            spec = f.metadata.get("spec")
+            if spec is not None and spec.job == SECTION:
+                f.metadata = MappingProxyType({**f.metadata, "spec": replace(spec, job=f"{section}.{f.name}")})
+        return cls
+
+    return decorate
 
 
 def spec_of(cls: type, name: str) -> Spec:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import option_spec as checks
 from .errors import ConfigError
 from .heap.levels import PressureThresholds
-from .option_spec import check_fields, fail, option
+from .option_spec import check_fields, fail, job_section, option
 
 if TYPE_CHECKING:
     from .optimizer.control import ControlConfig
@@ -57,6 +57,7 @@ DEFAULT_BATCH_SIZE = 100
 # --------------------------------------------------------------------------- the groups
 
 
+@job_section("batching")
 @dataclass(frozen=True)
 class Batching:
     """How batches are cut and sized: job-file ``batching:`` (``batched`` is top-level there).
@@ -68,7 +69,6 @@ class Batching:
         None,
         "First batch size (or the fixed size without auto_optimize), items. "
         f"Default: {DEFAULT_BATCH_SIZE}, moved into [min_batch_size, max_batch_size].",
-        job="batching.batch_size",
         kind=int,
         gt=0,
         none_ok=True,
@@ -76,7 +76,6 @@ class Batching:
     auto_optimize: bool = option(
         True,
         "Let the optimizer resize batches from live measurements and history.",
-        job="batching.auto_optimize",
         kind=bool,
     )
     batched: bool = option(
@@ -86,17 +85,12 @@ class Batching:
         job="batched",
         kind=bool,
     )
-    min_batch_size: int = option(
-        1, "Smallest batch the optimizer may choose, items.", job="batching.min_batch_size", kind=int, gt=0
-    )
-    max_batch_size: int = option(
-        1_000_000, "Largest batch the optimizer may choose, items.", job="batching.max_batch_size", kind=int, gt=0
-    )
+    min_batch_size: int = option(1, "Smallest batch the optimizer may choose, items.", kind=int, gt=0)
+    max_batch_size: int = option(1_000_000, "Largest batch the optimizer may choose, items.", kind=int, gt=0)
     target_batch_seconds: tuple[float, float] = option(
         (0.2, 2.0),
         "[low, high] wall time per batch the optimizer aims for, seconds, 0 < low < high "
         "(joblib's auto-batching band).",
-        job="batching.target_batch_seconds",
         check=checks.band_check,
         job_type=list[float],
         label="[low, high] (numbers)",
@@ -104,7 +98,6 @@ class Batching:
     memory_target_fraction: float = option(
         0.6,
         "Share of the free memory under the limit that batches in flight may fill (Dask's worker memory target).",
-        job="batching.memory_target_fraction",
         kind=float,
         gt=0,
         le=1,
@@ -112,14 +105,12 @@ class Batching:
     use_history: bool = option(
         True,
         "Warm-start from, and record into, the operation's run history (`batchmem stats`).",
-        job="batching.use_history",
         kind=bool,
     )
     weight: str | Callable[[Any], float] | None = option(
         "auto",
         "Cost unit of an item, so batches are budgeted in it: `auto` (its size: characters, bytes, file size; "
         "1 for numbers), `none` (count items), or `module:callable` returning a number >= 0 per item.",
-        job="batching.weight",
         check=checks.weight_check,
         job_type=str,
         from_job=lambda v: None if v == "none" else v,
@@ -159,6 +150,7 @@ class Batching:
 _BACKENDS = Literal["loky", "threading", "multiprocessing", "dask", "sequential"]
 
 
+@job_section("execution")
 @dataclass(frozen=True)
 class Execution:
     """Where batches run: job-file ``execution:`` (``setup``/``teardown`` are top-level there)."""
@@ -167,7 +159,6 @@ class Execution:
         1,
         "Batches run at once: 1 runs in-process; -1 uses every CPU (joblib convention); `auto` runs in-process "
         "until an item costs more than shipping it to a worker, then uses as many workers as fit. Not 0.",
-        job="execution.n_jobs",
         check=checks.n_jobs_check,
         job_type=int | Literal["auto"],
     )
@@ -176,7 +167,6 @@ class Execution:
         "loky, multiprocessing or threading (batchmem's own worker pools), dask, or sequential. Default: "
         "in-process for n_jobs 1, else joblib's configured backend, loky unless set "
         "(dask when scheduler_address is set).",
-        job="execution.backend",
         kind=str,
         none_ok=True,
         job_type=_BACKENDS | None,
@@ -192,14 +182,12 @@ class Execution:
         None,
         "Address of a dask scheduler (`tcp://host:8786`) to connect to; implies backend dask. "
         "Default: none (dask's default client).",
-        job="execution.scheduler_address",
         kind=str,
         none_ok=True,
     )
     connect_timeout: float = option(
         10.0,
         "Seconds to wait for a scheduler address that does not answer (refused fails at once).",
-        job="execution.connect_timeout",
         kind=float,
         gt=0,
         unit=" seconds",
@@ -225,7 +213,6 @@ class Execution:
     max_tasks_per_worker: int | None = option(
         None,
         "Replace the worker processes after this many batches each. Default: never.",
-        job="execution.max_tasks_per_worker",
         kind=int,
         ge=1,
         none_ok=True,
@@ -235,19 +222,16 @@ class Execution:
         False,
         "Fail (exit 2) instead of starting fewer worker processes than n_jobs when only fewer fit under the "
         "memory target once each one's baseline is paid. Default: run the ones that fit, and say so.",
-        job="execution.n_jobs_strict",
         kind=bool,
     )
     recycle_leaking_workers: bool = option(
         True,
         "Replace the worker processes when the heap analyzer flags a leak in one.",
-        job="execution.recycle_leaking_workers",
         kind=bool,
     )
     stop_grace_seconds: float = option(
         30.0,
         "After SIGINT/SIGTERM, seconds the batches in flight may take before they are cancelled.",
-        job="execution.stop_grace_seconds",
         kind=float,
         ge=0,
         unit=" seconds",
@@ -257,7 +241,6 @@ class Execution:
         "Inside a memory cgroup with a limit, where the hierarchy is writable (cgroup v1, root), give each "
         "worker process a child cgroup with its share of the limit, so the kernel stops a runaway worker, "
         "not the run, and batches are charged exactly. false keeps the workers in the run's cgroup.",
-        job="execution.worker_cgroups",
         kind=bool,
     )
 
@@ -305,6 +288,7 @@ class ErrorPolicy:
     __post_init__ = check_fields  # every field checked (and normalised) on construction
 
 
+@job_section("pressure")
 @dataclass(frozen=True)
 class Pressure:
     """The memory limit and what happens as usage nears it: job-file ``pressure:``
@@ -321,14 +305,11 @@ class Pressure:
         job_type=Any,
         label="size string | int (bytes) | float (fraction) | null",
     )
-    memory_monitoring: bool = option(
-        True, "Sample the process tree's RSS after every batch.", job="pressure.memory_monitoring", kind=bool
-    )
+    memory_monitoring: bool = option(True, "Sample the process tree's RSS after every batch.", kind=bool)
     pressure_thresholds: PressureThresholds = option(
         doc="Utilization of the limit at which pressure escalates: warning (shrink batches, collect garbage), "
         "critical (pause dispatch), emergency (cleanup callbacks, stop cleanly); 0 < warning < critical < "
         "emergency <= 1.",
-        job="pressure.pressure_thresholds",
         factory=PressureThresholds,
         check=checks.thresholds_check,
         from_job=checks.thresholds_from_job,
@@ -337,14 +318,12 @@ class Pressure:
         False,
         "true (or a mapping of warning_mb/critical_mb/emergency_mb) puts the levels at the run's starting "
         "RSS + 50/70/90 MB instead.",
-        job="pressure.adaptive_thresholds",
         check=checks.adaptive_check,
         job_type=bool | dict[str, float],
     )
     pressure_max_wait_s: float = option(
         10.0,
         "Longest pause of dispatch at critical pressure, seconds; then batches go on at min_batch_size.",
-        job="pressure.pressure_max_wait_s",
         kind=float,
         ge=0,
         unit=" seconds",
@@ -353,7 +332,6 @@ class Pressure:
         0.95,
         "Share of the limit at which the OOM watchdog kills the worker process holding the most memory "
         "(process backends; Dask's distributed.worker.memory.terminate).",
-        job="pressure.terminate_fraction",
         kind=float,
         gt=0,
         le=1,
@@ -365,6 +343,7 @@ class Pressure:
         check_fields(self)
 
 
+@job_section("analysis")
 @dataclass(frozen=True)
 class Analysis:
     """Heap analysis and garbage collection: job-file ``analysis:`` (``detect_memory_issues`` is top-level)."""
@@ -378,23 +357,18 @@ class Analysis:
     trace_allocations: bool = option(
         False,
         "Trace allocations (tracemalloc) so leak verdicts name source lines; 3-5x slower (benchmarks/bench_leaks.py).",
-        job="analysis.trace_allocations",
         kind=bool,
     )
     gc_max_time_fraction: float = option(
         0.05,
         "Share of wall time garbage collection between batches may take.",
-        job="analysis.gc_max_time_fraction",
         kind=float,
         gt=0,
         le=1,
     )
-    force_gc_on_completion: bool = option(
-        False, "Run gc.collect() once the run ends.", job="analysis.force_gc_on_completion", kind=bool
-    )
+    force_gc_on_completion: bool = option(False, "Run gc.collect() once the run ends.", kind=bool)
     analyzer: Mapping[str, Any] = option(
         doc="Keyword arguments of the heap analyzer (window, min_batches, min_confidence, ...).",
-        job="analysis.analyzer",
         factory=dict,
         check=checks.analyzer_check,
         job_type=dict[str, Any],
@@ -403,6 +377,7 @@ class Analysis:
     __post_init__ = check_fields  # every field checked (and normalised) on construction
 
 
+@job_section("output")
 @dataclass(frozen=True)
 class Output:
     """How results are written: job-file ``output:`` (``progress`` is top-level there)."""
@@ -411,14 +386,12 @@ class Output:
         True,
         "Force each batch to disk (fsync) before the checkpoint is replaced: committed batches survive a "
         "power cut, not only a kill -9. false saves about one disk sync per batch.",
-        job="output.fsync",
         kind=bool,
     )
     json_default: Callable[[Any], Any] | None = option(
         None,
         "Fallback for results orjson cannot encode: `str` writes `str(value)` (in Python: any callable). "
         "Default: none (such a result stops the run with an error naming its type and item index).",
-        job="output.json_default",
         check=checks.json_default_check,
         none_ok=True,
         job_type=Literal["str"] | None,

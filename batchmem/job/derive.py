@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, create_model
 
 from ..heap.levels import PressureThresholds
-from ..option_spec import OptionError, Spec, check_option
+from ..option_spec import SECTION, OptionError, Spec, check_option
 from ..options import GROUPS, RunConfig
 
 __all__ = ["FieldError", "job_key", "run_config", "section_fields", "thresholds_model"]
@@ -45,6 +45,8 @@ def _job_options() -> typing.Iterator[tuple[Field_, Spec]]:
     for cls in GROUPS.values():
         for f in fields(cls):
             spec = f.metadata.get("spec")
+            if spec is not None and spec.job == SECTION:  # a programming error: fail at import
+                raise TypeError(f"{cls.__name__}.{f.name}: give job= or decorate the group with @job_section")
             if spec is not None and spec.job is not None:
                 yield f, spec
 
