@@ -190,6 +190,18 @@ def n_jobs_check(name: str, value: Any) -> Any:
     raise fail(name, f"{short_repr(value)} cannot run anything; use 1 (serial), N workers, -1 (all cores) or 'auto'")
 
 
+def backend_check(name: str, value: Any) -> Any:
+    """None or the name of a registered backend (:data:`batchmem.backends.BACKENDS`, an installed
+    ``batchmem.backends`` entry point, or from Python a backend registered with joblib)."""
+    if value is None:
+        return value
+    from .backends import backend_names, joblib_backend
+
+    if isinstance(value, str) and (value in (names := backend_names()) or joblib_backend(value)):
+        return value
+    raise fail(name, f"{short_repr(value)} is not a registered backend; use one of {', '.join(names)}")
+
+
 def client_check(name: str, value: Any) -> Any:
     """None or an object with a ``submit`` method (a ``distributed.Client``)."""
     if value is None or callable(getattr(value, "submit", None)):

@@ -147,9 +147,6 @@ class Batching:
         )
 
 
-_BACKENDS = Literal["loky", "threading", "multiprocessing", "dask", "sequential"]
-
-
 @job_section("execution")
 @dataclass(frozen=True)
 class Execution:
@@ -164,12 +161,12 @@ class Execution:
     )
     backend: str | None = option(
         None,
-        "loky, multiprocessing or threading (batchmem's own worker pools), dask, or sequential. Default: "
-        "in-process for n_jobs 1, else joblib's configured backend, loky unless set "
+        "loky, multiprocessing or threading (batchmem's own worker pools), dask, sequential, or a backend "
+        "registered with register_backend or an installed package's entry point (see docs/extending.md). "
+        "Default: in-process for n_jobs 1, else joblib's configured backend, loky unless set "
         "(dask when scheduler_address is set).",
-        kind=str,
         none_ok=True,
-        job_type=_BACKENDS | None,
+        check=checks.backend_check,
     )
     client: Any = option(
         None,

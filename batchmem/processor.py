@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .backends import RunOptions, make_executor
+from .backends import Executor, Planning, RunOptions, check_backend, make_executor
 from .backends.fit import fit_workers
 from .backends.worker_setup import make_worker_setup
 from .errors import RESUME_COMMAND, ConfigError, RunStopped
@@ -27,6 +27,7 @@ from .heap.fit import check_fits
 from .heap.monitor import MemoryMonitor, PressureLevel, current_rss_bytes
 from .heap.pressure import PressureCallbacks
 from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
+from .io.formats import JSONL, OutputFormat, resolve_format
 from .io.output import OutputLock, RunFiles, check_output, prepare_resume, sidecar
 from .io.sinks import iter_jsonl
 from .io.sources import as_source
@@ -59,12 +60,14 @@ class BatchResult:
         path: Path,
         stats: RunStats,
         errors_path: Path | None,
-        output_format: str = "jsonl",
+        output_format: OutputFormat = JSONL,
         *,
         spool: Path | None = None,
         already_complete: bool = False,
     ):
-        self.path, self.stats, self.errors_path, self.output_format = path, stats, errors_path, output_format
+        self.path, self.stats, self.errors_path = path, stats, errors_path
+        self.format = output_format
+        self.output_format = output_format.name  #: the format's name ("jsonl", "parquet", ...)
         #: True when ``resume`` found the output complete and touched nothing.
         self.already_complete = already_complete
         #: Why the run stopped before every item was committed (``stats.status == "stopped"``), or None.
@@ -88,13 +91,7 @@ class BatchResult:
         return self.stats.items + self.stats.resumed_from
 
     def __iter__(self) -> Iterator[Any]:
-        if self.output_format == "parquet":
-            import pyarrow.parquet as pq
-
-            for batch in pq.ParquetFile(self.path).iter_batches():
-                yield from batch.to_pylist()
-        else:
-            yield from iter_jsonl(self.path)
+        yield from self.format.read(self.path)
 
     def errors(self) -> Iterator[dict[str, Any]]:
         """The error records (index, item repr, error type, message, traceback, attempts)."""
@@ -147,10 +144,7 @@ class BatchProcessor:
             "output": output,
         }
         self.config = group_options(groups, options, process_name=process_name)
-        if self.config.execution.backend == "dask":
-            from .backends.dask_backend import import_distributed
-
-            import_distributed()  # fail now, naming the extra to install, if dask.distributed is missing
+        check_backend(self.config.execution)  # e.g. dask: fail now, naming the extra, if it is missing
         ex = self.config.execution
         self.worker_setup = make_worker_setup(ex.setup, ex.teardown)
         p = self.config.pressure
@@ -237,8 +231,9 @@ class BatchProcessor:
         """Run ``fn`` over ``items`` in adaptive batches and stream the results to ``output``.
 
         ``items``: any iterable (consumed lazily) or a :class:`~batchmem.io.sources.BatchSource` such as
-        :func:`batchmem.read_csv`. ``output``: a ``.jsonl`` or ``.parquet`` path (folders are created),
-        or None for a temporary spool (see :class:`BatchResult`). Beside it: ``<output>.stats.json``,
+        :func:`batchmem.read_csv`. ``output``: a path (folders are created), or None for a temporary spool
+        (see :class:`BatchResult`); ``output_format`` names a format of :mod:`batchmem.io.formats`, else the
+        suffix chooses (``.parquet``/``.pq``: Parquet; otherwise JSONL). Beside it: ``<output>.stats.json``,
         ``<output>.batches.jsonl`` and, when an item fails, ``errors_output`` (``<output>.errors.jsonl``).
 
         ``resume``: True continues an output written before (files cut back to ``<output>.ckpt.json``,
@@ -259,9 +254,7 @@ class BatchProcessor:
         self._stop.clear()
         spool = self._spool() if output is None else None
         path = spool / "results.jsonl" if spool else Path(output)
-        fmt = output_format or ("parquet" if path.suffix == ".parquet" else "jsonl")
-        if fmt not in ("jsonl", "parquet"):
-            raise ConfigError(f"output.format: {fmt!r} is not supported; use jsonl or parquet")
+        fmt = resolve_format(path, output_format)
         errors_path = Path(errors_output) if errors_output else sidecar(path, ".errors.jsonl")
         fingerprint, fingerprint_fields = self._fingerprint(fn, fingerprint)
         resume, complete = _resume_decision(path, fingerprint, resume)
@@ -280,14 +273,19 @@ class BatchProcessor:
         return result
 
     def _start(
-        self, source: Any, fn: Callable[..., Any], spec: tuple[Path, Path, str], ckpt: Checkpoint, resume: bool | str
+        self,
+        source: Any,
+        fn: Callable[..., Any],
+        spec: tuple[Path, Path, OutputFormat],
+        ckpt: Checkpoint,
+        resume: bool | str,
     ) -> Run:
         """The executor, the output lock, the files (cut back to the checkpoint on resume) and the run loop.
 
         The executor comes first: a cluster that cannot be reached fails before any file is touched.
         """
         path, errors_path, fmt = spec
-        executor = self._executor(fn, encode=fmt == "jsonl")
+        executor = self._executor(fn, encode=fmt.encodes)
         lock = None
         try:
             if executor.local_memory:  # dask workers have limits of their own
@@ -304,7 +302,7 @@ class BatchProcessor:
                 source=source,
                 executor=executor,
                 files=files,
-                stats=self._new_stats(files),
+                stats=self._new_stats(files, executor),
                 optimizer=self.optimizer,
                 monitor=self.monitor,
                 callbacks=self.pressure_callbacks,
@@ -320,7 +318,7 @@ class BatchProcessor:
     def _fit(self, source: Any, executor: Any) -> None:
         """The up-front checks: the run fits with one worker process (or in this process) at all, then
         no more workers start than fit once each one's measured baseline is paid (:mod:`.backends.fit`)."""
-        processes = getattr(executor, "processes", False)
+        processes = executor.processes
         strict = self.config.execution.n_jobs_strict
         self.check_fits(source, workers=1 if processes else 0)  # more workers: measured below
         if processes and executor.in_flight > 1:
@@ -387,7 +385,7 @@ class BatchProcessor:
         if signals.signum is not None:
             raise RunInterrupted(signals.signum, run.files.ckpt.items, str(run.files.path))
 
-    def _complete_result(self, path: Path, errors_path: Path, fmt: str) -> BatchResult:
+    def _complete_result(self, path: Path, errors_path: Path, fmt: OutputFormat) -> BatchResult:
         """The result of a finished output, from its stats file, touching no file."""
         stats_path = sidecar(path, ".stats.json")
         stats = RunStats.load(stats_path) if stats_path.exists() else RunStats(process_name=self.process_name)
@@ -400,9 +398,8 @@ class BatchProcessor:
 
         return stop
 
-    def _executor(self, fn: Callable[..., Any], *, encode: bool) -> Any:
+    def _executor(self, fn: Callable[..., Any], *, encode: bool) -> Executor:
         c = self.config
-        ex = c.execution
         opts = RunOptions(
             c.batching.batched,
             c.errors.on_error,
@@ -411,35 +408,23 @@ class BatchProcessor:
             encode=encode,
             json_default=c.output.json_default,
             setup=self.worker_setup,
-            peak_by_sampling=ex.n_jobs != 1 and ex.backend == "threading",
         )
-        options: dict[str, Any] = {}
-        if ex.backend == "dask":
-            options = {
-                "client": ex.client,
-                "scheduler_address": ex.scheduler_address,
-                "connect_timeout": ex.connect_timeout,
-            }
-        elif ex.n_jobs == "auto":
-            target = c.batching.memory_target_fraction * self.monitor.limit.bytes
-            options = {
-                "memory_room": lambda: target - self.monitor.used_bytes(),
-                "aim_s": c.batching.control_config().aim_s,
-                "workers_hint": (self.optimizer.last_run(self.process_name) or {}).get("auto_workers"),
-            }
-        executor = make_executor(fn, opts, ex.n_jobs, ex.backend, **options)
-        executor.max_tasks_per_worker = ex.max_tasks_per_worker
-        executor.worker_cgroups = ex.worker_cgroups
-        return executor
+        target = c.batching.memory_target_fraction * self.monitor.limit.bytes
+        planning = Planning(
+            memory_room=lambda: target - self.monitor.used_bytes(),
+            aim_s=c.batching.control_config().aim_s,
+            last_workers=lambda: (self.optimizer.last_run(self.process_name) or {}).get("auto_workers"),
+        )
+        return make_executor(fn, opts, c.execution, planning)
 
-    def _new_stats(self, files: RunFiles) -> RunStats:
-        ex = self.config.execution
+    def _new_stats(self, files: RunFiles, executor: Executor) -> RunStats:
+        info = executor.describe()
         return RunStats(
             process_name=self.process_name,
             memory_limit_bytes=self.monitor.limit.bytes,
             limit_source=self.monitor.limit.source,
-            n_jobs=ex.n_jobs if isinstance(ex.n_jobs, int) else 1,
-            backend=ex.backend or ("serial" if ex.n_jobs == 1 else "auto" if ex.n_jobs == "auto" else "loky"),
+            n_jobs=info.n_jobs,
+            backend=info.backend,
             resumed_from=files.ckpt.items,
             parts=_earlier_parts(files),
             output_path=str(files.path),

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import BatchOutcome, BatchTask, Executor
-from .backends.auto import AutoExecutor
 from .errors import BatchmemError, ItemFailedError, SourceFailedError, WorkerDiedError, one_line
 from .heap.analyzer import Issue
 from .heap.gc_watch import ThrottledCollector
@@ -104,8 +103,6 @@ class Run:
             limit = resolve_memory_limit(config.pressure.memory_limit, detected=executor.memory_limit)
             optimizer.memory_limit_bytes = limit.bytes
             stats.memory_limit_bytes, stats.limit_source = limit.bytes, limit.source
-        if config.execution.backend == "dask":
-            stats.n_jobs = executor.in_flight  # worker threads of the cluster
         if optimizer.memory_limit_bytes:
             executor.guard_memory(optimizer.memory_limit_bytes, config.pressure.terminate_fraction)
         self._guards(callbacks)
@@ -531,11 +528,9 @@ class Run:
         self.executor.close()
         st.worker_deaths = self.executor.worker_deaths
         st.watchdog_kills = self.executor.watchdog_kills
-        st.memory_accounting = getattr(self.executor, "memory_accounting", "rss")
-        if isinstance(self.executor, AutoExecutor):
-            st.n_jobs, st.n_jobs_choice = self.executor.in_flight, f"{self.executor.choice}: {self.executor.reason}"
-        elif self.executor.fit_note:
-            st.n_jobs, st.n_jobs_choice = self.executor.in_flight, self.executor.fit_note
+        st.memory_accounting = self.executor.memory_accounting
+        info = self.executor.describe()
+        st.backend, st.n_jobs, st.n_jobs_choice = info.backend, info.n_jobs, info.choice
         self.files.close()
         st.duration_s = time.perf_counter() - self.t0
         st.finished_at = time.time()
@@ -579,7 +574,7 @@ class Run:
             resumed=int(st.resumed_from > 0),  # this run continued an output
             limit_source=st.limit_source,
             settings=st.settings,
-            auto_workers=self.executor.chosen_workers if isinstance(self.executor, AutoExecutor) else None,
+            **self.executor.history_extras(),
         )
 
     def _collect_issues(self) -> None:

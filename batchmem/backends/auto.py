@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import ConfigError
-from .base import Executor, ExecutorBase
+from .base import Executor, ExecutorBase, ExecutorInfo
 from .fit import batch_peak_at_aim
 from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
 
@@ -221,6 +221,14 @@ class AutoExecutor(ExecutorBase):
             return (self.active or self._starting).in_flight
         return 1 if self.choice == "in-process" and self.reason != "deciding" else None
 
+    def describe(self) -> ExecutorInfo:
+        """``backend="auto"``, the workers in use (1: in-process) and the choice with its reason."""
+        return ExecutorInfo("auto", self.in_flight, f"{self.choice}: {self.reason}")
+
+    def history_extras(self) -> dict[str, Any]:
+        """The workers chosen (:attr:`chosen_workers`), which the next run of the operation starts with."""
+        return {"auto_workers": self.chosen_workers}
+
     def _hinted_workers(self) -> int | None:
         if not self.workers_hint or self.workers_hint < 2:
             return None
@@ -336,7 +344,7 @@ class AutoExecutor(ExecutorBase):
             used.close()
             self.worker_deaths = used.worker_deaths
             self.recycles, self.recycle_reasons = used.recycles, used.recycle_reasons
-            self.memory_accounting = getattr(used, "memory_accounting", "rss")
+            self.memory_accounting = used.memory_accounting
         self._release_setup()
 
 

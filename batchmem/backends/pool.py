@@ -169,8 +169,10 @@ class PoolExecutor(ExecutorBase):
         return future
 
     def start(self) -> None:
-        """Start the worker processes now (forked ones exist when this returns), without waiting for them."""
-        self._started = self._submit(BatchTask(-1, 0, []))
+        """Start the worker processes now (forked ones exist when this returns), without waiting for them;
+        threads start with the first batch."""
+        if self.processes:
+            self._started = self._submit(BatchTask(-1, 0, []))
 
     def wait_started(self, timeout_s: float = 60.0) -> list[int]:
         """Wait until the workers started by :meth:`start` ran their setup; their pids (empty for threads)."""

@@ -30,7 +30,8 @@ from ..errors import (
 )
 from ..stats import BatchRecordWriter
 from .checkpoint import Checkpoint, checkpoint_path
-from .sinks import JsonlSink, encode_results, open_sink
+from .formats import OutputFormat
+from .sinks import JsonlSink, encode_results
 
 __all__ = ["OutputLock", "RunFiles", "check_output", "file_size", "prepare_resume", "sidecar"]
 
@@ -130,7 +131,9 @@ def _changed_fields(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(f"{k} ({old.get(k)!r} then, {new.get(k)!r} now)" for k in changed[:3])
 
 
-def prepare_resume(path: Path, errors_path: Path, new: Checkpoint, fmt: str, *, force: bool = False) -> Checkpoint:
+def prepare_resume(
+    path: Path, errors_path: Path, new: Checkpoint, fmt: OutputFormat, *, force: bool = False
+) -> Checkpoint:
     """Load the checkpoint of ``path`` and cut every file back to it (torn tails are dropped).
 
     ``new`` carries this run's fingerprint. A different stored fingerprint raises
@@ -138,8 +141,8 @@ def prepare_resume(path: Path, errors_path: Path, new: Checkpoint, fmt: str, *, 
     An output shorter than its checkpoint says (bytes lost without fsync) raises
     :class:`~batchmem.errors.ConfigError`.
     """
-    if fmt == "parquet":
-        raise ConfigError("resume: Parquet output cannot be resumed; use output.format jsonl or overwrite")
+    if not fmt.resumable:
+        raise ConfigError(f"resume: {fmt.name} output cannot be resumed; use output.format jsonl or overwrite")
     ckpt = Checkpoint.load(checkpoint_path(path))
     ckpt = ckpt or Checkpoint(fingerprint=new.fingerprint, fingerprint_fields=new.fingerprint_fields)
     if ckpt.fingerprint and ckpt.fingerprint != new.fingerprint:
@@ -183,7 +186,7 @@ class RunFiles:
         self,
         path: Path,
         errors_path: Path,
-        fmt: str,
+        fmt: OutputFormat,
         ckpt: Checkpoint,
         *,
         append: bool,
@@ -200,22 +203,14 @@ class RunFiles:
             # A fresh output: replace any old checkpoint before the output is truncated,
             # so a crash right after cannot leave an old checkpoint describing a new file.
             save_checkpoint(ckpt, self.ckpt_path, fsync)
-        self.sink = open_sink(path, fmt, mode=mode, fsync=fsync)
+        self.sink = fmt.open(path, append, fsync)
         self.records = BatchRecordWriter(self.batches_path, mode=mode)
         self.error_sink: JsonlSink | None = None
 
-    @property
-    def encoded(self) -> bool:
-        """True when batches arrive as encoded JSON lines (JSONL output), False for raw results (Parquet)."""
-        return self.fmt == "jsonl"
-
     def write_results(self, payload: bytes | bytearray, results: Any, start: int) -> None:
-        """Append one batch of results: encoded lines, or raw results for the Parquet sink."""
+        """Append one batch of results: the encoded lines when the format encodes, else the raw results."""
         with writing("output", self.sink.path):
-            if self.encoded:
-                self.sink.write(payload)
-            else:
-                self.sink.write_batch(results, start)
+            self.sink.write_batch(payload if self.fmt.encodes else results, start)
             self.sink.flush()
 
     def write_errors(self, records: list[dict[str, Any]], start: int) -> None:
@@ -240,7 +235,7 @@ class RunFiles:
         ck.source_position = source_position
         ck.batches += 1
         ck.failed += failed
-        ck.output_bytes = self.sink.size_bytes if self.encoded else 0
+        ck.output_bytes = self.sink.size_bytes if self.fmt.resumable else 0
         ck.errors_bytes = self.error_sink.size_bytes if self.error_sink else ck.errors_bytes
         ck.batches_bytes = file_size(self.records.path)
         save_checkpoint(ck, self.ckpt_path, self.fsync)

@@ -1,8 +1,8 @@
 """Parquet output: one row group per batch, written through ``pyarrow.parquet.ParquetWriter``.
 
-Same interface as the JSONL sink (``write_batch(results, start_index) -> bytes``,
-``flush()``, ``close()``, ``path``). The schema comes from the first non-empty batch;
-later batches are cast to it, and a column that does not fit raises
+A :class:`batchmem.io.formats.Sink` (``write_batch(results, start_index) -> bytes``,
+``flush()``, ``close()``, ``path``), the ``parquet`` format of :mod:`batchmem.io.formats`.
+The schema comes from the first non-empty batch; later batches are cast to it, and a column that does not fit raises
 ``SerializationError`` naming the column and the item index range.
 
 The file is written to a hidden sibling ``.<name>.partial`` and renamed to ``path`` by
@@ -142,6 +142,11 @@ class ParquetSink:
         return pa.Table.from_arrays(arrays, schema=schema)
 
     # -- Sink interface -------------------------------------------------------
+    @property
+    def size_bytes(self) -> int:
+        """Bytes written so far (a Parquet output is not resumed, so nothing is cut back to it)."""
+        return self.bytes_written
+
     def write_batch(self, results: pd.DataFrame | Sequence[Any], start_index: int) -> int:
         """Write one batch as one row group; returns the bytes added to the file.
 

@@ -1,4 +1,4 @@
-"""Where results go: JSONL files written a whole batch at a time.
+"""JSONL results files written a whole batch at a time (the ``jsonl`` format of :mod:`batchmem.io.formats`).
 
 Results are encoded with orjson in the process that produced them (so process
 workers send back one ``bytes`` object per batch instead of pickled objects)
@@ -23,7 +23,7 @@ import orjson
 
 from ..errors import SerializationError
 
-__all__ = ["JsonlSink", "encode_results", "error_record", "iter_jsonl", "open_sink", "row_dicts"]
+__all__ = ["JsonlSink", "encode_results", "error_record", "iter_jsonl", "row_dicts"]
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 NULL_LINE = b"null\n"
@@ -165,9 +165,11 @@ class JsonlSink:
         self.size_bytes += len(payload)
         return len(payload)
 
-    def write_batch(self, results: Any, start_index: int) -> int:
-        """Encode ``results`` (sequence or DataFrame) and append them; returns bytes written."""
-        return self.write(encode_results(results, start_index))
+    def write_batch(self, batch: Any, start_index: int) -> int:
+        """Append one batch: JSONL bytes a worker encoded, as they are, or results (a sequence or a
+        DataFrame), encoded here; returns bytes written."""
+        payload = batch if isinstance(batch, (bytes, bytearray)) else encode_results(batch, start_index)
+        return self.write(payload)
 
     def flush(self) -> None:
         self._f.flush()
@@ -178,15 +180,6 @@ class JsonlSink:
         if not self._f.closed:
             self.flush()
             self._f.close()
-
-
-def open_sink(path: Path, output_format: str, mode: str = "wb", fsync: bool = False) -> Any:
-    """Open the sink for ``output_format`` (``"jsonl"`` or ``"parquet"``)."""
-    if output_format == "parquet":
-        from .parquet_sink import ParquetSink
-
-        return ParquetSink(path)
-    return JsonlSink(path, mode=mode, fsync=fsync)
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[Any]:

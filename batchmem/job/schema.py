@@ -192,10 +192,11 @@ class _OutputFiles(_Section):
             "`<path>.stats.json`. Relative paths resolve against the job file's folder."
         ),
     )
-    format: Literal["jsonl", "parquet"] | None = Field(
+    format: str | None = Field(
         None,
         description=(
-            "`jsonl` or `parquet` (needs the parquet extra). Default: from the suffix (.parquet/.pq), else jsonl."
+            "`jsonl`, `parquet` (needs the parquet extra) or a format registered by an installed package "
+            "(see docs/extending.md). Default: from the suffix (.parquet/.pq), else jsonl."
         ),
     )
     errors: Path | None = Field(
@@ -213,10 +214,20 @@ class _OutputFiles(_Section):
     def _resolve_paths(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return _resolve(value, info)
 
+    @field_validator("format")
+    @classmethod
+    def _registered(cls, value: str | None) -> str | None:
+        from ..io.formats import format_names
+
+        if value is not None and value not in (names := format_names()):
+            raise ValueError(f"{value!r} is not a registered format; use one of {', '.join(names)}")
+        return value
+
     @model_validator(mode="after")
     def _infer_format(self) -> _OutputFiles:
-        if self.format is None:
-            self.format = "parquet" if self.path.suffix.lower() in (".parquet", ".pq") else "jsonl"
+        from ..io.formats import resolve_format
+
+        self.format = resolve_format(self.path, self.format).name
         return self
 
 
