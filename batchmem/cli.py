@@ -242,11 +242,13 @@ def run(
         from .cli_plan import echo_plan, plan_job
 
         echo_plan(job, plan_job(job))
-    if resume_mode == "auto":
-        resume_mode = _auto_resume(job)
+    decision = job.resume_decision(resume_mode)  # the one resume decision of this run
+    if resume_mode == "auto" and decision.resume:
+        committed = decision.committed.items
+        click.echo(f"resuming: {committed:,} items already committed (--restart to start over)", err=True)
     _HELD.held.clear()
     try:
-        result = run_job(job, resume=resume_mode, progress=False if no_progress else None)
+        result = run_job(job, resume=decision, progress=False if no_progress else None)
     except BaseException as exc:  # no summary will say what the run found: the log does
         _HELD.release(next((h for h in logger.handlers if getattr(h, "_batchmem_cli", False)), None))
         if isinstance(exc, (RunInterrupted, BatchmemError)):  # their "run again with" names this command
@@ -283,21 +285,6 @@ def run(
 def _set_args(overrides: tuple[str, ...]) -> list[str]:
     """``("a=1", "b=2")`` as ``["--set", "a=1", "--set", "b=2"]``."""
     return [arg for override in overrides for arg in ("--set", override)]
-
-
-def _auto_resume(job: Any) -> bool:
-    """A plain ``run`` continues an unfinished run of the same job (and says so); otherwise the usual
-    output checks apply (an existing output needs ``output.overwrite``)."""
-    from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
-
-    path = job.output.path
-    committed = Checkpoint.load(checkpoint_path(path)) if path.exists() else None
-    same = committed is not None and committed.fingerprint == fingerprint(job.fingerprint_fields())[0]
-    if same and not committed.complete:
-        click.echo(f"resuming: {committed.items:,} items already committed (--restart to start over)", err=True)
-        return True
-    job.check_files(resume=False)
-    return False
 
 
 # --------------------------------------------------------------------------- stats, report, memory

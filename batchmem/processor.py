@@ -26,9 +26,10 @@ from .errors import RESUME_COMMAND, ConfigError, RunStopped
 from .heap.fit import check_fits
 from .heap.monitor import MemoryMonitor, PressureLevel, current_rss_bytes
 from .heap.pressure import PressureCallbacks
-from .io.checkpoint import Checkpoint, checkpoint_path, fingerprint
+from .io.checkpoint import fingerprint
 from .io.formats import JSONL, OutputFormat, resolve_format
-from .io.output import OutputLock, RunFiles, check_output, prepare_resume, sidecar
+from .io.output import OutputLock, RunFiles, check_output, sidecar
+from .io.resume import RESUME_MODES, ResumeDecision, decide_resume, prepare_resume
 from .io.sinks import iter_jsonl
 from .io.sources import as_source
 from .optimizer import BatchOptimizer
@@ -225,7 +226,7 @@ class BatchProcessor:
         output_format: str | None = None,
         errors_output: str | os.PathLike[str] | None = None,
         overwrite: bool = False,
-        resume: bool | str = False,
+        resume: bool | str | ResumeDecision = False,
         fingerprint: str | Mapping[str, Any] | None = None,
     ) -> BatchResult:
         """Run ``fn`` over ``items`` in adaptive batches and stream the results to ``output``.
@@ -240,7 +241,9 @@ class BatchProcessor:
         committed items skipped); on a finished output it touches nothing (``result.already_complete``);
         ``"auto"`` continues only an unfinished run of the same ``fingerprint`` (the settings that decide
         the results); a different fingerprint raises :class:`~batchmem.errors.ResumeMismatchError` unless
-        ``"force"``. SIGINT/SIGTERM on the main thread stop cleanly (:mod:`batchmem.signals`) and raise
+        ``"force"``. A :class:`~batchmem.io.resume.ResumeDecision` made for this output
+        (:func:`~batchmem.io.resume.decide_resume`) is used as it is, ``fingerprint`` then unused.
+        SIGINT/SIGTERM on the main thread stop cleanly (:mod:`batchmem.signals`) and raise
         :class:`~batchmem.signals.RunInterrupted`.
 
         Raises :class:`~batchmem.errors.OutputExistsError` (output exists, no ``overwrite``/``resume``),
@@ -249,23 +252,22 @@ class BatchProcessor:
         :class:`~batchmem.errors.SerializationError`, :class:`~batchmem.errors.OutputWriteError`; what was
         committed stays on disk with a matching checkpoint.
         """
-        if resume not in (False, True, "force", "auto"):
+        if not isinstance(resume, ResumeDecision) and resume not in RESUME_MODES:
             raise ConfigError(f"resume: {resume!r} must be False, True, 'force' or 'auto'")
         self._stop.clear()
         spool = self._spool() if output is None else None
         path = spool / "results.jsonl" if spool else Path(output)
         fmt = resolve_format(path, output_format)
         errors_path = Path(errors_output) if errors_output else sidecar(path, ".errors.jsonl")
-        fingerprint, fingerprint_fields = self._fingerprint(fn, fingerprint)
-        resume, complete = _resume_decision(path, fingerprint, resume)
-        if complete:
+        if not isinstance(resume, ResumeDecision):
+            resume = decide_resume(path, self._fingerprint(fn, fingerprint), resume)
+        if resume.complete:
             return self._complete_result(path, errors_path, fmt)
-        check_output(path, overwrite=overwrite, resume=bool(resume))
+        check_output(path, overwrite=overwrite, resume=bool(resume.resume))
         from .plan.guard import refuse_if_unfit
 
         refuse_if_unfit(self.config, self.monitor.limit, items)  # no batch runs if history says it cannot fit
-        ckpt = Checkpoint(fingerprint=fingerprint, fingerprint_fields=fingerprint_fields)
-        run = self._start(as_source(items), fn, (path, errors_path, fmt), ckpt, resume)
+        run = self._start(as_source(items), fn, (path, errors_path, fmt), resume)
         self._execute(run)
         failed = run.stats.failed or run.files.ckpt.failed
         result = BatchResult(path, run.stats, errors_path if failed else None, fmt, spool=spool)
@@ -277,8 +279,7 @@ class BatchProcessor:
         source: Any,
         fn: Callable[..., Any],
         spec: tuple[Path, Path, OutputFormat],
-        ckpt: Checkpoint,
-        resume: bool | str,
+        decision: ResumeDecision,
     ) -> Run:
         """The executor, the output lock, the files (cut back to the checkpoint on resume) and the run loop.
 
@@ -291,9 +292,10 @@ class BatchProcessor:
             if executor.local_memory:  # dask workers have limits of their own
                 self._fit(source, executor)
             lock = OutputLock(path)
-            append = bool(resume) and path.exists()
+            append = bool(decision.resume) and path.exists()
+            ckpt = decision.fresh_checkpoint()
             if append:
-                ckpt = prepare_resume(path, errors_path, ckpt, fmt, force=resume == "force")
+                ckpt = prepare_resume(path, errors_path, decision, fmt)
                 if ckpt.source_position:
                     source.skip(ckpt.source_position)
             files = RunFiles(path, errors_path, fmt, ckpt, append=append, fsync=self.config.output.fsync, lock=lock)
@@ -469,16 +471,3 @@ def _stopped(run: Run) -> RunStopped:
     )
     stats.stop_reason = str(stop)
     return stop
-
-
-def _resume_decision(path: Path, fingerprint: str, resume: bool | str) -> tuple[bool | str, bool]:
-    """``(resume, already_complete)`` for an output: ``"auto"`` resumes an unfinished run of the same
-    fingerprint and otherwise starts afresh; resuming a finished run of the same fingerprint is a no-op."""
-    committed = Checkpoint.load(checkpoint_path(path)) if path.exists() else None
-    same_job = committed is not None and committed.fingerprint == fingerprint
-    if resume == "auto":
-        resume = same_job and not committed.complete
-    complete = bool(resume) and same_job and committed.complete
-    if complete:
-        logger.debug("already complete: %d items in %s; nothing to do", committed.items, path)
-    return resume, complete

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import BatchOutcome, BatchTask, Executor
-from .errors import BatchmemError, ItemFailedError, SourceFailedError, WorkerDiedError, one_line
+from .batcher import Batcher
+from .errors import ItemFailedError, WorkerDiedError, one_line
 from .heap.analyzer import Issue
 from .heap.gc_watch import ThrottledCollector
 from .heap.leak_guard import LeakGuard
@@ -34,7 +35,6 @@ from .heap.monitor import MemoryMonitor, MemorySample, PressureLevel, current_rs
 from .heap.pressure import ChargeWatch, PressureCallbacks, PressureGuard, adaptive_thresholds
 from .io.output import RunFiles
 from .io.sinks import NULL_LINE, error_record
-from .io.sources import take_weighted
 from .optimizer import BatchOptimizer
 from .optimizer.advice import RunSettings
 from .optimizer.control import BatchMeasurement
@@ -42,17 +42,10 @@ from .optimizer.summary import RunSummary
 from .options import RunConfig
 from .stats import RunStats, bytes_per_item, items_per_second, write_json_atomic
 from .units import format_bytes
-from .weights import make_weigher, weight_unit
 
 __all__ = ["Run"]
 
 logger = logging.getLogger("batchmem")
-
-
-#: Shortest batch the tail balance cuts (seconds of work, from the run's seconds per item): the
-#: last worker to finish idles at most about this long. Shrinking on to single items added ~24
-#: round trips of ~1-3 ms for the last ~300 items of the CPU workload of benchmarks/bench_peers.py.
-TAIL_MIN_BATCH_S = 0.01
 
 
 @dataclass
@@ -94,39 +87,43 @@ class Run:
         self.lock = threading.Lock()
         self.stopped = False
         self.stop: Any = None  # a stopped run: the RunStopped error the processor made of it
-        self.source_error: Exception | None = None  # the source raised at a cut
         self.cancelled = False
         self._grace_timer: threading.Timer | None = None
         self._saved_thresholds = monitor.thresholds
         self.last_sample = monitor.sample()
-        if executor.memory_limit is not None:  # dask: plan against the workers' limit, not this machine's
-            limit = resolve_memory_limit(config.pressure.memory_limit, detected=executor.memory_limit)
-            optimizer.memory_limit_bytes = limit.bytes
-            stats.memory_limit_bytes, stats.limit_source = limit.bytes, limit.source
-        if optimizer.memory_limit_bytes:
-            executor.guard_memory(optimizer.memory_limit_bytes, config.pressure.terminate_fraction)
+        self._adopt_executor_limit()
         self._guards(callbacks)
+        self.batcher = Batcher(
+            source,
+            config.batching,
+            optimizer=optimizer,
+            lock=self.lock,
+            executor=executor,
+            before_dispatch=self.pressure.before_dispatch,
+            stop_requested=stop_requested,
+            on_weighting=self._start_weighting,
+        )
+        self.fixed_size = self.batcher.fixed_size
         baseline, _, in_flight = executor.memory_plan(
             None, self.last_sample.used_bytes, self.last_sample.pressure, monitor.thresholds
         )
-        b = config.batching
-        self.weigher = make_weigher(b.weight)
-        frames = callable(getattr(source, "bytes_per_row", None))
-        self.weighted = b.auto_optimize and (self.weigher is not None or (frames and b.weight is not None))
-        # weight="auto" over items that all weigh 1 (numbers) is counting: decided on the first batch.
-        self._probe = self.weighted and b.weight == "auto" and not frames
-        self.weighted = self.weighted and not self._probe
         self._plan = (baseline, in_flight)
-        stats.weight_unit = weight_unit(b.weight, frames) if self.weighted else "items"
         stats.settings = RunSettings.of_config(config).to_dict()
-        optimizer.start_run(
-            config.process_name, baseline_bytes=baseline, in_flight=in_flight, weight_unit=stats.weight_unit
-        )
-        self.fixed_size = None if b.auto_optimize else b.batch_size
-        self.asked: dict[int, int] = {}  # input index of a batch's first item -> size asked at the cut (items)
+        self._start_optimizer()
         self.peak_bytes_sum = 0
         self.t0 = time.perf_counter()
         self.bar = self._progress_bar()
+
+    def _adopt_executor_limit(self) -> None:
+        """Plan against the executor's memory limit when it has its own (dask: the workers', not this
+        machine's), and start its OOM watchdog against the limit planned with."""
+        ex, optimizer = self.executor, self.optimizer
+        if ex.memory_limit is not None:
+            limit = resolve_memory_limit(self.config.pressure.memory_limit, detected=ex.memory_limit)
+            optimizer.memory_limit_bytes = limit.bytes
+            self.stats.memory_limit_bytes, self.stats.limit_source = limit.bytes, limit.source
+        if optimizer.memory_limit_bytes:
+            ex.guard_memory(optimizer.memory_limit_bytes, self.config.pressure.terminate_fraction)
 
     def _guards(self, callbacks: PressureCallbacks) -> None:
         p, a = self.config.pressure, self.config.analysis
@@ -160,6 +157,24 @@ class Run:
             first_utilization=self.last_sample.utilization,
         )
         self.charge = ChargeWatch(self.monitor.thresholds)
+
+    def _start_optimizer(self) -> None:
+        """(Re)start the optimizer's run in the batcher's weight unit, from the memory plan at the start."""
+        baseline, in_flight = self._plan
+        self.stats.weight_unit = self.batcher.weight_unit
+        self.optimizer.start_run(
+            self.config.process_name, baseline_bytes=baseline, in_flight=in_flight, weight_unit=self.stats.weight_unit
+        )
+
+    def _start_weighting(self) -> None:
+        """The first batch of a ``weight="auto"`` run showed items of different sizes: budget in weight."""
+        with self.lock:
+            self._start_optimizer()
+
+    @property
+    def weighted(self) -> bool:
+        """Whether batches are budgeted in weight units (see :class:`~batchmem.batcher.Batcher`)."""
+        return self.batcher.weighted
 
     def _emergency_stop(self, reason: str) -> None:
         self.stats.stop_reason = reason
@@ -198,132 +213,6 @@ class Run:
         )
         self.executor.cancel()
 
-    # ------------------------------------------------------------------ cut
-    def _next_size(self) -> int:
-        if self.fixed_size is not None:
-            return self.fixed_size
-        with self.lock:
-            return self.optimizer.next_batch_size()
-
-    def _balanced(self, size: int, start: int) -> int:
-        """Cap ``size`` so the tail of a sized source is shared by every worker.
-
-        With ``W`` batches in flight and ``R`` items left, no batch takes more than
-        ``ceil(R / (2 W))`` items, so the last batches shrink geometrically instead of
-        one worker running a full-size last batch while the others idle (measured in
-        benchmarks/bench_core.py parallel: speedup 1.71 -> 1.81). They stop shrinking at
-        :data:`TAIL_MIN_BATCH_S` of work. Serial runs, fixed batch sizes and sources of unknown
-        length are not capped.
-        """
-        total, width = self.source.total, self.executor.in_flight
-        if total is None or width <= 1 or self.fixed_size is not None:
-            return size
-        left = total - start
-        with self.lock:
-            per_item = None if self.weighted else self.optimizer.seconds_per_unit
-        floor = int(TAIL_MIN_BATCH_S / per_item) if per_item else 1
-        return max(1, min(size, max(floor, -(-left // (2 * width)))))
-
-    def tasks(self) -> Iterator[BatchTask]:
-        """Cut batches lazily, asking the optimizer for each size (or weight budget) just before the cut."""
-        index, start = self.files.ckpt.batches, self.files.ckpt.items
-        while not self.stop_requested():
-            budget = self._next_budget()
-            size = self._next_size() if budget is None else self.config.batching.max_batch_size
-            size, budget = self._within_seconds(size, budget)
-            asked = self.pressure.before_dispatch(self._balanced(size, start))  # backpressure, tail balance
-            if self.stop_requested():
-                return
-            task = self._cut(index, start, asked, budget)
-            if task is None:
-                return
-            self.asked[start] = asked if budget is None else len(task)
-            yield task
-            index += 1
-            start += len(task)
-
-    def _within_seconds(self, size: int, budget: float | None) -> tuple[int, float | None]:
-        """Cap the next batch (items, or weight budget) at the executor's ``batch_seconds_cap``,
-        predicted from the optimizer's seconds per item (or per weight unit). Unchanged without a
-        cap, an estimate, or when the size is fixed or the first weighted batch is cut by items."""
-        cap_s = self.executor.batch_seconds_cap
-        if cap_s is None or self.fixed_size is not None or (self.weighted and budget is None):
-            return size, budget
-        with self.lock:
-            per_unit = self.optimizer.seconds_per_unit
-        if not per_unit:
-            return size, budget
-        if budget is not None:
-            return size, min(budget, cap_s / per_unit)
-        return min(size, max(1, int(cap_s / per_unit))), None
-
-    def _next_budget(self) -> float | None:
-        if not self.weighted:
-            return None
-        with self.lock:
-            return self.optimizer.next_batch_budget()
-
-    def _cut(self, index: int, start: int, asked: int, budget: float | None) -> BatchTask | None:
-        """The next task, or None at the end of the source or when it raised (``source_error``)."""
-        try:
-            batch, weight, weights = self._take(asked, budget)
-        except Exception as exc:  # the batches cut before are committed first; loop() raises it then
-            self.source_error = exc if isinstance(exc, BatchmemError) else SourceFailedError.at(start, exc)
-            return None
-        if batch is None or len(batch) == 0:
-            return None
-        return BatchTask(index, start, batch, weight=weight, weights=weights)
-
-    def _take(self, asked: int, budget: float | None) -> tuple[Any, float, list[float] | None]:
-        """Weighted: items up to ``budget`` weight units, at most ``asked`` items. Otherwise (and for
-        the first weighted batch, whose weight seeds the budget): ``asked`` items."""
-        if budget is not None:
-            b = self.config.batching
-            warm = self._first_rows(asked)  # a warm start: the rows the last run's batches held
-            return take_weighted(
-                self.source,
-                budget,
-                self.weigher,
-                min_items=warm or min(b.min_batch_size, asked),
-                max_items=warm or asked,
-            )
-        batch = self.source.take(asked)
-        weight, weights = float(len(batch)) if batch is not None else 0.0, None
-        if self._probe and batch is not None and len(batch):
-            self._start_weighting(batch)
-        if self.weighted and batch is not None and len(batch):
-            weight, weights = self._weigh(batch)
-        return batch, weight, weights
-
-    def _first_rows(self, asked: int) -> int | None:
-        """The first cut of a warm-started weighted run takes the items the last run's batches held at
-        this budget (at most ``asked``): a CSV reader weighs rows only after its first read, and an
-        iterable pulls items by count until it has seen their mean weight. None when not warm."""
-        with self.lock:
-            learned = self.optimizer.take_warm_items()
-        return min(asked, learned) if learned else None
-
-    def _start_weighting(self, batch: Any) -> None:
-        """First batch of a ``weight="auto"`` run: budget in weight units if its items differ in size."""
-        self._probe = False
-        if self.weigher is None or self.weigher(batch) is None:
-            return
-        self.weighted = True
-        self.stats.weight_unit = "auto"
-        baseline, in_flight = self._plan
-        with self.lock:
-            self.optimizer.start_run(
-                self.config.process_name, baseline_bytes=baseline, in_flight=in_flight, weight_unit="auto"
-            )
-
-    def _weigh(self, batch: Any) -> tuple[float, list[float] | None]:
-        """Weight of a batch cut by count: its items' weights, or rows x bytes per row for a DataFrame chunk."""
-        per_row = getattr(self.source, "bytes_per_row", None)
-        if callable(per_row):
-            return len(batch) * (per_row() or 1.0), None
-        ws = self.weigher(batch) if self.weigher is not None else None
-        return (float(sum(ws)), ws) if ws is not None else (float(len(batch)), None)
-
     # ------------------------------------------------------------------ dispatch
     def loop(self) -> None:
         """Run every batch and commit it; returns when the source is exhausted or a stop was asked."""
@@ -334,15 +223,16 @@ class Run:
                 pending[t.start] = t
                 yield t
 
-        for outcome in self.executor.map(remember(self.tasks())):
+        tasks = self.batcher.tasks(self.files.ckpt.batches, self.files.ckpt.items)
+        for outcome in self.executor.map(remember(tasks)):
             if self.cancelled:
                 break
             task = pending.pop(outcome.start)
             for final in self._resolve(task, outcome):
                 self.commit(final)
         self.stopped = self.stop_requested()
-        if self.source_error is not None and not self.cancelled:
-            raise self.source_error
+        if self.batcher.source_error is not None and not self.cancelled:
+            raise self.batcher.source_error
 
     def _resolve(self, task: BatchTask, outcome: BatchOutcome) -> Iterator[BatchOutcome]:
         """Yield final outcomes in order, halving batches that hit MemoryError, a failing batched
@@ -455,7 +345,7 @@ class Run:
                 "index": self.stats.batches,
                 "start_time": time.time() - o.duration_s,
                 "items": o.size,
-                "batch_size": self.asked.pop(o.start, o.size),
+                "batch_size": self.batcher.asked.pop(o.start, o.size),
                 "duration_s": o.duration_s,
                 "peak_bytes": o.peak_bytes,
                 "rss_after_bytes": r.rss_bytes,
@@ -532,14 +422,7 @@ class Run:
         info = self.executor.describe()
         st.backend, st.n_jobs, st.n_jobs_choice = info.backend, info.n_jobs, info.choice
         self.files.close()
-        st.duration_s = time.perf_counter() - self.t0
-        st.finished_at = time.time()
-        st.items_per_s = items_per_second(st.items, st.duration_s)
-        st.bytes_per_item = bytes_per_item(self.peak_bytes_sum, st.items)
-        st.bytes_per_weight = bytes_per_item(self.peak_bytes_sum, st.weight)
-        if st.batches:
-            learned = self.fixed_size if self.fixed_size is not None else self.optimizer.learned_batch_size()
-            st.learned_batch_size = learned
+        self._final_figures()
         if st.failed or self.files.ckpt.failed:
             st.errors_path = str(self.files.errors_path)
         if st.status == "completed":
@@ -555,6 +438,18 @@ class Run:
             logger.warning("writing the stats %s failed: %s", st.stats_path, exc)
         if self.config.batching.use_history and st.items:  # fixed-size runs are recorded too
             self.optimizer.finish_run(self._summary())
+
+    def _final_figures(self) -> None:
+        """Duration, throughput, bytes per item (and per weight unit) and the batch size learned."""
+        st = self.stats
+        st.duration_s = time.perf_counter() - self.t0
+        st.finished_at = time.time()
+        st.items_per_s = items_per_second(st.items, st.duration_s)
+        st.bytes_per_item = bytes_per_item(self.peak_bytes_sum, st.items)
+        st.bytes_per_weight = bytes_per_item(self.peak_bytes_sum, st.weight)
+        if st.batches:
+            learned = self.fixed_size if self.fixed_size is not None else self.optimizer.learned_batch_size()
+            st.learned_batch_size = learned
 
     def _summary(self) -> RunSummary:
         """What the history keeps of this run (the optimizer adds what it learned)."""

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from batchmem import BatchProcessor
-from batchmem.run import TAIL_MIN_BATCH_S
+from batchmem.batcher import TAIL_MIN_BATCH_S
 
 
 def slowish(x):

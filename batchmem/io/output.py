@@ -4,7 +4,7 @@ Commit protocol, per finished batch (:meth:`RunFiles.commit`): append the
 results (and error records), flush (and fsync), append the batch record,
 then replace the checkpoint atomically. A crash at any point leaves a
 checkpoint that never claims bytes the files do not hold, so a resume cuts
-every file back to it (:func:`prepare_resume`) and continues.
+every file back to it (:func:`batchmem.io.resume.prepare_resume`) and continues.
 
 This module does file work only; what to write is decided by the run loop
 (:mod:`batchmem.run`).
@@ -22,18 +22,16 @@ from typing import Any
 
 from ..errors import (
     RESUME_COMMAND,
-    ConfigError,
     OutputExistsError,
     OutputLockedError,
     OutputWriteError,
-    ResumeMismatchError,
 )
 from ..stats import BatchRecordWriter
 from .checkpoint import Checkpoint, checkpoint_path
 from .formats import OutputFormat
 from .sinks import JsonlSink, encode_results
 
-__all__ = ["OutputLock", "RunFiles", "check_output", "file_size", "prepare_resume", "sidecar"]
+__all__ = ["OutputLock", "RunFiles", "check_output", "file_size", "sidecar"]
 
 logger = logging.getLogger("batchmem")
 
@@ -126,59 +124,10 @@ def save_checkpoint(ckpt: Checkpoint, path: Path, fsync: bool) -> None:
         ckpt.save(path, fsync=fsync)
 
 
-def _changed_fields(old: dict[str, Any], new: dict[str, Any]) -> str:
-    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
-    return ", ".join(f"{k} ({old.get(k)!r} then, {new.get(k)!r} now)" for k in changed[:3])
-
-
-def prepare_resume(
-    path: Path, errors_path: Path, new: Checkpoint, fmt: OutputFormat, *, force: bool = False
-) -> Checkpoint:
-    """Load the checkpoint of ``path`` and cut every file back to it (torn tails are dropped).
-
-    ``new`` carries this run's fingerprint. A different stored fingerprint raises
-    :class:`~batchmem.errors.ResumeMismatchError` naming the changed fields, unless ``force``.
-    An output shorter than its checkpoint says (bytes lost without fsync) raises
-    :class:`~batchmem.errors.ConfigError`.
-    """
-    if not fmt.resumable:
-        raise ConfigError(f"resume: {fmt.name} output cannot be resumed; use output.format jsonl or overwrite")
-    ckpt = Checkpoint.load(checkpoint_path(path))
-    ckpt = ckpt or Checkpoint(fingerprint=new.fingerprint, fingerprint_fields=new.fingerprint_fields)
-    if ckpt.fingerprint and ckpt.fingerprint != new.fingerprint:
-        what = _changed_fields(ckpt.fingerprint_fields, new.fingerprint_fields) or "function, source or batching"
-        if not force:
-            raise ResumeMismatchError(
-                f"resume: {str(path)!r} was written by a different job: changed {what}; resuming would mix "
-                "results; undo the change, set overwrite to start again, or force it (--force-resume, resume='force')"
-            )
-        logger.warning("resume forced although the job changed: %s", what)
-    ckpt.fingerprint, ckpt.fingerprint_fields = new.fingerprint, new.fingerprint_fields
-    if not ckpt.source_position and ckpt.items:  # a checkpoint written before source_position existed
-        ckpt.source_position = ckpt.items
-    size = file_size(path)
-    if size < ckpt.output_bytes:
-        raise ConfigError(
-            f"resume: {str(path)!r} holds {size} bytes but its checkpoint says {ckpt.output_bytes} were committed "
-            "(written without fsync before a crash?); it cannot be resumed: set overwrite to start again"
-        )
-    cuts = (
-        (path, ckpt.output_bytes),
-        (errors_path, ckpt.errors_bytes),
-        (sidecar(path, ".batches.jsonl"), ckpt.batches_bytes),
-    )
-    for p, keep in cuts:
-        if p.exists() and p.stat().st_size > keep:
-            logger.info("resume: cutting %d bytes of torn or uncommitted tail from %s", p.stat().st_size - keep, p)
-            os.truncate(p, keep)
-    logger.debug("resuming %s after %d committed items", path, ckpt.items)
-    return ckpt
-
-
 class RunFiles:
     """The open files of one run and its checkpoint; :meth:`commit` writes one finished batch.
 
-    ``ckpt`` is the checkpoint to continue from (a fresh one, or what :func:`prepare_resume`
+    ``ckpt`` is the checkpoint to continue from (a fresh one, or what :func:`~batchmem.io.resume.prepare_resume`
     returned); ``append`` opens the files for appending (resume).
     """
 

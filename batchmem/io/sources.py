@@ -10,41 +10,27 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from .readers import read_csv, read_jsonl, read_parquet
+from .source_base import BatchSource, SourceBase, Weigher
 
-__all__ = ["BatchSource", "IterableSource", "as_source", "read_csv", "read_jsonl", "read_parquet", "take_weighted"]
-
-#: ``weigh(items) -> weights`` (a list of numbers >= 0, or None when every item weighs 1); see batchmem.weights.
-Weigher = Callable[[Sequence[Any]], "list[float] | None"]
-
+__all__ = [
+    "BatchSource",
+    "IterableSource",
+    "SourceBase",
+    "as_source",
+    "read_csv",
+    "read_jsonl",
+    "read_parquet",
+]
 
 #: Items pulled at a time while every item seen so far weighed 0 (no mean weight to divide the budget by).
 ZERO_WEIGHT_RUN = 256
-#: Rows of the first chunk of a CSV/JSONL source cut to a weight budget before any row was read (its bytes
-#: per row are not known yet): a warm-started run's budget in bytes must not be taken as a row count.
-FIRST_FRAME_ROWS = 1000
 
 
-@runtime_checkable
-class BatchSource(Protocol):
-    """A lazy source of batches.
-
-    ``take(n)`` returns at most ``n`` items (a list, or a pandas DataFrame of
-    rows for the chunked readers) or ``None`` once exhausted. ``total`` is the
-    number of items when known cheaply (else ``None``); ``position`` counts the
-    items handed out so far.
-    """
-
-    total: int | None
-    position: int
-
-    def take(self, n: int) -> Sequence[Any] | Any | None: ...
-
-
-class IterableSource:
+class IterableSource(SourceBase):
     """Wrap any iterable (list, generator, file, ...) as a :class:`BatchSource`.
 
     ``total`` is ``len(items)`` when the iterable has a length, else ``None``.
@@ -113,7 +99,7 @@ class IterableSource:
         return items, (weigh(items) if items else None)
 
     def take_weighted(
-        self, budget: float, weigh: Weigher, *, min_items: int = 1, max_items: int = 1_000_000
+        self, budget: float, weigh: Weigher | None, *, min_items: int = 1, max_items: int = 1_000_000
     ) -> tuple[list[Any] | None, float, list[float] | None]:
         """The next items whose weights sum to at most ``budget`` (weight units), within
         ``[min_items, max_items]`` items; an item that would cross the budget opens the next batch,
@@ -122,7 +108,10 @@ class IterableSource:
 
         Items are pulled in runs of the expected count (budget over the mean weight seen), weighed
         per run and cut with a cumulative sum and a binary search, so a batch costs one weigher call.
+        Without ``weigh`` every item weighs 1 (:meth:`SourceBase.take_weighted`).
         """
+        if weigh is None:
+            return super().take_weighted(budget, weigh, min_items=min_items, max_items=max_items)
         batch: list[Any] = []
         weights: list[float] | None = None  # None while every item so far weighed 1
         total = 0.0
@@ -165,41 +154,16 @@ class IterableSource:
         self.position += len(batch)
         return batch, total, weights
 
-    def skip(self, n: int) -> None:
-        """Drop the next ``n`` items without keeping them (used by resume)."""
+    def skip(self, n: int) -> int:
+        """Drop the next ``n`` items without keeping them (used by resume); returns ``n``."""
         held = min(n, len(self._held))
         self._held, self._held_weights = self._held[held:], None
         for _ in itertools.islice(self._it, n - held):
             pass
         self.position += n
+        return n
 
 
 def as_source(items: Iterable[Any] | BatchSource) -> BatchSource:
     """Return ``items`` itself if it already is a :class:`BatchSource`, else wrap it lazily."""
-    if hasattr(items, "take") and hasattr(items, "position"):
-        return items  # type: ignore[return-value]
-    return IterableSource(items)
-
-
-def take_weighted(
-    source: Any, budget: float, weigh: Weigher | None, *, min_items: int, max_items: int
-) -> tuple[Any, float, list[float] | None]:
-    """Cut the next batch of ``source`` to a weight budget: ``(items, weight, weights)``.
-
-    Sources with ``take_weighted`` (an iterable) weigh each item; chunked pandas sources with a
-    ``bytes_per_row`` estimate (their bytes in the file) are cut at ``budget / bytes_per_row``
-    rows; any other source is cut by count (each item weighs 1).
-    """
-    if hasattr(source, "take_weighted") and weigh is not None:
-        return source.take_weighted(budget, weigh, min_items=min_items, max_items=max_items)
-    per_row = getattr(source, "bytes_per_row", None)
-
-    def rate() -> float:
-        r = per_row() if callable(per_row) else None
-        return r if r and r > 0 else 1.0
-
-    first = callable(per_row) and per_row() is None and not getattr(source, "position", 0)
-    n = int(min(max_items, max(min_items, FIRST_FRAME_ROWS) if first else max(min_items, budget // rate(), 1)))
-    batch = source.take(n)
-    # weighed at the rate that includes its own rows: a chunk where rows grew weighs what it holds
-    return batch, (len(batch) * rate() if batch is not None else 0.0), None
+    return items if isinstance(items, BatchSource) else IterableSource(items)

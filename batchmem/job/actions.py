@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from ..backends.worker_setup import accepts_state
 from ..callables import import_callable
 from ..errors import ConfigError, JobFileError, one_line
+from ..io.checkpoint import fingerprint
+from ..io.resume import ResumeDecision, decide_resume
 from ..options import RunConfig
 
 if TYPE_CHECKING:
@@ -42,8 +44,11 @@ class JobActions:
         return self._base_dir
 
     def load_function(self: Job) -> Any:
-        """Import ``function`` (job folder on sys.path) and return the callable; JobFileError naming ``function``."""
-        return _import(self.function, "function", self.base_dir)
+        """Import ``function`` (job folder on sys.path) once and return the callable; JobFileError naming
+        ``function``."""
+        if self._function is None:
+            self._function = _import(self.function, "function", self.base_dir)
+        return self._function
 
     def build_source(self: Job) -> Any:
         """The items to process: a lazy pandas reader for csv/jsonl/parquet, the callable's return value for python."""
@@ -176,11 +181,26 @@ class JobActions:
         out = self.output.path
         if out.is_dir():
             raise JobFileError(f"output.path: {out} is a folder; name a file such as {out / 'results.jsonl'}")
-        if out.exists() and not self.output.overwrite and not resume:
+        if not resume:
+            self._check_output_free()
+
+    def _check_output_free(self: Job) -> None:
+        """An existing output needs ``overwrite: true`` (or a resume); JobFileError naming ``output.path``."""
+        out = self.output.path
+        if out.exists() and not self.output.overwrite:
             raise JobFileError(
                 f"output.path: {out} already exists; run with --restart to replace it (or set output.overwrite: true), "
                 "or with --resume to continue it"
             )
+
+    def resume_decision(self: Job, resume: bool | str) -> ResumeDecision:
+        """Whether this run continues the job's output (:func:`~batchmem.io.resume.decide_resume`, from the
+        checkpoint loaded once and this job's fingerprint). ``"auto"`` that starts afresh over an existing
+        output needs ``overwrite: true`` (JobFileError naming ``output.path`` otherwise)."""
+        decision = decide_resume(self.output.path, fingerprint(self.fingerprint_fields()), resume)
+        if resume == "auto" and not decision.resume:
+            self._check_output_free()
+        return decision
 
     def check_source(self: Job) -> None:
         """Open a csv/jsonl/parquet source and close it again (reads the header or footer only),
@@ -197,9 +217,7 @@ class JobActions:
                 if message.startswith(f"source.{key}:"):
                     message = f"source.options.{key}:" + message[len(f"source.{key}:") :]
             raise JobFileError(message) from exc
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+        source.close()
 
     def check_imports(self: Job) -> None:
         """Import ``function`` (and a python source's callable) to prove they exist and are callable."""
@@ -237,19 +255,17 @@ def _worker_processes(n_jobs: int | str, backend: str | None) -> int:
     return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)
 
 
-def run_job(job: Job, resume: bool | str = False, *, progress: bool | None = None) -> Any:
-    """Run ``job`` and return the processor's BatchResult.
+def run_job(job: Job, resume: bool | str | ResumeDecision = False, *, progress: bool | None = None) -> Any:
+    """Run ``job`` (loaded and checked by :func:`~batchmem.job.load_job`) and return the processor's BatchResult.
 
-    Checks the files again (the output may have appeared since loading),
-    imports the function, builds the source and the processor, and calls
-    ``processor.process(source, fn, output=..., output_format=...,
-    errors_output=..., overwrite=..., resume=..., fingerprint=...)``; the
-    fingerprint is :meth:`Job.fingerprint_fields`, so resuming a changed job is
-    refused unless ``resume="force"``. Errors the user can cause raise
-    :class:`~batchmem.errors.BatchmemError` subclasses; an item failing under
-    ``on_error: raise`` raises :class:`~batchmem.errors.ItemFailedError`.
+    Decides the resume once (:meth:`JobActions.resume_decision`, unless given a decision), imports the
+    function, builds the source and the processor, and calls ``processor.process(source, fn, output=...,
+    output_format=..., errors_output=..., overwrite=..., resume=decision)``; the decision carries
+    :meth:`Job.fingerprint_fields`, so resuming a changed job is refused unless ``resume="force"``.
+    Errors the user can cause raise :class:`~batchmem.errors.BatchmemError` subclasses; an item
+    failing under ``on_error: raise`` raises :class:`~batchmem.errors.ItemFailedError`.
     """
-    job.check_files(resume=bool(resume))
+    decision = resume if isinstance(resume, ResumeDecision) else job.resume_decision(resume)
     job.check_extras()  # a missing package fails now, not after the work
     fn = job.load_function()
     processor = job.build_processor(progress=progress)
@@ -261,6 +277,5 @@ def run_job(job: Job, resume: bool | str = False, *, progress: bool | None = Non
         output_format=job.output.format,
         errors_output=job.output.errors,
         overwrite=job.output.overwrite,
-        resume=resume,
-        fingerprint=job.fingerprint_fields(),
+        resume=decision,
     )

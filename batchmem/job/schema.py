@@ -259,6 +259,7 @@ class _JobFile(JobActions, _Section):
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _config: RunConfig = PrivateAttr(default_factory=RunConfig)
+    _function: Any = PrivateAttr(default=None)  # imported once (JobActions.load_function)
 
     @field_validator("name")
     @classmethod
