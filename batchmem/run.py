@@ -7,11 +7,12 @@
     optimizer ◀── feed ◀── guards ◀── checkpoint ◀── record ◀── write ◀┘
 
 :class:`Run` owns one call of :meth:`batchmem.BatchProcessor.process`: it
-cuts batches lazily, asking the optimizer for each size just before the
-cut; resolves outcomes that must be split (a ``MemoryError``, a dead
-worker) into final ones; and commits each final outcome in named steps
-(:meth:`Run.commit`). Files are :class:`batchmem.io.output.RunFiles`'s job,
-sizing is :class:`batchmem.BatchOptimizer`'s, execution the executor's
+hands the batches its :class:`~batchmem.batcher.Batcher` cuts to the executor,
+has outcomes that must be split (a ``MemoryError``, a dead worker) resolved
+into final ones (:class:`~batchmem.splits.Splits`), and commits each final
+outcome in named steps (:meth:`Run.commit`). Files are
+:class:`batchmem.io.output.RunFiles`'s job, sizing is
+:class:`batchmem.BatchOptimizer`'s, execution the executor's
 (:mod:`batchmem.backends`), escalation the guards' (:mod:`batchmem.heap`).
 """
 
@@ -27,19 +28,19 @@ from typing import Any
 
 from .backends import BatchOutcome, BatchTask, Executor
 from .batcher import Batcher
-from .errors import ItemFailedError, WorkerDiedError, one_line
+from .errors import ItemFailedError, one_line
 from .heap.analyzer import Issue
 from .heap.gc_watch import ThrottledCollector
 from .heap.leak_guard import LeakGuard
 from .heap.monitor import MemoryMonitor, MemorySample, PressureLevel, current_rss_bytes, resolve_memory_limit
 from .heap.pressure import ChargeWatch, PressureCallbacks, PressureGuard, adaptive_thresholds
 from .io.output import RunFiles
-from .io.sinks import NULL_LINE, error_record
 from .optimizer import BatchOptimizer
 from .optimizer.advice import RunSettings
 from .optimizer.control import BatchMeasurement
 from .optimizer.summary import RunSummary
 from .options import RunConfig
+from .splits import Splits
 from .stats import RunStats, bytes_per_item, items_per_second, write_json_atomic
 from .units import format_bytes
 
@@ -104,6 +105,7 @@ class Run:
             on_weighting=self._start_weighting,
         )
         self.fixed_size = self.batcher.fixed_size
+        self.splits = Splits(executor, stats, config.errors.on_error, self._memory_error)
         baseline, _, in_flight = executor.memory_plan(
             None, self.last_sample.used_bytes, self.last_sample.pressure, monitor.thresholds
         )
@@ -171,10 +173,10 @@ class Run:
         with self.lock:
             self._start_optimizer()
 
-    @property
-    def weighted(self) -> bool:
-        """Whether batches are budgeted in weight units (see :class:`~batchmem.batcher.Batcher`)."""
-        return self.batcher.weighted
+    def _memory_error(self, task: BatchTask) -> None:
+        """``task`` did not fit in memory and its halves did: tell the optimizer its size (or weight)."""
+        with self.lock:
+            self.optimizer.on_memory_error(task.weight if self.batcher.weighted and task.weight else len(task))
 
     def _emergency_stop(self, reason: str) -> None:
         self.stats.stop_reason = reason
@@ -228,72 +230,11 @@ class Run:
             if self.cancelled:
                 break
             task = pending.pop(outcome.start)
-            for final in self._resolve(task, outcome):
+            for final in self.splits.resolve(task, outcome):
                 self.commit(final)
         self.stopped = self.stop_requested()
         if self.batcher.source_error is not None and not self.cancelled:
             raise self.batcher.source_error
-
-    def _resolve(self, task: BatchTask, outcome: BatchOutcome) -> Iterator[BatchOutcome]:
-        """Yield final outcomes in order, halving batches that hit MemoryError, a failing batched
-        call or a dead worker; a single item that does so on its own is that item's failure."""
-        outcome.weight = task.weight
-        if not outcome.split:
-            yield outcome
-            return
-        if len(task) == 1:
-            yield self._single_item_failure(task, outcome)
-            return
-        if outcome.split == "memory":
-            self.stats.memory_errors += 1
-            logger.warning(
-                "MemoryError in a batch of %d items (items %d..); retrying it in halves", len(task), task.start
-            )
-        elif outcome.split == "worker_died":
-            logger.warning(
-                "worker died (%s) running a batch of %d items (items %d..); retrying it in halves in fresh workers",
-                outcome.worker_exit,
-                len(task),
-                task.start,
-            )
-        halves = task.halves()
-        if outcome.split == "worker_died":  # each half alone in a worker: a death names its half
-            subs = [self.executor.run_isolated(h) for h in halves]
-        else:
-            subs = self.executor.run_now(list(halves))
-        # SIGKILL (the kernel's OOM killer) or the watchdog's kill: out of memory
-        out_of_memory = outcome.split == "memory" or "SIGKILL" in outcome.worker_exit or "OOM" in outcome.worker_exit
-        if out_of_memory and not any(sub.split for sub in subs):
-            # The batch did not fit and its halves did: a property of the batch size, not of one item.
-            with self.lock:
-                self.optimizer.on_memory_error(task.weight if self.weighted and task.weight else len(task))
-        for half, sub in zip(halves, subs, strict=True):
-            yield from self._resolve(half, sub)
-
-    def _single_item_failure(self, task: BatchTask, outcome: BatchOutcome) -> BatchOutcome:
-        """The outcome of one item that raised MemoryError or killed its worker on its own."""
-        if outcome.split == "worker_died":
-            how = outcome.worker_exit
-            if how.startswith("killed by"):  # the OOM watchdog, or the kernel at a worker cgroup's limit
-                err: BaseException = WorkerDiedError(f"item {task.start} alone: worker {how}")
-            else:
-                err = WorkerDiedError(
-                    f"worker died ({how}) while running item {task.start} on its own (os._exit, a signal such as "
-                    "the OOM killer's SIGKILL, or a crash in a C extension)"
-                )
-            logger.warning("item %d killed its worker on its own (%s); recorded as failed", task.start, how)
-        elif outcome.split == "memory":
-            self.stats.memory_errors += 1
-            err = MemoryError(f"item {task.start} raised MemoryError on its own")
-        else:
-            err = RuntimeError(f"item {task.start} failed on its own")
-        out = BatchOutcome(task.index, task.start, 1, duration_s=outcome.duration_s)
-        if self.config.errors.on_error == "raise":
-            out.error = (task.start, err)
-        else:
-            out.failed, out.payload, out.results = 1, NULL_LINE, [None]
-            out.error_records.append(error_record(task.start, task.items[0], err, 1))
-        return out
 
     # ------------------------------------------------------------------ commit
     def commit(self, o: BatchOutcome) -> None:
@@ -387,7 +328,7 @@ class Run:
                     duration_s=o.duration_s,
                     peak_bytes=o.peak_bytes,
                     failed=o.failed,
-                    weight=o.weight if self.weighted else None,
+                    weight=o.weight if self.batcher.weighted else None,
                 ),
                 baseline_bytes=plan_bytes,
                 pressure=plan_pressure,
