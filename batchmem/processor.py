@@ -22,14 +22,14 @@ from typing import Any
 from .backends import Executor, Planning, RunOptions, check_backend, make_executor
 from .backends.fit import fit_workers
 from .backends.worker_setup import make_worker_setup
-from .errors import RESUME_COMMAND, ConfigError, RunStopped
+from .errors import RESUME_COMMAND, RunStopped
 from .heap.fit import check_fits
 from .heap.monitor import MemoryMonitor, PressureLevel, current_rss_bytes
 from .heap.pressure import PressureCallbacks
 from .io.checkpoint import fingerprint
-from .io.formats import JSONL, OutputFormat, resolve_format
+from .io.formats import JSONL, OutputFormat, get_format, resolve_format
 from .io.output import OutputLock, RunFiles, check_output, sidecar
-from .io.resume import RESUME_MODES, ResumeDecision, decide_resume, prepare_resume
+from .io.resume import ResumeDecision, check_resume_mode, decide_resume, prepare_resume
 from .io.sinks import iter_jsonl
 from .io.sources import as_source
 from .optimizer import BatchOptimizer
@@ -61,13 +61,13 @@ class BatchResult:
         path: Path,
         stats: RunStats,
         errors_path: Path | None,
-        output_format: OutputFormat = JSONL,
+        output_format: OutputFormat | str = JSONL,
         *,
         spool: Path | None = None,
         already_complete: bool = False,
     ):
         self.path, self.stats, self.errors_path = path, stats, errors_path
-        self.format = output_format
+        self.format = get_format(output_format) if isinstance(output_format, str) else output_format
         self.output_format = output_format.name  #: the format's name ("jsonl", "parquet", ...)
         #: True when ``resume`` found the output complete and touched nothing.
         self.already_complete = already_complete
@@ -252,8 +252,8 @@ class BatchProcessor:
         :class:`~batchmem.errors.SerializationError`, :class:`~batchmem.errors.OutputWriteError`; what was
         committed stays on disk with a matching checkpoint.
         """
-        if not isinstance(resume, ResumeDecision) and resume not in RESUME_MODES:
-            raise ConfigError(f"resume: {resume!r} must be False, True, 'force' or 'auto'")
+        if not isinstance(resume, ResumeDecision):
+            check_resume_mode(resume)  # before a spool folder is made
         self._stop.clear()
         spool = self._spool() if output is None else None
         path = spool / "results.jsonl" if spool else Path(output)

@@ -22,7 +22,7 @@ from .checkpoint import Checkpoint, checkpoint_path
 from .formats import OutputFormat
 from .output import file_size, sidecar
 
-__all__ = ["ResumeDecision", "decide_resume", "prepare_resume"]
+__all__ = ["ResumeDecision", "check_resume_mode", "decide_resume", "prepare_resume"]
 
 logger = logging.getLogger("batchmem")
 
@@ -52,6 +52,12 @@ class ResumeDecision:
         return Checkpoint(fingerprint=self.fingerprint, fingerprint_fields=self.fingerprint_fields)
 
 
+def check_resume_mode(resume: Any) -> None:
+    """Raise :class:`~batchmem.errors.ConfigError` unless ``resume`` is False, True, ``"force"`` or ``"auto"``."""
+    if resume not in RESUME_MODES:
+        raise ConfigError(f"resume: {resume!r} must be False, True, 'force' or 'auto'")
+
+
 def decide_resume(path: Path, fingerprint: tuple[str, dict[str, Any]], resume: bool | str) -> ResumeDecision:
     """Decide, from ``path``'s checkpoint, whether a run with ``fingerprint`` continues it.
 
@@ -59,8 +65,7 @@ def decide_resume(path: Path, fingerprint: tuple[str, dict[str, Any]], resume: b
     same fingerprint and otherwise starts afresh; resuming a finished run of the same fingerprint is
     a no-op (``complete``). Raises :class:`~batchmem.errors.ConfigError` for another value.
     """
-    if resume not in RESUME_MODES:
-        raise ConfigError(f"resume: {resume!r} must be False, True, 'force' or 'auto'")
+    check_resume_mode(resume)
     committed = Checkpoint.load(checkpoint_path(path)) if path.exists() else None
     same_job = committed is not None and committed.fingerprint == fingerprint[0]
     if resume == "auto":
