@@ -345,9 +345,8 @@ class BatchProcessor:
         ``workers`` worker processes are counted as holding as much each)."""
         if run_setup and not workers and self.worker_setup is not None:
             self.worker_setup.state()  # the setup runs now (once per process), so its state is counted
-        peek = getattr(source, "peek", None)
-        if callable(peek):
-            peek()
+        if source is not None:
+            source.peek()
         limit = self.monitor.limit
         check_fits(
             current_rss_bytes(),

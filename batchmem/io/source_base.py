@@ -52,6 +52,11 @@ class BatchSource(Protocol):
         """Pass over the next ``n`` items (resume); returns the items passed over."""
         ...
 
+    def peek(self) -> None:
+        """Pull the next item now, to be handed out by the next ``take`` (the memory check before a
+        run measures this process holding it); a no-op where nothing is worth pulling early."""
+        ...
+
     def bytes_per_row(self) -> float | None:
         """Weight units (bytes in the file) per row of a chunked source; None when unknown or not chunked."""
         ...
@@ -101,6 +106,9 @@ class SourceBase:
                 break
             skipped += len(batch)
         return skipped
+
+    def peek(self) -> None:
+        return None
 
     def close(self) -> None:
         return None
