@@ -145,7 +145,7 @@ class BatchProcessor:
             "output": output,
         }
         self.config = group_options(groups, options, process_name=process_name)
-        check_backend(self.config.execution)  # e.g. dask: fail now, naming the extra, if it is missing
+        check_backend(self.config.execution.backend)  # e.g. dask: fail now, naming the extra, if it is missing
         ex = self.config.execution
         self.worker_setup = make_worker_setup(ex.setup, ex.teardown)
         p = self.config.pressure

@@ -21,6 +21,7 @@ work too from Python (job files accept the registered names only).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = [
     "backend_names",
     "check_backend",
     "get_backend",
+    "local_workers",
     "make_executor",
     "register_backend",
     "run_batch",
@@ -205,10 +207,24 @@ def get_backend(name: str) -> BackendFactory | None:
     return BACKENDS.get(name) or _from_entry_points(name)
 
 
-def check_backend(execution: Execution) -> None:
-    """Fail now, before any run, when the named backend cannot work here (dask: distributed missing)."""
-    if execution.backend is not None and get_backend(execution.backend) is not None:
-        check = _PREFLIGHT.get(execution.backend)
+def local_workers(execution: Execution) -> int | None:
+    """Worker processes a run with ``execution`` starts on this machine (0: batches run in this process
+    or in threads; ``n_jobs="auto"`` starts in-process), None when batches run on a cluster whose
+    workers have memory limits of their own (dask). Negative ``n_jobs`` count from the CPUs, as joblib does."""
+    n_jobs, backend = execution.n_jobs, execution.backend
+    if backend == "dask":
+        return None
+    if n_jobs == "auto" or backend in ("threading", "sequential", "serial") or (backend is None and n_jobs == 1):
+        return 0
+    n = int(n_jobs)
+    return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)
+
+
+def check_backend(name: str | None) -> None:
+    """Fail now, before any run, when the backend called ``name`` cannot work here (dask: distributed
+    missing); :class:`~batchmem.errors.ConfigError` naming the fix."""
+    if name is not None and get_backend(name) is not None:
+        check = _PREFLIGHT.get(name)
         if check is not None:
             check()
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..backends import check_backend, local_workers
 from ..backends.worker_setup import accepts_state
 from ..callables import import_callable
 from ..errors import ConfigError, JobFileError, one_line
@@ -110,8 +111,10 @@ class JobActions:
         if self.output.format == "parquet" or self.source.type == "parquet":
             key = "output.format" if self.output.format == "parquet" else "source.type"
             needs.append((key, "pyarrow", "parquet", "parquet files"))
-        if self.execution.backend == "dask" or self.execution.scheduler_address:
-            needs.append(("execution.backend", "distributed", "dask", "a dask cluster"))
+        try:  # the backend's own check (dask: distributed installed)
+            check_backend(self.execution.backend)
+        except ConfigError as exc:
+            raise JobFileError(f"execution.{one_line(exc)}") from None
         for key, module, extra, what in needs:
             try:
                 __import__(module)
@@ -129,10 +132,10 @@ class JobActions:
         self.check_extras()
         self.load_function()
         processor = self.build_processor(progress=False)
-        e = self.execution
-        if e.backend != "dask" and not e.scheduler_address:  # dask workers have limits of their own
-            workers = _worker_processes(e.n_jobs, e.backend)  # fewer start when fewer fit, unless n_jobs_strict
-            processor.check_fits(workers=workers if e.n_jobs_strict else min(workers, 1), run_setup=False)
+        workers = local_workers(processor.config.execution)
+        if workers is not None:  # a cluster's workers have limits of their own; fewer start when fewer fit
+            strict = processor.config.execution.n_jobs_strict
+            processor.check_fits(workers=workers if strict else min(workers, 1), run_setup=False)
 
     def fingerprint_fields(self: Job) -> dict[str, Any]:
         """The settings that decide what the output lines hold, for the resume check.
@@ -244,15 +247,6 @@ def _check_writable_folder(path: Path, field: str) -> None:
         raise JobFileError(f"{field}: {folder} is not a folder; change {field}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise JobFileError(f"{field}: folder {folder} is not writable; fix its permissions or change {field}")
-
-
-def _worker_processes(n_jobs: int | str, backend: str | None) -> int:
-    """Worker processes a run with these settings starts (0: batches run in this process; ``"auto"``
-    starts in-process). Negative ``n_jobs`` count from the CPUs, as joblib does."""
-    if n_jobs == "auto" or backend in ("threading", "sequential") or (backend is None and n_jobs == 1):
-        return 0
-    n = int(n_jobs)
-    return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)
 
 
 def run_job(job: Job, resume: bool | str | ResumeDecision = False, *, progress: bool | None = None) -> Any:
