@@ -165,6 +165,7 @@ class Execution:
         "registered with register_backend or an installed package's entry point (see docs/extending.md). "
         "Default: in-process for n_jobs 1, else joblib's configured backend, loky unless set "
         "(dask when scheduler_address is set).",
+        kind=str,
         none_ok=True,
         check=checks.backend_check,
     )
