@@ -252,32 +252,37 @@ class BatchProcessor:
         :class:`~batchmem.errors.OutputLockedError` (another run writes it),
         :class:`~batchmem.errors.ItemFailedError` (``on_error="raise"``),
         :class:`~batchmem.errors.SerializationError`, :class:`~batchmem.errors.OutputWriteError`; what was
-        committed stays on disk with a matching checkpoint.
+        committed stays on disk with a matching checkpoint (a run without ``output`` removes its spool).
         """
         if resume not in (False, True, "force", "auto"):
             raise ConfigError(f"resume: {resume!r} must be False, True, 'force' or 'auto'")
         self._stop.clear()
         spool = self._spool() if output is None else None
-        path = spool / "results.jsonl" if spool else Path(output)
-        fmt = output_format or ("parquet" if path.suffix == ".parquet" else "jsonl")
-        if fmt not in ("jsonl", "parquet"):
-            raise ConfigError(f"output.format: {fmt!r} is not supported; use jsonl or parquet")
-        errors_path = Path(errors_output) if errors_output else sidecar(path, ".errors.jsonl")
-        fingerprint, fingerprint_fields = self._fingerprint(fn, fingerprint)
-        resume, complete = _resume_decision(path, fingerprint, resume)
-        if complete:
-            return self._complete_result(path, errors_path, fmt)
-        check_output(path, overwrite=overwrite, resume=bool(resume))
-        from .plan.guard import refuse_if_unfit
+        try:
+            path = spool / "results.jsonl" if spool else Path(output)
+            fmt = output_format or ("parquet" if path.suffix == ".parquet" else "jsonl")
+            if fmt not in ("jsonl", "parquet"):
+                raise ConfigError(f"output.format: {fmt!r} is not supported; use jsonl or parquet")
+            errors_path = Path(errors_output) if errors_output else sidecar(path, ".errors.jsonl")
+            fingerprint, fingerprint_fields = self._fingerprint(fn, fingerprint)
+            resume, complete = _resume_decision(path, fingerprint, resume)
+            if complete:
+                return self._complete_result(path, errors_path, fmt)
+            check_output(path, overwrite=overwrite, resume=bool(resume))
+            from .plan.guard import refuse_if_unfit
 
-        refuse_if_unfit(self.config, self.monitor.limit, items)  # no batch runs if history says it cannot fit
-        ckpt = Checkpoint(fingerprint=fingerprint, fingerprint_fields=fingerprint_fields)
-        run = self._start(as_source(items), fn, (path, errors_path, fmt), ckpt, resume)
-        self._execute(run)
-        failed = run.stats.failed or run.files.ckpt.failed
-        result = BatchResult(path, run.stats, errors_path if failed else None, fmt, spool=spool)
-        result.stop = run.stop
-        return result
+            refuse_if_unfit(self.config, self.monitor.limit, items)  # no batch runs if history says it cannot fit
+            ckpt = Checkpoint(fingerprint=fingerprint, fingerprint_fields=fingerprint_fields)
+            run = self._start(as_source(items), fn, (path, errors_path, fmt), ckpt, resume)
+            self._execute(run)
+            failed = run.stats.failed or run.files.ckpt.failed
+            result = BatchResult(path, run.stats, errors_path if failed else None, fmt, spool=spool)
+            result.stop = run.stop
+            return result
+        except BaseException:
+            if spool is not None:  # a run without output that failed: nothing can reach its spool any more
+                shutil.rmtree(spool, ignore_errors=True)
+            raise
 
     def _start(
         self, source: Any, fn: Callable[..., Any], spec: tuple[Path, Path, str], ckpt: Checkpoint, resume: bool | str
@@ -412,6 +417,7 @@ class BatchProcessor:
             json_default=c.output.json_default,
             setup=self.worker_setup,
             peak_by_sampling=ex.n_jobs != 1 and ex.backend == "threading",
+            item_timeout=ex.item_timeout,
         )
         options: dict[str, Any] = {}
         if ex.backend == "dask":

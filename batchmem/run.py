@@ -27,6 +27,7 @@ from typing import Any
 
 from .backends import BatchOutcome, BatchTask, Executor
 from .backends.auto import AutoExecutor
+from .backends.item_timeout import OVERDUE, item_timeout_error
 from .errors import BatchmemError, ItemFailedError, SourceFailedError, WorkerDiedError, one_line
 from .heap.analyzer import Issue
 from .heap.gc_watch import ThrottledCollector
@@ -385,10 +386,14 @@ class Run:
 
     def _single_item_failure(self, task: BatchTask, outcome: BatchOutcome) -> BatchOutcome:
         """The outcome of one item that raised MemoryError or killed its worker on its own."""
-        if outcome.split == "worker_died":
+        timed_out = outcome.split == "worker_died" and outcome.worker_exit.startswith(OVERDUE)
+        if timed_out:  # stuck past item_timeout on its own (inside C: the in-place timer could not stop it)
+            err: BaseException = item_timeout_error(task.start, self.config.execution.item_timeout or 0.0)
+            logger.warning("item %d alone: %s; recorded as failed", task.start, outcome.worker_exit)
+        elif outcome.split == "worker_died":
             how = outcome.worker_exit
             if how.startswith("killed by"):  # the OOM watchdog, or the kernel at a worker cgroup's limit
-                err: BaseException = WorkerDiedError(f"item {task.start} alone: worker {how}")
+                err = WorkerDiedError(f"item {task.start} alone: worker {how}")
             else:
                 err = WorkerDiedError(
                     f"worker died ({how}) while running item {task.start} on its own (os._exit, a signal such as "
@@ -400,7 +405,7 @@ class Run:
             err = MemoryError(f"item {task.start} raised MemoryError on its own")
         else:
             err = RuntimeError(f"item {task.start} failed on its own")
-        out = BatchOutcome(task.index, task.start, 1, duration_s=outcome.duration_s)
+        out = BatchOutcome(task.index, task.start, 1, duration_s=outcome.duration_s, timeouts=int(timed_out))
         if self.config.errors.on_error == "raise":
             out.error = (task.start, err)
         else:
@@ -475,6 +480,7 @@ class Run:
         st = self.stats
         st.items += o.size
         st.failed += o.failed
+        st.timeouts += o.timeouts
         st.batches += 1
         st.batch_sizes.append(o.size)
         st.gc_collections += o.gc_collections
@@ -573,6 +579,7 @@ class Run:
             bytes_per_item=st.bytes_per_item,
             batches=st.batches,
             failed=st.failed,
+            timeouts=st.timeouts,
             leaks=sum(1 for i in st.issues if i.get("kind") == "leak"),
             finished_at=st.finished_at,
             memory_errors=st.memory_errors,
