@@ -48,6 +48,7 @@ def summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
     get = lambda name, default=None: getattr(stats, name, default) if stats is not None else default  # noqa: E731
     items = int(get("items", 0) or 0)
     failed = int(get("failed", 0) or 0)
+    timeouts = int(get("timeouts", 0) or 0)
     batches = int(get("batches", 0) or 0)
     sizes = list(get("batch_sizes", []) or [])
     size_range = (
@@ -64,7 +65,8 @@ def summary_lines(job: Any, result: Any, stats: Any) -> list[str]:
     left = f", {remaining:,} remain" if get("status") == "stopped" and remaining is not None else ""
     lines = [
         f"{'stopped' if get('status') == 'stopped' else 'done'}: {job.name}: {items:,} items, {failed:,} failed"
-        f"{left}, {batches:,} batch{'' if batches == 1 else 'es'} "
+        f"{f' ({timeouts:,} past item_timeout)' if timeouts else ''}{left}, "
+        f"{batches:,} batch{'' if batches == 1 else 'es'} "
         f"(size {size_range}), {rate:,.0f} items/s in {duration:.1f}s",
         f"memory: peak RSS {format_bytes(peak)}{limit_text}{share}",
         f"output: {getattr(result, 'path', job.output.path)}",

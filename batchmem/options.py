@@ -241,6 +241,17 @@ class Execution:
         "not the run, and batches are charged exactly. false keeps the workers in the run's cgroup.",
         kind=bool,
     )
+    item_timeout: float | None = option(
+        None,
+        "Seconds one item may run. An item past it fails as `TimeoutError: item i ran past item_timeout=...s` "
+        "under on_error: Python code is interrupted in place; code stuck inside C only in worker processes, "
+        "which are killed at the batch's deadline (item_timeout x items + 1 s), or on dask, whose task is "
+        "cancelled and worker restarted (in-process, use n_jobs 1 with backend loky for that). Default: no limit.",
+        kind=float,
+        gt=0,
+        none_ok=True,
+        unit=" seconds",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)

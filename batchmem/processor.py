@@ -250,12 +250,34 @@ class BatchProcessor:
         :class:`~batchmem.errors.OutputLockedError` (another run writes it),
         :class:`~batchmem.errors.ItemFailedError` (``on_error="raise"``),
         :class:`~batchmem.errors.SerializationError`, :class:`~batchmem.errors.OutputWriteError`; what was
-        committed stays on disk with a matching checkpoint.
+        committed stays on disk with a matching checkpoint (a run without ``output`` removes its spool).
         """
         if not isinstance(resume, ResumeDecision):
             check_resume_mode(resume)  # before a spool folder is made
         self._stop.clear()
         spool = self._spool() if output is None else None
+        try:
+            return self._process_into(
+                spool, items, fn, output, output_format, errors_output, overwrite, resume, fingerprint
+            )
+        except BaseException:
+            if spool is not None:  # a run without output that failed: nothing can reach its spool any more
+                shutil.rmtree(spool, ignore_errors=True)
+            raise
+
+    def _process_into(
+        self,
+        spool: Path | None,
+        items: Iterable[Any],
+        fn: Callable[..., Any],
+        output: str | os.PathLike[str] | None,
+        output_format: str | None,
+        errors_output: str | os.PathLike[str] | None,
+        overwrite: bool,
+        resume: bool | str | ResumeDecision,
+        fingerprint: str | Mapping[str, Any] | None,
+    ) -> BatchResult:
+        """:meth:`process` once its arguments are checked and its spool folder (if any) made."""
         path = spool / "results.jsonl" if spool else Path(output)
         fmt = resolve_format(path, output_format)
         errors_path = Path(errors_output) if errors_output else sidecar(path, ".errors.jsonl")
@@ -409,6 +431,7 @@ class BatchProcessor:
             encode=encode,
             json_default=c.output.json_default,
             setup=self.worker_setup,
+            item_timeout=c.execution.item_timeout,
         )
         target = c.batching.memory_target_fraction * self.monitor.limit.bytes
         planning = Planning(

@@ -105,7 +105,7 @@ class Run:
             on_weighting=self._start_weighting,
         )
         self.fixed_size = self.batcher.fixed_size
-        self.splits = Splits(executor, stats, config.errors.on_error, self._memory_error)
+        self.splits = Splits(executor, stats, config.errors.on_error, self._memory_error, config.execution.item_timeout)
         baseline, _, in_flight = executor.memory_plan(
             None, self.last_sample.used_bytes, self.last_sample.pressure, monitor.thresholds
         )
@@ -303,6 +303,7 @@ class Run:
         st = self.stats
         st.items += o.size
         st.failed += o.failed
+        st.timeouts += o.timeouts
         st.batches += 1
         st.batch_sizes.append(o.size)
         st.gc_collections += o.gc_collections
@@ -404,6 +405,7 @@ class Run:
             bytes_per_item=st.bytes_per_item,
             batches=st.batches,
             failed=st.failed,
+            timeouts=st.timeouts,
             leaks=sum(1 for i in st.issues if i.get("kind") == "leak"),
             finished_at=st.finished_at,
             memory_errors=st.memory_errors,

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from .backends import BatchOutcome, BatchTask, Executor
+from .backends.item_timeout import OVERDUE, item_timeout_error
 from .errors import WorkerDiedError
 from .io.sinks import NULL_LINE, error_record
 from .stats import RunStats
@@ -25,14 +26,21 @@ class Splits:
     """Resolves outcomes marked ``split`` by re-running their batch in halves on ``executor``.
 
     ``on_error`` is the run's policy (``"raise"`` makes a lone failing item the run's error);
+    ``item_timeout`` (seconds, or None) names the setting when a lone item was stopped past it;
     ``on_memory_error(task)`` is called when a batch ran out of memory and its halves fit, a
     property of the batch size that the optimizer learns from. ``stats.memory_errors`` counts them.
     """
 
     def __init__(
-        self, executor: Executor, stats: RunStats, on_error: str, on_memory_error: Callable[[BatchTask], None]
+        self,
+        executor: Executor,
+        stats: RunStats,
+        on_error: str,
+        on_memory_error: Callable[[BatchTask], None],
+        item_timeout: float | None = None,
     ):
         self.executor, self.stats, self.on_error, self.on_memory_error = executor, stats, on_error, on_memory_error
+        self.item_timeout = item_timeout
 
     def resolve(self, task: BatchTask, outcome: BatchOutcome) -> Iterator[BatchOutcome]:
         """Yield final outcomes in order, halving batches that hit MemoryError, a failing batched
@@ -71,10 +79,14 @@ class Splits:
 
     def _single_item_failure(self, task: BatchTask, outcome: BatchOutcome) -> BatchOutcome:
         """The outcome of one item that raised MemoryError or killed its worker on its own."""
-        if outcome.split == "worker_died":
+        timed_out = outcome.split == "worker_died" and outcome.worker_exit.startswith(OVERDUE)
+        if timed_out:  # stuck past item_timeout on its own (inside C: the in-place timer could not stop it)
+            err: BaseException = item_timeout_error(task.start, self.item_timeout or 0.0)
+            logger.warning("item %d alone: %s; recorded as failed", task.start, outcome.worker_exit)
+        elif outcome.split == "worker_died":
             how = outcome.worker_exit
             if how.startswith("killed by"):  # the OOM watchdog, or the kernel at a worker cgroup's limit
-                err: BaseException = WorkerDiedError(f"item {task.start} alone: worker {how}")
+                err = WorkerDiedError(f"item {task.start} alone: worker {how}")
             else:
                 err = WorkerDiedError(
                     f"worker died ({how}) while running item {task.start} on its own (os._exit, a signal such as "
@@ -86,7 +98,7 @@ class Splits:
             err = MemoryError(f"item {task.start} raised MemoryError on its own")
         else:
             err = RuntimeError(f"item {task.start} failed on its own")
-        out = BatchOutcome(task.index, task.start, 1, duration_s=outcome.duration_s)
+        out = BatchOutcome(task.index, task.start, 1, duration_s=outcome.duration_s, timeouts=int(timed_out))
         if self.on_error == "raise":
             out.error = (task.start, err)
         else:

@@ -97,6 +97,7 @@ class RunStats:
     # How batch peaks were measured: "rss" (resident set growth) or "worker_cgroups" (each worker's own
     # memory cgroup charge, tmpfs and page cache included; batchmem/backends/worker_cgroups.py)
     memory_accounting: str = "rss"
+    timeouts: int = 0  # items recorded as failed for running past item_timeout
     learned_batch_size: int | None = None  # items
     settings: dict[str, Any] = field(default_factory=dict)  # options advice checks (optimizer.advice.RunSettings)
     weight_unit: str = "items"  # what batches were budgeted in (batchmem.weights.weight_unit)

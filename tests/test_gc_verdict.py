@@ -71,7 +71,7 @@ def test_a_runs_analyzer_gets_the_functions_gc_figures(tmp_path, monkeypatch):
         real(self, pause_s, seconds, own=own)
 
     monkeypatch.setattr(HeapAnalyzer, "record_function_gc", spy)
-    BatchProcessor(batch_size=5, batched=True, progress=False, use_history=False).process(
+    BatchProcessor(batch_size=5, auto_optimize=False, batched=True, progress=False, use_history=False).process(
         range(20), collects, tmp_path / "out.jsonl"
     )
     assert len(seen) >= 4 and all(own and 0 < pause <= s for pause, s, own in seen)

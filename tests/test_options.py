@@ -40,6 +40,7 @@ NON_DEFAULT = {
     "recycle_leaking_workers": False,
     "stop_grace_seconds": 4.0,
     "worker_cgroups": False,
+    "item_timeout": 2.5,
     "on_error": "retry",
     "max_retries": 1,
     "retry_exhausted": "raise",
@@ -103,6 +104,7 @@ def test_node_aliases_map_to_their_names():
         ({"max_retries": -1}, "max_retries"),
         ({"terminate_fraction": 1.5}, "terminate_fraction"),
         ({"stop_grace_seconds": -1}, "stop_grace_seconds"),
+        ({"item_timeout": 0}, "item_timeout"),
         ({"weight": 3}, "weight"),
         ({"max_tasks_per_worker": 0}, "max_tasks_per_worker"),
         ({"min_batch_size": 10, "max_batch_size": 5}, "max_batch_size"),
@@ -147,6 +149,7 @@ BOTH_WAYS = {
     "recycle_leaking_workers": (False, "false"),
     "stop_grace_seconds": (4.0, "4.0"),
     "worker_cgroups": (False, "false"),
+    "item_timeout": (2.5, "2.5"),
     "on_error": ("retry", "retry"),
     "max_retries": (1, "1"),
     "retry_exhausted": ("raise", "raise"),
@@ -193,6 +196,8 @@ def test_every_option_can_be_set_in_python_and_in_a_job_file(tmp_path, name):
 
     from batchmem.job import load_job
 
+    if name == "scheduler_address":  # the processor checks that dask.distributed is installed
+        pytest.importorskip("distributed", reason="scheduler_address needs the dask extra (batchmem[dask])")
     (tmp_path / "optfns.py").write_text(
         "def fn(item, state=None):\n    return item\n\n"
         "def weigh(item):\n    return 1.0\n\n"

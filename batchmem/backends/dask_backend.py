@@ -17,6 +17,9 @@ an endless wait. What this module adds to that:
   and goes through the worker-death path (halves, each alone); a worker lost under
   a running batch (SIGKILL from outside) is counted in ``worker_deaths`` too;
 * per-worker setup as a :class:`~distributed.WorkerPlugin`;
+* ``item_timeout``: a worker thread cannot be killed, so a batch stuck past its deadline where the
+  in-place timer cannot reach (inside C) is cancelled and its worker restarted (needs a nanny:
+  ``processes=True``), and the batch takes the worker-death path;
 * quiet by default: distributed's warnings about lost workers and rescheduling
   are held back during a run (shown with ``-v``), and batchmem logs one line per death.
 
@@ -30,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError, one_line
 from ..heap.monitor import MemoryLimit, PressureLevel, PressureThresholds
 from .base import ExecutorBase
+from .item_timeout import batch_deadline_s, overdue_reason
 from .joblib_backend import _died
 from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
 from .worker_setup import WorkerSetup
@@ -327,6 +332,7 @@ class DaskExecutor(ExecutorBase):
         it = iter(tasks)
         window = self._futures
         exhausted = False
+        waited_for, since = None, 0.0  # the batch waited for, and since when (monotonic seconds)
         while not self._cancelled:
             while not exhausted and len(window) < self.in_flight + 1:
                 task = next(it, None)
@@ -337,8 +343,10 @@ class DaskExecutor(ExecutorBase):
             if not window:
                 return
             task, future = window[0]  # stays in the window while awaited, so cancel() reaches it
+            if waited_for is not task:
+                waited_for, since = task, time.monotonic()
             try:
-                outcome = future.result()
+                outcome = self._await(task, future, since)
             except KilledWorker:
                 window.popleft()
                 self._count_lost_workers()
@@ -371,10 +379,34 @@ class DaskExecutor(ExecutorBase):
         from distributed import KilledWorker
 
         try:
-            return self._submit(task).result()
+            return self._await(task, self._submit(task), time.monotonic())
         except KilledWorker:
             self._count_lost_workers()
             return _died(task, _KILLED)
+
+    def _await(self, task: BatchTask, future: Any, since: float) -> BatchOutcome:
+        """The task's outcome. With ``item_timeout``, once the batch runs past its deadline (counted from
+        ``since``, when it became the batch waited for) it is stuck where the in-place timer cannot reach
+        (inside C): the task is cancelled and its worker restarted, since a thread cannot be killed, and
+        the outcome is a worker death that the run loop retries in halves."""
+        if not self.opts.item_timeout:
+            return future.result()
+        deadline = since + batch_deadline_s(self.opts.item_timeout, len(task))
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except (TimeoutError, asyncio.TimeoutError):
+            pass
+        address = self.client.run_on_scheduler(_processing_on, future.key)
+        self.client.cancel([future], force=True)
+        reason = f"{overdue_reason(task.start, len(task))}, task cancelled"
+        try:
+            if address:
+                self.client.restart_workers([address])
+                reason += f" and dask worker {address} restarted"
+        except Exception as exc:  # no nanny (processes=False): the thread runs on
+            logger.warning("batchmem: cannot restart dask worker %s (%s); its stuck thread runs on", address, exc)
+        logger.warning("batchmem: %s", reason)
+        return _died(task, reason)
 
     def cancel(self) -> None:
         """Cancel the futures in flight; ``map`` ends without their outcomes."""
@@ -427,6 +459,12 @@ class DaskExecutor(ExecutorBase):
             if self._owns_client:
                 self.client.close()
                 self._owns_client = False
+
+
+def _processing_on(key: str, dask_scheduler: Any = None) -> str | None:
+    """On the scheduler: the address of the worker running task ``key`` (None if none is)."""
+    ts = dask_scheduler.tasks.get(key)
+    return ts.processing_on.address if ts is not None and ts.processing_on is not None else None
 
 
 def _set_allowed_failures(value: int, dask_scheduler: Any = None) -> int:

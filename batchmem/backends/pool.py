@@ -42,6 +42,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..heap.monitor import PressureLevel, PressureThresholds
 from .base import ExecutorBase
+from .deadlines import DeadlineBoard
 from .forking import fork_unsafe_reason, forking_allowed_threads, usable_cpus
 from .inner_threads import worker_env
 from .joblib_backend import _died, _worker_death_types, worker_exit
@@ -78,13 +79,19 @@ class PoolExecutor(ExecutorBase):
 
             self.in_flight = max(1, joblib.effective_n_jobs(n_jobs))
         self.processes = kind != "threading"
+        # item_timeout: workers report their batches, so the watchdog can kill one stuck inside C
+        self._deadlines = (
+            DeadlineBoard() if opts.item_timeout and self.processes and DeadlineBoard.available() else None
+        )
+        if self._deadlines is not None:
+            self.opts = dataclasses.replace(opts, deadline_address=self._deadlines.address)
         self._pool: Any = None
         self._procs: dict[int, Any] = {}  # multiprocessing: the pool's process table (pid -> Process)
         self._recycle_reason: str | None = None
         self._cancelled = False
         self.watchdog: OomWatchdog | None = None
         self.cgroups: WorkerCgroups | None = None
-        self._task_opts = opts  # the options loky's tasks carry (worker_cgroups set once they are placed)
+        self._task_opts = self.opts  # the options loky's tasks carry (worker_cgroups set once they are placed)
         self._free_heap: dict[int, int] = {}  # worker pid -> free heap at its last batch's end, bytes
         self._started: Any = None  # the future of start()'s empty batch
         self._resizing = False  # the next replacement of the pool makes it smaller (not a recycle)
@@ -218,7 +225,7 @@ class PoolExecutor(ExecutorBase):
                 pids()  # the workers started already, before their first batch
                 self.memory_accounting = "worker_cgroups"
                 self._task_opts = dataclasses.replace(self.opts, worker_cgroups=True)
-        self.watchdog = OomWatchdog(pids, limit_bytes, terminate_fraction).start()
+        self.watchdog = OomWatchdog(pids, limit_bytes, terminate_fraction, deadlines=self._deadlines).start()
 
     def memory_plan(
         self, outcome: BatchOutcome | None, rss_bytes: int, pressure: PressureLevel, thresholds: PressureThresholds
@@ -324,8 +331,8 @@ class PoolExecutor(ExecutorBase):
         signal: from loky's message, or from the standard library pool's process table."""
         if self.cgroups is not None and (reason := self.cgroups.oom_kill_reason()) is not None:
             return reason
-        if self.watchdog is not None and self.watchdog.kills > self._kills_seen:
-            self._kills_seen = self.watchdog.kills
+        if self.watchdog is not None and self.watchdog.kills + self.watchdog.timeouts > self._kills_seen:
+            self._kills_seen = self.watchdog.kills + self.watchdog.timeouts
             return self.watchdog.last_reason() or worker_exit(exc)
         if self._stdlib:
             return _exit_of(self._procs)
@@ -379,6 +386,8 @@ class PoolExecutor(ExecutorBase):
     def close(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
+        if self._deadlines is not None:
+            self._deadlines.close()
         if self.kind != "loky":  # threads, and standard-library workers (which tear their setup state down)
             self._drop_pool(kill=False)
         if self.cgroups is not None:  # loky's workers live on for the next run: back to the run's group

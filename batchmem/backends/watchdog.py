@@ -35,6 +35,10 @@ nanny terminates a worker above ``distributed.worker.memory.terminate``
 https://distributed.dask.org/en/stable/worker-memory.html). The decision is
 the pure function :func:`choose_victim`, tested with fake readings.
 
+With ``item_timeout`` the same thread also kills the worker whose batch runs past its deadline
+(``item_timeout`` x items + a margin), as the workers report their batches
+(:mod:`batchmem.backends.deadlines`): code stuck inside C, which the per-item timer cannot interrupt.
+
 Not covered: batches that run in this process (``n_jobs=1`` without a
 backend). Killing the only process would end the run; there the optimizer's
 prediction is the only guard. For hard container limits run one isolated
@@ -53,6 +57,8 @@ from typing import NamedTuple
 from ..heap.cgroup import MemoryCgroup, find_memory_cgroup
 from ..heap.monitor import tree_pss_bytes
 from ..units import format_bytes
+from .deadlines import DeadlineBoard
+from .item_timeout import overdue_reason
 
 __all__ = [
     "POLL_S",
@@ -199,6 +205,7 @@ class OomWatchdog:
         kill: Callable[[int, int], None] = os.kill,
         confirm: Callable[[list[int]], int | None] = tree_pss_bytes,
         charge: Callable[[], int | None] | None = None,
+        deadlines: DeadlineBoard | None = None,
     ):
         self.worker_pids, self.poll_s = worker_pids, poll_s
         self.limit_bytes, self.terminate_fraction = limit_bytes, terminate_fraction
@@ -211,6 +218,7 @@ class OomWatchdog:
             charge = cgroup_charge(cgroup, self.terminate_bytes) if cgroup is not None and cgroup.limited else None
         self.charge = charge
         self.kills = 0
+        self.deadlines, self.timeouts = deadlines, 0  # workers killed past their batch's deadline (count)
         self._reasons: dict[int, str] = {}
         self._dying: set[int] = set()
         self._me = os.getpid()
@@ -244,6 +252,8 @@ class OomWatchdog:
         """Take one reading of the tree and kill a worker if it is past the level; the pid killed, or None."""
         pids = self.worker_pids()
         self._dying.intersection_update(pids)  # a pid no longer listed is gone; if it comes back it is a new worker
+        if self.deadlines is not None:
+            self._kill_overdue(pids)
         if self._statm is not None:
             self._statm.keep([*pids, self._me])
         readings = {pid: r for pid in pids if (r := self.read(pid)) is not None}
@@ -260,6 +270,20 @@ class OomWatchdog:
             return None  # copy-on-write pages counted in every worker: the tree is below the level
         what = "tree" if tree >= charged else "memory cgroup working set"
         return victim if self._kill(victim, readings[victim].resident, total, what) else None
+
+    def _kill_overdue(self, pids: list[int]) -> None:
+        """SIGKILL every worker whose batch is past its reported deadline (see :mod:`.deadlines`)."""
+        self.deadlines.drain()
+        for pid, batch in self.deadlines.overdue(set(pids) - self._dying):
+            self.deadlines.forget(pid)
+            try:
+                self._send(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            self._dying.add(pid)
+            self.timeouts += 1
+            self._reasons[pid] = f"{overdue_reason(batch.start, batch.items)}, worker killed"
+            logger.warning("batchmem: %s", self._reasons[pid])
 
     def _kill(self, pid: int, rss: int, total: int, what: str = "tree") -> bool:
         reason = (

@@ -9,6 +9,7 @@ collections and failures travel back with the encoded results.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -25,6 +26,8 @@ from ..heap.gc_watch import GcWatch
 from ..heap.malloc import heap_free_bytes, heap_in_use_bytes, reuse_large_blocks, trim_heap
 from ..heap.monitor import PeakMemoryTracker
 from ..io.sinks import NULL_LINE, encode_results, encoder_args, error_record, row_dicts, serialization_error
+from .deadlines import reporting
+from .item_timeout import ItemTimer, batch_deadline_s, is_item_timeout
 from .loky_worker import prepare_loky_worker
 from .worker_cgroups import BatchCharge
 from .worker_setup import WorkerSetup
@@ -55,6 +58,8 @@ class RunOptions:
     # The pool placed its workers in memory cgroups of their own (worker_cgroups.py): a batch's peak
     # is also read from its worker's group, whose charge holds tmpfs files and page cache.
     worker_cgroups: bool = False
+    item_timeout: float | None = None  # seconds an item may run (batchmem.backends.item_timeout); None: no limit
+    deadline_address: str | None = None  # where a worker process reports its batches (batchmem.backends.deadlines)
 
 
 @dataclass
@@ -108,6 +113,7 @@ class BatchOutcome:
     error_records: list[dict[str, Any]] = field(default_factory=list)
     error: tuple[int, BaseException] | None = None
     split: str | None = None  # None | "memory" | "error" | "worker_died"
+    timeouts: int = 0  # items recorded as failed for running past item_timeout
     worker_exit: str = ""  # split == "worker_died": how the worker ended, e.g. "exit code 3", "signal SIGKILL"
     duration_s: float = 0.0
     start_rss_bytes: int = 0
@@ -193,11 +199,16 @@ def _call_with_retries(call: Callable[[], Any], opts: RunOptions) -> tuple[Any, 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(opts.max_retries + 1),
         wait=tenacity.wait_exponential(multiplier=0.05, max=2.0),
-        retry=tenacity.retry_if_not_exception_type(MemoryError),
+        retry=tenacity.retry_if_exception(lambda e: isinstance(e, Exception) and not _unretried(e)),
         reraise=True,
     )
     value = retrying(call)
     return value, retrying.statistics.get("attempt_number", 1)
+
+
+def _unretried(exc: BaseException) -> bool:
+    """MemoryError (the batch is split instead) and an item's timeout (it would hang every attempt)."""
+    return isinstance(exc, MemoryError) or is_item_timeout(exc)
 
 
 def _item_failure(
@@ -205,6 +216,8 @@ def _item_failure(
 ) -> bool:
     """Record a failed item; returns True if the batch must stop (``on_error="raise"``, or
     ``"retry"`` with ``retry_exhausted="raise"`` once the retries are used up)."""
+    if is_item_timeout(exc):  # not retried: its one attempt hung
+        out.timeouts, attempts = out.timeouts + 1, 1
     if opts.on_error == "raise" or (opts.on_error == "retry" and opts.retry_exhausted == "raise"):
         out.error = (index, exc)
         return True
@@ -214,7 +227,12 @@ def _item_failure(
 
 
 def _run_items(
-    fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]
+    fn: Callable[..., Any],
+    task: BatchTask,
+    opts: RunOptions,
+    out: BatchOutcome,
+    kwargs: dict[str, Any],
+    timer: ItemTimer | None = None,
 ) -> list[Any] | bytearray | None:
     """Per-item calling convention, one pass: call, then encode at once (``opts.encode``).
 
@@ -233,6 +251,8 @@ def _run_items(
         plain = call
         call = lambda x: _call_with_retries(lambda: plain(x), opts)[0]  # noqa: E731
         attempts += opts.max_retries
+    if timer is not None:  # around the retries: an item's attempts share its item_timeout
+        call = timer.wrap(call, task.start)
     encode = opts.encode
     dumps, (default, option) = orjson.dumps, encoder_args(opts.json_default)
     # Encoded lines go straight into one buffer: a list of orjson outputs would
@@ -265,11 +285,18 @@ def _run_items(
 
 
 def _run_batched(
-    fn: Callable[..., Any], task: BatchTask, opts: RunOptions, out: BatchOutcome, kwargs: dict[str, Any]
+    fn: Callable[..., Any],
+    task: BatchTask,
+    opts: RunOptions,
+    out: BatchOutcome,
+    kwargs: dict[str, Any],
+    timer: ItemTimer | None = None,
 ) -> Any:
-    """Batched calling convention: ``fn(batch) -> same-length list or DataFrame``."""
+    """Batched calling convention: ``fn(batch) -> same-length list or DataFrame``; with ``timer``
+    (``item_timeout`` x items) a call that runs past it is bisected like one that raised."""
+    call = lambda: _call_with_retries(lambda: fn(task.items, **kwargs), opts)  # noqa: E731
     try:
-        results, _ = _call_with_retries(lambda: fn(task.items, **kwargs), opts)
+        results, _ = call() if timer is None else timer.timed(call, task.start)
     except MemoryError:
         raise
     except Exception as exc:
@@ -288,6 +315,20 @@ def _run_batched(
             f"{got} for {len(task)} items; return one result per item, in order"
         )
     return results
+
+
+def _item_timer(opts: RunOptions, items: int) -> ItemTimer | None:
+    """The batch's :class:`ItemTimer`: ``item_timeout`` per item, or per batched call of ``items``."""
+    if not opts.item_timeout or not items:
+        return None
+    return ItemTimer(opts.item_timeout * (items if opts.batched else 1))
+
+
+def _reported(opts: RunOptions, task: BatchTask) -> contextlib.AbstractContextManager[None]:
+    """The batch reported to the parent's watchdog while it runs (process workers with ``item_timeout``)."""
+    if opts.deadline_address is None or not opts.item_timeout:
+        return contextlib.nullcontext()
+    return reporting(opts.deadline_address, task.start, len(task), batch_deadline_s(opts.item_timeout, len(task)))
 
 
 def run_batch(
@@ -313,10 +354,16 @@ def run_batch(
     gc_before = _gc_collections()
     charge = BatchCharge.start() if opts.worker_cgroups else None  # None until this worker is placed
     t0 = time.perf_counter()
-    with GcWatch() as gc_watch, PeakMemoryTracker(force_sampling=opts.peak_by_sampling) as peak:
+    timer = _item_timer(opts, len(task))
+    with (
+        GcWatch() as gc_watch,
+        _reported(opts, task),
+        PeakMemoryTracker(force_sampling=opts.peak_by_sampling) as peak,
+        timer or contextlib.nullcontext(),
+    ):
         try:
             runner = _run_batched if opts.batched else _run_items
-            results = runner(fn, task, opts, out, kwargs)
+            results = runner(fn, task, opts, out, kwargs, timer)
         except MemoryError:
             results, out.split = None, "memory"
     out.duration_s = time.perf_counter() - t0

@@ -397,6 +397,7 @@ class BatchOptimizer:
             "runs": record.get("runs", len(runs)),
             "items": record.get("items"),
             "failed": record.get("failed"),
+            "timeouts": record.get("timeouts", 0),
             "batches": record.get("batches"),
             "duration_s": record.get("duration_s"),
             "items_per_s": record.get("items_per_s"),

@@ -168,6 +168,7 @@ class HistoryStore:
             "duration_s": duration,
             "items_per_s": items_per_second(items, duration) if duration > 0 else None,
             "failed": total("failed"),
+            "timeouts": total("timeouts"),  # items past item_timeout, all runs
             "batches": total("batches"),
             "leaks": total("leaks"),  # leaks the heap analyzer flagged, all runs
             "resumes": total("resumed"),  # runs that continued an output another run began

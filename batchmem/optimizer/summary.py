@@ -41,6 +41,7 @@ class RunSummary:
     items: int | None = None
     batches: int | None = None
     failed: int | None = None
+    timeouts: int | None = None  # items past item_timeout
     leaks: int | None = None
     memory_errors: int | None = None
     resumed: int | None = None

@@ -37,6 +37,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "items": ("items", "int"),
     "failed": ("failed items", "int"),
     "resumed": ("resumed", "str"),  # a resumed output: how often, and each part's items and time
+    "timeouts": ("items past item_timeout", "int"),
     "batches": ("batches", "int"),
     "duration_s": ("wall time", "seconds"),
     "items_per_s": ("throughput (items / wall s)", "rate"),

@@ -121,6 +121,7 @@ def _figures(stats: RunStats, df: Any, raw: dict[str, Any]) -> dict[str, Any]:
         "status": stats.status,
         **whole,
         "batches": max(stats.batches, len(df)),  # the batch records of every part
+        "timeouts": stats.timeouts,
         "bytes_per_item": stats.bytes_per_item,
         "learned_batch_size": stats.learned_batch_size,
         "batch_size_min": sizes[0] if sizes else None,

@@ -32,6 +32,7 @@ _DETAIL_ROWS = (
     ("runs that resumed an output", "resumes", "int"),  # each part of a resumed output is a run
     ("items, all runs", "items", "int"),
     ("failed items, all runs", "failed", "int"),
+    ("items past item_timeout, all runs", "timeouts", "int"),
     ("batches, all runs", "batches", "int"),
     ("wall time, all runs", "duration_s", "seconds"),
     ("throughput, all runs (items / wall s)", "items_per_s", "rate"),

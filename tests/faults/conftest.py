@@ -52,6 +52,13 @@ def assert_complete(out: Path, n: int) -> None:
     assert not bad, f"{len(bad)} wrong lines, first {bad[:5]}: {lines[bad[0]]!r}"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test of this folder is ``slow``: ``pytest -m "not slow"`` is the fast inner loop."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def job_dir(tmp_path: Path) -> Path:
     """A folder holding faultfns.py, with ``write_job(name, **keys)`` to add job files."""

@@ -73,8 +73,12 @@ def poison_500(x: int) -> dict:
 
 
 def forever(x: int) -> dict:
-    """Item 300 never returns (a hung call); the others take about 1 ms."""
+    """Item 300 never returns (a hung call); the others take about 1 ms. When it starts it creates the
+    file named by ``$FAULTFNS_STARTED`` (if set), so a test can wait for that instead of sleeping."""
     if x == 300:
+        started = os.environ.get("FAULTFNS_STARTED")
+        if started:
+            open(started, "w").close()
         while True:
             time.sleep(1)
     time.sleep(0.001)
@@ -85,3 +89,28 @@ def sigint_mask(x: int) -> dict:
     """Whether SIGINT is blocked in this process (``/proc/self/status`` SigBlk, signal(7)), by worker pid."""
     blocked = next(int(line.split()[1], 16) for line in open("/proc/self/status") if line.startswith("SigBlk:"))
     return {"pid": os.getpid(), "sigint_blocked": bool(blocked >> (signal.SIGINT - 1) & 1)}
+
+
+#: Items of ``hang_or_spin`` that never return: one sleeps forever, one spins in a pure-Python loop.
+SLEEPS_FOREVER, SPINS_FOREVER = 57, 141
+
+
+def hang_or_spin(x: int) -> dict:
+    """Item 57 sleeps forever, item 141 spins forever; the others take about 5 ms."""
+    if x == SLEEPS_FOREVER:
+        while True:
+            time.sleep(1)
+    if x == SPINS_FOREVER:
+        n = 0
+        while True:
+            n += 1
+    time.sleep(0.005)
+    return expected(x)
+
+
+def stuck_in_c(x: int) -> dict:
+    """Item 17 blocks SIGALRM and sleeps forever: like code stuck inside C, no in-place timer reaches it."""
+    if x == 17:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(10**6)
+    return expected(x)

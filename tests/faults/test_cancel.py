@@ -33,9 +33,23 @@ def _session_members(sid: int) -> list[int]:
     return members
 
 
+def _wait_for(condition, timeout_s: float) -> bool:
+    """Poll ``condition()`` every 20 ms until it holds (True) or ``timeout_s`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 @pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
-def test_sigterm_during_a_batch_that_never_returns_exits_130_kills_the_workers_and_resume_completes(job_dir, backend):
+def test_sigterm_during_a_batch_that_never_returns_exits_130_kills_the_workers_and_resume_completes(
+    job_dir, backend, monkeypatch
+):
     out = job_dir / "hang.jsonl"
+    started = job_dir / "item300.started"
+    monkeypatch.setenv("FAULTFNS_STARTED", str(started))  # faultfns.forever creates it when item 300 starts
     job = write_job(
         job_dir,
         "hang",
@@ -55,15 +69,12 @@ def test_sigterm_during_a_batch_that_never_returns_exits_130_kills_the_workers_a
         start_new_session=True,  # its own session: every process it leaves behind can be found
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (checkpoint(out) or {}).get("items", 0) < 300:
-            time.sleep(0.02)
-        time.sleep(0.5)  # the batch holding item 300 is running and will not return
-        proc.send_signal(signal.SIGTERM)
+        assert _wait_for(lambda: (checkpoint(out) or {}).get("items", 0) >= 300 and started.exists(), 60)
+        proc.send_signal(signal.SIGTERM)  # the batch holding item 300 is running and will not return
         t0 = time.monotonic()
         _, stderr = proc.communicate(timeout=GRACE_S + 5 + 10)
         waited = time.monotonic() - t0
-        time.sleep(0.5)  # loky's workers notice their parent is gone within a few tenths of a second
+        _wait_for(lambda: not _session_members(proc.pid), 5)  # loky's workers notice their parent is gone
         leftovers = _session_members(proc.pid)
     finally:
         if proc.poll() is None:

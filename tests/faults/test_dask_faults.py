@@ -98,8 +98,10 @@ def _local_cluster():
     )
 
 
-def test_sigterm_during_a_batch_that_never_returns_exits_130_and_resume_completes(job_dir):
+def test_sigterm_during_a_batch_that_never_returns_exits_130_and_resume_completes(job_dir, monkeypatch):
     out = job_dir / "hang.jsonl"
+    started = job_dir / "item300.started"
+    monkeypatch.setenv("FAULTFNS_STARTED", str(started))  # before the cluster: its workers inherit it
     with _local_cluster() as cluster:  # its own: the hung item keeps a worker thread busy after the cancel
         job = write_job(
             job_dir,
@@ -121,10 +123,11 @@ def test_sigterm_during_a_batch_that_never_returns_exits_130_and_resume_complete
         )
         try:
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and (checkpoint(out) or {}).get("items", 0) < 300:
+            while time.monotonic() < deadline and not (
+                (checkpoint(out) or {}).get("items", 0) >= 300 and started.exists()
+            ):
                 time.sleep(0.02)
-            time.sleep(0.5)  # the batch holding item 300 is running and will not return
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)  # the batch holding item 300 is running and will not return
             t0 = time.monotonic()
             _, stderr = proc.communicate(timeout=2 + 5 + 10)
             waited = time.monotonic() - t0

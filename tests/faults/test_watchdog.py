@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -105,12 +104,14 @@ def test_tree_pss_counts_a_forked_childs_copy_on_write_pages_once():
 
     block = np.ones((200 * MiB) // 8)
     r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child only waits, sharing every page with the parent
+    if pid == 0:  # the child says it runs, then only waits, sharing every page with the parent
+        os.write(ready_w, b"r")
         os.read(r, 1)
         os._exit(0)
     try:
-        time.sleep(0.2)
+        assert os.read(ready_r, 1) == b"r"
         rss_sum = statm(os.getpid()).resident + statm(pid).resident
         shared_once = tree_pss_bytes([pid])
         assert rss_sum > 400 * MiB and shared_once is not None
