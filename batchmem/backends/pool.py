@@ -95,6 +95,7 @@ class PoolExecutor(ExecutorBase):
         self._free_heap: dict[int, int] = {}  # worker pid -> free heap at its last batch's end, bytes
         self._started: Any = None  # the future of start()'s empty batch
         self._resizing = False  # the next replacement of the pool makes it smaller (not a recycle)
+        self._refit_at = -1  # the pool (count of pools started) whose first outcome refit judged
 
     # -- the pool
     def _get_pool(self) -> Any:
@@ -299,9 +300,9 @@ class PoolExecutor(ExecutorBase):
                 submitted = 0
                 yield from self._after_death(stranded, exc)
                 continue
-            if self.refit is not None and outcome.size:
-                refit, self.refit = self.refit, None
-                workers = refit(outcome)
+            if self.refit is not None and outcome.size and self._refit_at != self._pools and self.in_flight > 1:
+                self._refit_at = self._pools  # once per pool: a smaller one is judged again on its own first batch
+                workers = self.refit(outcome)
                 if workers is not None:
                     self.resize(workers, f"{workers} of {self.in_flight} workers fit under the memory target")
             top_up()
