@@ -92,6 +92,8 @@ class Run:
         self._grace_timer: threading.Timer | None = None
         self._saved_thresholds = monitor.thresholds
         self.last_sample = monitor.sample()
+        self._working_set = self.last_sample.working_set_bytes  # the limiting cgroup's, at the last commit
+        self._apportioned = False
         self._adopt_executor_limit()
         self._guards(callbacks)
         self.batcher = Batcher(
@@ -327,7 +329,7 @@ class Run:
                 BatchMeasurement(
                     size=o.size,
                     duration_s=o.duration_s,
-                    peak_bytes=o.peak_bytes,
+                    peak_bytes=self._charged_peak(o, r),
                     failed=o.failed,
                     weight=o.weight if self.batcher.weighted else None,
                 ),
@@ -337,6 +339,18 @@ class Run:
             )
             target = self.config.batching.memory_target_fraction * (self.optimizer.memory_limit_bytes or 0)
             self.charge.observe(r.sample, self.optimizer.controller.last_decision.reason, target)
+
+    def _charged_peak(self, o: BatchOutcome, r: _Reading) -> int:
+        """The batch's peak for the optimizer, bytes: its own measurement, and inside a limiting memory
+        cgroup whose workers have no cgroup of their own, at least its share of what the cgroup's working
+        set gained since the last commit (tmpfs files, shared memory: charged, in no RSS), the gain split
+        evenly over the batches in flight."""
+        before = self._working_set
+        self._working_set = now = r.sample.working_set_bytes if r.sample is not None else None
+        if now is None or before is None or self.executor.memory_accounting != "rss":
+            return o.peak_bytes
+        self._apportioned = True
+        return max(o.peak_bytes, max(0, now - before) // max(1, self.executor.in_flight))
 
     def _guard(self, o: BatchOutcome, r: _Reading) -> None:
         self.leaks.after_batch(o, r.rss_bytes)
@@ -361,6 +375,8 @@ class Run:
         st.worker_deaths = self.executor.worker_deaths
         st.watchdog_kills = self.executor.watchdog_kills
         st.memory_accounting = self.executor.memory_accounting
+        if self._apportioned:  # see _charged_peak
+            st.memory_accounting = "cgroup_delta" if self.executor.in_flight == 1 else "cgroup_apportioned"
         info = self.executor.describe()
         st.backend, st.n_jobs, st.n_jobs_choice = info.backend, info.n_jobs, info.choice
         self.files.close()

@@ -94,8 +94,10 @@ class RunStats:
     memory_errors: int = 0
     watchdog_kills: int = 0  # worker processes the OOM watchdog killed above the terminate level
     worker_deaths: int = 0  # worker processes that died during the run (their batches were retried in halves)
-    # How batch peaks were measured: "rss" (resident set growth) or "worker_cgroups" (each worker's own
-    # memory cgroup charge, tmpfs and page cache included; batchmem/backends/worker_cgroups.py)
+    # How batch peaks were measured: "rss" (resident set growth), "worker_cgroups" (each worker's own
+    # memory cgroup charge, tmpfs and page cache included; batchmem/backends/worker_cgroups.py), or, in a
+    # limiting cgroup without worker groups, "cgroup_delta" / "cgroup_apportioned" (the cgroup's working-set
+    # gain over a batch, whole or split over the batches in flight, when above the RSS growth; run.py)
     memory_accounting: str = "rss"
     timeouts: int = 0  # items recorded as failed for running past item_timeout
     learned_batch_size: int | None = None  # items

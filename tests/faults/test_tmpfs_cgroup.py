@@ -84,5 +84,5 @@ def test_files_staged_on_a_tmpfs_do_not_get_the_run_oom_killed(tmp_path, n_jobs)
     # first batches, cut before any was measured (100 items, 400 MiB): their halves run again.
     assert kills == 0
     assert peak < LIMIT
-    assert accounting == ("worker_cgroups" if n_jobs > 1 else "rss")
+    assert accounting == ("worker_cgroups" if n_jobs > 1 else "cgroup_delta")
     assert [json.loads(line) for line in out.read_text().splitlines()] == [4 + i for i in range(ITEMS)]

@@ -84,9 +84,21 @@ RUN = textwrap.dedent("""
         time.sleep(0.002)
         return x
 
-    proc = BatchProcessor(n_jobs=2, backend="loky", progress=False, use_history=False)
+    groups = len(sys.argv) < 4 or sys.argv[3] != "no-groups"
+    proc = BatchProcessor(n_jobs=2, backend="loky", progress=False, use_history=False, worker_cgroups=groups)
     print(proc.process(range(int(sys.argv[2])), slow, sys.argv[1]).stats.memory_accounting, flush=True)
 """)
+
+
+def test_without_worker_groups_the_cgroups_gain_is_apportioned_over_the_batches_in_flight(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    with memory_group(2 << 30) as group:
+        run = start_in(group, [sys.executable, str(script), str(tmp_path / "a.jsonl"), "2000", "no-groups"], env=env)
+        stdout, stderr = run.communicate("go\n", timeout=120)
+    assert run.returncode == 0, stderr[-3000:]
+    assert stdout.split() == ["cgroup_apportioned"]
 
 
 def test_the_groups_of_a_killed_run_empty_at_once_and_the_next_run_removes_them(tmp_path):
