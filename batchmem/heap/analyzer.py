@@ -282,34 +282,19 @@ class HeapAnalyzer:
         return [issue]
 
     def _leak_verdict(self, pid: int, s: _Series, traced: bool, tree_rss_bytes: int | None) -> Issue | None:
-        xs = [p[0] for p in s.points]
-        ys = [p[1] for p in s.points]
-        fit = theil_sen(xs, ys)
-        if fit.slope <= 0 or fit.confidence < self.min_confidence:
+        growth = self._steady_growth(s)
+        if growth is None:
             return None
-        batch_items = statistics.median(p[2] for p in s.points)
-        per_batch = fit.slope * batch_items
-        span_items = xs[-1] - xs[0]
-        window_growth = fit.slope * span_items
-        if per_batch < self.min_growth_per_batch_bytes or window_growth < self.min_window_growth_bytes:
-            return None
-        half = len(xs) // 2
-        recent = theil_sen(xs[half:], ys[half:])
-        if recent.slope < 0.5 * fit.slope:
-            return None
+        fit, batch_items, per_batch, span_items, window_growth = growth
         if tree_rss_bytes is None:
             tree_rss_bytes = self.monitor.rss_bytes()
         headroom = self.monitor.limit.bytes - tree_rss_bytes
-        items_to_limit = max(0, int(headroom / fit.slope)) if fit.slope > 0 else None
+        items_to_limit = max(0, int(headroom / fit.slope))
         own = pid == os.getpid()
-        culprits: list[LineGrowth] = []
-        if traced and self._snapshot is not None:
-            culprits = top_growth_lines(self._snapshot, tracemalloc.take_snapshot(), self.top_lines)
-            culprits = [c for c in culprits if c.size_bytes >= 0.1 * culprits[0].size_bytes]  # not one-off imports
+        culprits = self._culprits() if traced else []
         where = "this process" if own else f"worker process {pid}"
-        metric = s.metric
         message = (
-            f"memory leak suspected in {where}: {metric} grow {format_bytes(per_batch)} per batch "
+            f"memory leak suspected in {where}: {s.metric} grow {format_bytes(per_batch)} per batch "
             f"({fit.slope:.0f} bytes/item, Theil-Sen over {fit.n} batches, confidence {fit.confidence:.0%}); "
             f"the limit ({format_bytes(self.monitor.limit.bytes)}) is reached after ~{items_to_limit} more items"
         )
@@ -317,7 +302,7 @@ class HeapAnalyzer:
             message += "; top lines by growth: " + "; ".join(str(c) for c in culprits[:3])
         return Issue(
             kind="leak",
-            severity="critical" if items_to_limit is not None and items_to_limit < 10 * batch_items else "warning",
+            severity="critical" if items_to_limit < 10 * batch_items else "warning",
             message=message,
             evidence={
                 "pid": pid,
@@ -335,6 +320,32 @@ class HeapAnalyzer:
             culprits=[c.to_dict() for c in culprits],
             recommendation=_leak_advice(culprits, own),
         )
+
+    def _steady_growth(self, s: _Series) -> tuple[Trend, float, float, float, float] | None:
+        """The leak rule on one process's series: ``(fit, median batch items, bytes per batch, items
+        spanned, bytes grown over the window)`` when it grows steadily enough, else None."""
+        xs = [p[0] for p in s.points]
+        ys = [p[1] for p in s.points]
+        fit = theil_sen(xs, ys)
+        if fit.slope <= 0 or fit.confidence < self.min_confidence:
+            return None
+        batch_items = statistics.median(p[2] for p in s.points)
+        per_batch = fit.slope * batch_items
+        span_items = xs[-1] - xs[0]
+        window_growth = fit.slope * span_items
+        if per_batch < self.min_growth_per_batch_bytes or window_growth < self.min_window_growth_bytes:
+            return None
+        half = len(xs) // 2
+        if theil_sen(xs[half:], ys[half:]).slope < 0.5 * fit.slope:  # growth that has stopped is a warm-up
+            return None
+        return fit, batch_items, per_batch, span_items, window_growth
+
+    def _culprits(self) -> list[LineGrowth]:
+        """Source lines that grew most since the first snapshot (tracemalloc), leaving out one-off imports."""
+        if self._snapshot is None:
+            return []
+        culprits = top_growth_lines(self._snapshot, tracemalloc.take_snapshot(), self.top_lines)
+        return [c for c in culprits if c.size_bytes >= 0.1 * culprits[0].size_bytes]
 
     def forget(self, pid: int) -> None:
         """Drop the series of ``pid`` (its process was replaced); its issues stay."""
