@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchmem.heap.gc_watch import GcWatch
+from batchmem.heap.issue import Issue
 from batchmem.heap.malloc import heap_in_use_bytes
 from batchmem.heap.monitor import MemoryMonitor, current_rss_bytes
 from batchmem.heap.trend import LineGrowth, Trend, theil_sen, top_growth_lines
@@ -67,44 +68,6 @@ from batchmem.units import format_bytes
 __all__ = ["Issue", "Trend", "theil_sen", "LineGrowth", "top_growth_lines", "HeapAnalyzer"]
 
 logger = logging.getLogger("batchmem")
-
-# --- records ----------------------------------------------------------------------
-
-
-@dataclass
-class Issue:
-    """One verdict of the analyzer.
-
-    kind: "leak", "gc_cycles", "gc_pauses", "gc_overhead", "uncollectable", "pressure",
-        "emergency_stop", "worker_recycling", "memory_bound" (the run's; the memory target held most
-        batches shorter than the time band: :func:`batchmem.optimizer.advice.memory_bound_advice`) or
-        "cgroup_charge" (the memory cgroup's charge outside RSS set most batch sizes:
-        :class:`batchmem.heap.pressure.ChargeWatch`).
-    severity: "info", "warning" or "critical".
-    message: one or two plain sentences with the figures.
-    evidence: the figures, numbers only (bytes, items, seconds, ratios; ``None`` when unknown).
-    culprits: top source lines by growth (``{"line": "file:lineno", "size_bytes", "count"}``), leaks only.
-    recommendation: what to do about it.
-    """
-
-    kind: str
-    severity: str
-    message: str
-    evidence: dict[str, float | int | None] = field(default_factory=dict)
-    culprits: list[dict[str, Any]] = field(default_factory=list)
-    recommendation: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the form stored in ``RunStats.issues``)."""
-        return {
-            "kind": self.kind,
-            "severity": self.severity,
-            "message": self.message,
-            "evidence": dict(self.evidence),
-            "culprits": [dict(c) for c in self.culprits],
-            "recommendation": self.recommendation,
-        }
-
 
 # --- per-process series ---------------------------------------------------------
 
