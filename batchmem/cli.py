@@ -260,6 +260,11 @@ def run(
         what = type(exc).__name__ + (f": {one_line(exc)}" if str(exc).strip() else "")
         _error(f"{job.name}: stopped by {what}; run with -v for the traceback")
         return EXIT_FAILED
+    return _after_run(job, result, resume_command)
+
+
+def _after_run(job: Any, result: Any, resume_command: str) -> int:
+    """Print what a finished (or stopped) run did, write its report, and return the exit code."""
     if result.already_complete:
         click.echo(f"already complete: {len(result):,} items in {result.path}")
         return EXIT_OK

@@ -34,7 +34,6 @@ import dataclasses
 import logging
 import os
 import signal
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -46,13 +45,13 @@ from .deadlines import DeadlineBoard
 from .forking import fork_unsafe_reason, forking_allowed_threads, usable_cpus
 from .inner_threads import worker_env
 from .joblib_backend import _died, _worker_death_types, worker_exit
-from .lifeline import die_with_parent, parent_death_signal
+from .lifeline import parent_death_signal
 from .loky_worker import start_loky_worker
 from .pickling import check_picklable
+from .stdlib_pool import exit_of, forks, process_pool, run_shipped
 from .watchdog import OomWatchdog
-from .worker import BatchOutcome, BatchTask, RunOptions, own_this_process, run_batch
+from .worker import BatchOutcome, BatchTask, RunOptions, run_batch
 from .worker_cgroups import WorkerCgroups, enable_reason
-from .worker_setup import _STATES
 
 __all__ = ["PoolExecutor"]
 
@@ -112,7 +111,7 @@ class PoolExecutor(ExecutorBase):
                 )
             elif self._stdlib:
                 env = worker_env(self.in_flight, usable_cpus())
-                self._pool = _process_pool(self.in_flight, self.fn, self.opts, env, fork=self.kind == "fork")
+                self._pool = process_pool(self.in_flight, self.fn, self.opts, env, fork=self.kind == "fork")
                 self._procs = self._pool._processes  # kept: shutdown() drops the pool's reference to it
             else:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.in_flight, thread_name_prefix="batchmem")
@@ -164,7 +163,7 @@ class PoolExecutor(ExecutorBase):
                 self._replace_with_loky()
             _start_resource_trackers(self.kind)
         charged = self.cgroups is not None
-        call = (_run_shipped, task, charged) if self._stdlib else (run_batch, self.fn, task, self._task_opts)
+        call = (run_shipped, task, charged) if self._stdlib else (run_batch, self.fn, task, self._task_opts)
         fresh = self._pool is None
         with _sigint_blocked(), forking_allowed_threads() if self.kind == "fork" else contextlib.nullcontext():
             try:
@@ -336,7 +335,7 @@ class PoolExecutor(ExecutorBase):
             self._kills_seen = self.watchdog.kills + self.watchdog.timeouts
             return self.watchdog.last_reason() or worker_exit(exc)
         if self._stdlib:
-            return _exit_of(self._procs)
+            return exit_of(self._procs)
         return worker_exit(exc)
 
     _kills_seen = 0
@@ -396,102 +395,6 @@ class PoolExecutor(ExecutorBase):
         self._release_setup()  # threading: the state lives here; loky workers keep theirs while they live
 
 
-# -- the standard library's process pool (kind="multiprocessing")
-_SHIPPED: tuple[Callable[..., Any], RunOptions] | None = None  # in a worker: the function and options of its pool
-
-
-def _forks() -> bool:
-    import multiprocessing
-
-    return multiprocessing.get_start_method(allow_none=False) == "fork"
-
-
-def _process_pool(
-    workers: int, fn: Callable[..., Any], opts: RunOptions, env: dict[str, str], *, fork: bool = False
-) -> concurrent.futures.ProcessPoolExecutor:
-    """The standard library's pool: the platform's default start method, or ``fork`` (the function and
-    options are then inherited, not pickled); ``env`` limits the workers' thread pools
-    (:mod:`batchmem.backends.inner_threads`)."""
-    import multiprocessing
-
-    if fork:
-        context, shipped = multiprocessing.get_context("fork"), (fn, opts)
-    else:
-        import cloudpickle
-
-        context, shipped = multiprocessing.get_context(), cloudpickle.dumps((fn, opts))
-    # A fork server's children are its own, not this process's; it exits when this process does.
-    parent = None if context.get_start_method() == "forkserver" else os.getpid()
-    return concurrent.futures.ProcessPoolExecutor(
-        workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(shipped, frozenset(_STATES._entries), env, (parent, parent_death_signal())),
-    )
-
-
-def _init_worker(
-    shipped: bytes | tuple[Callable[..., Any], RunOptions],
-    inherited: frozenset[str],
-    env: dict[str, str],
-    lifeline: tuple[int | None, int],
-) -> None:
-    """In a new worker: ignore SIGINT (the parent decides how a run stops), give SIGTERM its default
-    action back (a forked worker inherits the parent's handler, and the pool terminates broken workers
-    with SIGTERM, then joins them), set the thread-count variables (:mod:`batchmem.backends.inner_threads`),
-    unpickle the function and options once (a forked worker has them already), and tear down the setup
-    states this worker creates when it exits (a forked worker does not run :mod:`atexit`; states it
-    inherited from the parent are the parent's to tear down). First of all it ties its life to the
-    parent's (``lifeline``: the parent's pid and death signal, :mod:`batchmem.backends.lifeline`)."""
-    import pickle
-    from multiprocessing.util import Finalize
-
-    global _SHIPPED
-    die_with_parent(*lifeline)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.environ.update(env)  # thread pools of the libraries it loads from now on (batchmem.backends.inner_threads)
-    own_this_process()
-    _SHIPPED = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
-    Finalize(None, _release_own_states, args=(inherited,), exitpriority=10)
-
-
-def _release_own_states(inherited: frozenset[str]) -> None:
-    for token in list(_STATES._entries):
-        if token not in inherited:
-            _STATES.release(token)
-
-
-def _run_shipped(task: BatchTask, charged: bool = False) -> BatchOutcome:
-    assert _SHIPPED is not None, "the pool's initializer did not run"
-    fn, opts = _SHIPPED
-    return run_batch(fn, task, dataclasses.replace(opts, worker_cgroups=True) if charged else opts)
-
-
-def _exit_of(processes: dict[int, Any], patience_s: float = 1.0) -> str:
-    """How a worker of a broken standard-library pool ended: ``"exit code 3"``, ``"signal SIGKILL"``.
-
-    The pool then stops the other workers (they exit with 0 or SIGTERM), so those are reported only
-    when no worker ended otherwise. Waits up to ``patience_s`` seconds for the pool to reap them."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        codes = [p.exitcode for p in list(processes.values())]
-        if all(c is not None for c in codes) or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    ended = [c for c in codes if c is not None]
-    own = [c for c in ended if c not in (0, -signal.SIGTERM)] or ended
-    parts = [f"exit code {c}" if c >= 0 else f"signal {_signal_name(-c)}" for c in own]
-    return ", ".join(dict.fromkeys(parts)) or "unknown exit"
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
-
-
 def _start_resource_trackers(kind: str) -> None:
     """Start the standard library's and loky's resource tracker processes if they are not running.
 
@@ -500,7 +403,7 @@ def _start_resource_trackers(kind: str) -> None:
     (``Lib/multiprocessing/resource_tracker.py``, ``ensure_running``): inside ``_sigint_blocked`` the
     workers spawned next would then take a Ctrl-C meant for the parent. Called before a pool is
     created, outside the block; a tracker already up is only probed (one pipe write)."""
-    if kind == "fork" or (kind == "multiprocessing" and _forks()):  # forked workers share no named semaphores
+    if kind == "fork" or (kind == "multiprocessing" and forks()):  # forked workers share no named semaphores
         return
     from multiprocessing import resource_tracker
 
