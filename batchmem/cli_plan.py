@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from .io.source_base import SourceBase
+
 __all__ = ["add_plan_command", "echo_plan", "plan_job"]
 
 KEYS_HELP = """\b
@@ -46,9 +48,8 @@ def plan_job(job: Any) -> Any:
     try:
         return processor.plan(source, fn, output=job.output.path)
     finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+        if isinstance(source, SourceBase):  # a job's python source may be any iterable
+            source.close()
 
 
 def echo_plan(job: Any, forecast: Any) -> None:

@@ -16,7 +16,7 @@ from ..heap.monitor import current_rss_bytes
 from ..optimizer.history import HistoryStore
 from ..units import format_bytes
 from ..weights import make_weigher
-from .weigh import is_file_source, run_unit, weigh_source
+from .weigh import is_file_source, is_sequence, run_unit, weigh_source
 
 __all__ = ["HeaviestItemError", "measured_cost", "refuse_if_unfit"]
 
@@ -41,9 +41,7 @@ def measured_cost(record: dict | None, unit: str) -> tuple[float | None, float, 
 
 
 def _sized(source: Any) -> bool:
-    return is_file_source(source) or (
-        hasattr(source, "__len__") and hasattr(source, "__getitem__") and not hasattr(source, "take")
-    )
+    return is_file_source(source) or is_sequence(source)
 
 
 def refuse_if_unfit(config: Any, limit: Any, source: Any) -> None:

@@ -25,6 +25,7 @@ from ..backends import BatchTask, Executor
 from ..backends.forking import usable_cpus
 from ..errors import ConfigError
 from ..heap.monitor import MemoryMonitor
+from ..io.source_base import SourceBase
 from ..optimizer.history import HistoryStore
 from ..options import RunConfig
 from ..weights import make_weigher
@@ -224,7 +225,7 @@ def make_plan(
     """
     b = config.batching
     weigher = make_weigher(b.weight) if b.auto_optimize else None
-    frames = callable(getattr(items, "bytes_per_row", None)) and b.weight is not None and b.auto_optimize
+    frames = isinstance(items, SourceBase) and items.chunked and b.weight is not None and b.auto_optimize
     t0 = time.perf_counter()
     weighed = weigh_source(items, weigher, frames=frames)
     if not len(weighed.weights):

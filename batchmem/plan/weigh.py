@@ -32,6 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from ..io.parquet_source import ParquetSource
+from ..io.readers import CsvSource, JsonlSource
+from ..io.source_base import SourceBase
+
 __all__ = ["RESERVOIR", "Weighed", "is_file_source", "run_unit", "weigh_source"]
 
 #: Items a consumed iterable keeps as sample candidates (besides the heaviest).
@@ -100,7 +104,7 @@ def _sequence(seq: Sequence[Any], weigh: Callable | None) -> Weighed:
 def _consume(source: Any, weigh: Callable | None) -> Weighed:
     """One pass over an iterable or a BatchSource: every weight, a reservoir of items, the heaviest."""
     rng = random.Random(0)
-    take = source.take if hasattr(source, "take") else None
+    take = source.take if isinstance(source, SourceBase) else None
     it = None if take else iter(source)
     pool: list[tuple[int, Any, float]] = []
     all_w: list[np.ndarray] = []
@@ -200,7 +204,7 @@ def _text_file(source: Any, copy: bool) -> Weighed:
     read in one forward pass (a compressed file is decompressed once)."""
     import pandas as pd
 
-    options = {k: v for k, v in getattr(source, "options", {}).items() if k != "compression"}
+    options = {k: v for k, v in source.options.items() if k != "compression"}
     open_stream, ends, per_byte, close = _stream(source.path, copy)
     starts = np.concatenate([[0], ends[:-1]])
     header = source.kind == "CSV" and options.get("header", "infer") is not None
@@ -271,12 +275,11 @@ def weigh_source(items: Any, weigh: Callable | None, *, frames: bool, sample: bo
     ``frames``: rows of a file weigh their bytes (the run's ``weight`` is not None); ``sample``: False
     when only the weights are needed (no copy of a compressed file is kept for fetching rows).
     Call ``close()`` on the result when done."""
-    kind = getattr(items, "kind", None)
-    if kind in ("CSV", "JSONL") and hasattr(items, "options"):
+    if isinstance(items, (CsvSource, JsonlSource)):
         w = _text_file(items, sample)
-    elif kind == "Parquet" and hasattr(items, "_file"):
+    elif isinstance(items, ParquetSource):
         w = _parquet(items)
-    elif hasattr(items, "__len__") and hasattr(items, "__getitem__") and not hasattr(items, "take"):
+    elif is_sequence(items):
         return _sequence(items, weigh)
     else:
         return _consume(items, weigh)
@@ -289,13 +292,18 @@ def weigh_source(items: Any, weigh: Callable | None, *, frames: bool, sample: bo
 
 def is_file_source(items: Any) -> bool:
     """Whether ``items`` is a chunked CSV/JSONL/Parquet reader (rows weigh their bytes in the file)."""
-    return getattr(items, "kind", None) in ("CSV", "JSONL", "Parquet")
+    return isinstance(items, (CsvSource, JsonlSource, ParquetSource))
+
+
+def is_sequence(items: Any) -> bool:
+    """Whether ``items`` is a plain sized sequence (a list, a tuple, a range), weighed item by item."""
+    return isinstance(items, Sequence) and not isinstance(items, (str, bytes, SourceBase))
 
 
 def run_unit(batching: Any, items: Any, all_one: bool) -> str:
     """The weight unit a run of ``items`` budgets in, as :class:`batchmem.run.Run` decides it: items when
     batches are counted or fixed (or ``weight="auto"`` over items that all weigh 1), else the weight's name."""
-    frames = callable(getattr(items, "bytes_per_row", None))
+    frames = isinstance(items, SourceBase) and items.chunked
     b = batching
     if b.weight is None or not b.auto_optimize or (b.weight == "auto" and all_one and not frames):
         return "items"
