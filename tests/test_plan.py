@@ -104,6 +104,11 @@ def test_json_keys_and_types(job: Path, tmp_path: Path):
     assert human.returncode == 0, human.stderr
     for ready in ("#SBATCH --mem=", "resources:", "docker run --memory ", "memory_limit:"):
         assert ready in human.stdout
+    # the fitted model stays in the history, for the next run's guard and warm start
+    from batchmem.optimizer.history import HistoryStore
+
+    entry = HistoryStore().load("plan_test")["runs_detail"][-1]
+    assert entry["kind"] == "plan" and entry["plan"]["bytes_per_unit"] >= 0
 
 
 def test_plan_writes_nothing_to_the_output(job: Path, tmp_path: Path):

@@ -36,6 +36,8 @@ class RunSummary:
             :class:`~batchmem.optimizer.climb.ClimbState` value) and the budget it held.
         settings: the run's options that advice checks (:class:`~batchmem.optimizer.advice.RunSettings`
             as a dict).
+        kind, plan: ``"plan"`` and the fitted cost model for an entry ``batchmem plan`` recorded
+            (:mod:`batchmem.plan`), which the up-front guard and the next run read; None for runs.
     """
 
     items: int | None = None
@@ -70,6 +72,8 @@ class RunSummary:
     throughput_cap: float | None = None
     finished_at: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None
+    plan: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> RunSummary:
