@@ -10,16 +10,14 @@ no cgroup memory hierarchy is writable (not root, or no cgroup v1 memory control
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
+from cgroups import memory_group, oom_kills, start_in, unwritable_reason
 
-HIERARCHY = Path("/sys/fs/cgroup/memory")
 LIMIT = 1200 << 20  # 1.17 GiB, a whole number of pages
 
 CHILD = textwrap.dedent("""
@@ -43,63 +41,16 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _writable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create a memory cgroup"
-    if not (HIERARCHY / "memory.limit_in_bytes").exists():
-        return "no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory"
-    if not os.access(HIERARCHY, os.W_OK):
-        return "the cgroup v1 memory hierarchy is not writable"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_writable() is not None, reason=_writable() or "")
-
-
-def _oom_kills(group: Path) -> int:
-    for line in (group / "memory.oom_control").read_text().splitlines():
-        if line.startswith("oom_kill "):
-            return int(line.split()[1])
-    return 0
+pytestmark = pytest.mark.skipif(unwritable_reason() is not None, reason=unwritable_reason() or "")
 
 
 def _run_in_cgroup(tmp_path: Path, n_jobs: int, weight: str) -> tuple[subprocess.CompletedProcess, int]:
-    group = HIERARCHY / f"batchmem-test-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(LIMIT))
-        if (group / "memory.memsw.limit_in_bytes").exists():
-            try:  # no swap to hide behind
-                (group / "memory.memsw.limit_in_bytes").write_text(str(LIMIT))
-            except OSError:
-                pass
-        script = tmp_path / "child.py"
-        script.write_text(CHILD)
-        child = subprocess.Popen(
-            [sys.executable, str(script), str(n_jobs), weight, str(tmp_path / "out.jsonl")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        (group / "cgroup.procs").write_text(str(child.pid))
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    with memory_group(LIMIT) as group:
+        child = start_in(group, [sys.executable, str(script), str(n_jobs), weight, str(tmp_path / "out.jsonl")])
         out, err = child.communicate("go\n", timeout=240)
-        done = subprocess.CompletedProcess(child.args, child.returncode, out, err)
-        return done, _oom_kills(group)
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():  # leftover workers
-            try:
-                os.kill(int(pid), 9)
-            except ProcessLookupError:
-                pass
-        for _ in range(50):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                import time
-
-                time.sleep(0.1)
+        return subprocess.CompletedProcess(child.args, child.returncode, out, err), oom_kills(group)
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2], ids=["serial", "n_jobs=2"])

@@ -15,13 +15,11 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
-import uuid
 from pathlib import Path
 
 import pytest
+from cgroups import memory_group, oom_kills, start_in, unwritable_reason
 
-HIERARCHY = Path("/sys/fs/cgroup/memory")
 LIMIT = 512 << 20
 MiB = 1 << 20
 
@@ -61,17 +59,7 @@ STAGING = textwrap.dedent("""
 """)
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create a memory cgroup and mount a tmpfs"
-    if not (HIERARCHY / "memory.limit_in_bytes").exists():
-        return "no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory"
-    if not os.access(HIERARCHY, os.W_OK):
-        return "the cgroup v1 memory hierarchy is not writable"
-    return None
-
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_unavailable() is not None, reason=_unavailable() or "")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(unwritable_reason() is not None, reason=unwritable_reason() or "")]
 
 
 @pytest.fixture
@@ -87,43 +75,14 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-def _oom_kills(group: Path) -> int:
-    for line in (group / "memory.oom_control").read_text().splitlines():
-        if line.startswith("oom_kill "):
-            return int(line.split()[1])
-    return 0
-
-
 def _in_cgroup(tmp_path: Path, script: str, arg: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, int]:
-    group = HIERARCHY / f"batchmem-test-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(LIMIT))
-        path = tmp_path / "child.py"
-        path.write_text(script)
-        child = subprocess.Popen(
-            [sys.executable, str(path), arg],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "TMPDIR": str(tmp_path), **env},
-        )
-        (group / "cgroup.procs").write_text(str(child.pid))
+    path = tmp_path / "child.py"
+    path.write_text(script)
+    with memory_group(LIMIT) as group:
+        env = {**os.environ, "TMPDIR": str(tmp_path), **env}
+        child = start_in(group, [sys.executable, str(path), arg], env=env)
         out, err = child.communicate("go\n", timeout=240)
-        return subprocess.CompletedProcess(child.args, child.returncode, out, err), _oom_kills(group)
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            try:
-                os.kill(int(pid), 9)
-            except ProcessLookupError:
-                pass
-        for _ in range(50):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        return subprocess.CompletedProcess(child.args, child.returncode, out, err), oom_kills(group)
 
 
 def test_the_sample_counts_tmpfs_files_that_rss_does_not_show(tmp_path, tmpfs):
