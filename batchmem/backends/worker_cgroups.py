@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from ..heap.cgroup import MemoryCgroup, _cgroup_dir, _cgroup_mounts, find_memory_cgroup
 from ..units import format_bytes
 from .watchdog import Rss, statm, tree_bytes
@@ -109,7 +111,7 @@ def remove_stale(base: Path) -> int:
         return 0
     for entry in entries:
         found = _NAME.match(entry.name)
-        if not found or _pid_alive(int(found.group(1))):
+        if not found or psutil.pid_exists(int(found.group(1))):
             continue
         try:
             entry.rmdir()
@@ -118,14 +120,6 @@ def remove_stale(base: Path) -> int:
             pass
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -19,6 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import psutil
+
 __all__ = ["remove_private_tmpdir", "remove_stale_tmpdirs", "use_private_tmpdir"]
 
 _NAME = re.compile(r"^batchmem-w(\d+)$")
@@ -62,17 +64,9 @@ def remove_stale_tmpdirs(root: str | None = None) -> int:
         return 0
     for entry in entries:
         found = _NAME.match(entry.name)
-        if found and not _alive(int(found.group(1))) and entry.is_dir():
+        if found and not psutil.pid_exists(int(found.group(1))) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
             removed += 1
     return removed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
