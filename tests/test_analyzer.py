@@ -124,3 +124,45 @@ def test_throttled_collector_keeps_to_its_time_share():
     c = ThrottledCollector(max_time_fraction=0.01)
     assert c.collect() is not None
     assert c.collect() is None and c.skipped == 1  # right after a collection: over 1 % of the elapsed time
+
+
+def test_baselines_that_follow_a_ramping_batch_size_are_not_a_leak():
+    # A cold chunked run: batches of ~1,000 rows, then a ramp to ~60,000 where they settle. What the
+    # process keeps after a batch (reader and allocator buffers) follows the largest batch so far, ~100
+    # bytes a row, not the items processed: fitted together, the small-batch baselines and the settled
+    # ones read as ~25 bytes/item of "leak" (seen on the flights example).
+    sizes = [
+        1_093,
+        1_230,
+        1_249,
+        1_100,
+        1_230,
+        11_071,
+        53_214,
+        60_966,
+        59_000,
+        61_000,
+        60_004,
+        58_000,
+        60_500,
+        59_500,
+        61_200,
+        60_100,
+        59_800,
+    ]
+    analyzer = HeapAnalyzer(memory_limit="64GB", warmup_batches=2, min_batches=5)
+    largest, found = 0, []
+    for i, n in enumerate(sizes):
+        largest = max(largest, n)
+        baseline = 23 * 2**20 + 100 * largest + (i % 3) * 4096
+        found += analyzer.observe_batch(pid=4242, items=n, baseline_bytes=baseline, tree_rss_bytes=2**30)
+    assert not [i for i in found if i.kind == "leak"]
+
+
+def test_a_leak_under_settled_batches_is_still_flagged_after_a_ramp():
+    analyzer = HeapAnalyzer(memory_limit="64GB", warmup_batches=2, min_batches=5)
+    found, done = [], 0
+    for n in [1_000, 2_000, 8_000, 30_000] + [30_000] * 12:
+        done += n
+        found += analyzer.observe_batch(pid=4242, items=n, baseline_bytes=23 * 2**20 + 50 * done, tree_rss_bytes=2**30)
+    assert [i.kind for i in found] == ["leak"]

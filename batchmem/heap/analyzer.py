@@ -225,9 +225,11 @@ class HeapAnalyzer:
         if items > 1.25 * s.largest_batch:
             # A batch larger than any before may leave the allocator's pools (and RSS) at a new,
             # legitimately higher level: while the optimizer ramps the size up, baselines grow
-            # with the batch size, not with items processed. Judge only batches within reach
-            # of a size already seen (measured: bench_core.py overhead flagged a 36 B/item "leak").
+            # with the batch size, not with items processed. The window starts again at the new
+            # level, so baselines after small batches are not fitted with those after large ones
+            # (bench_core.py overhead flagged a 36 B/item "leak", a cold flights run ~25 B/item).
             s.largest_batch = items
+            s.points.clear()
             return []
         s.points.append((before, int(baseline_bytes), items))
         s.metric = metric
