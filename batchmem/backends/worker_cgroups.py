@@ -282,7 +282,7 @@ class BatchCharge:
 
     @classmethod
     def start(cls) -> BatchCharge | None:
-        if b"/batchmem-" not in _own_cgroup_line():  # not placed: no path is built (2 us, not 80)
+        if b"/batchmem-" not in _own_cgroup_line():  # not placed: this runs before every batch, so skip the path lookup
             return None
         group = own_memory_cgroup()
         if group is None or not _NAME.match(group.name) or not _write(group / "memory.max_usage_in_bytes", "0"):

@@ -1,4 +1,4 @@
-"""A real cgroup v1 memory group for a test's subprocess: made, watched from outside, removed."""
+"""A real cgroup v1 memory group for a test's subprocess (made, watched from outside, removed), and a tmpfs."""
 
 from __future__ import annotations
 
@@ -75,3 +75,19 @@ def start_in(group: Path, args: list[str], **kw) -> subprocess.Popen:
     )
     (group / "cgroup.procs").write_text(str(child.pid))
     return child
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str = "4g") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``folder`` (made here), unmounted on exit; skips the test where
+    none can be mounted (not root)."""
+    import pytest
+
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from cgroups import memory_group, oom_kills, start_in, unwritable_reason
+from cgroups import tmpfs as mounted_tmpfs
 
 LIMIT = 512 << 20
 MiB = 1 << 20
@@ -64,15 +65,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(unwritable_reason() is not No
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "batchmem-test", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "400m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def _in_cgroup(tmp_path: Path, script: str, arg: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, int]:

@@ -10,17 +10,13 @@ Skipped where no memory cgroup or tmpfs can be made.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from cgroups import memory_group, oom_kills, peak_bytes, start_in, unwritable_reason
+from cgroups import memory_group, oom_kills, peak_bytes, start_in, tmpfs, unwritable_reason
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(unwritable_reason() is not None, reason=unwritable_reason() or "")]
 
@@ -49,18 +45,6 @@ CHILD = textwrap.dedent("""
     print(st.limit_source, st.memory_limit_bytes, st.items, st.failed, st.worker_deaths, st.memory_accounting,
           flush=True)
 """)
-
-
-@contextlib.contextmanager
-def tmpfs(folder: Path) -> Iterator[Path]:
-    folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", str(folder)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2], ids=["serial", "n_jobs=2"])
