@@ -238,17 +238,19 @@ def run(
     if restart:
         overrides = (*overrides, "output.overwrite=true")
     job = load_job(job_file, overrides, resume=resume_mode is not False)
-    if with_plan:
+    processor = None
+    if with_plan:  # the run goes on in the workers the plan started
         from .cli_plan import echo_plan, plan_job
 
-        echo_plan(job, plan_job(job))
+        processor = job.build_processor(progress=False if no_progress else None)
+        echo_plan(job, plan_job(job, processor))
     decision = job.resume_decision(resume_mode)  # the one resume decision of this run
     if resume_mode == "auto" and decision.resume:
         committed = decision.committed.items
         click.echo(f"resuming: {committed:,} items already committed (--restart to start over)", err=True)
     _HELD.held.clear()
     try:
-        result = run_job(job, resume=decision, progress=False if no_progress else None)
+        result = run_job(job, resume=decision, progress=False if no_progress else None, processor=processor)
     except BaseException as exc:  # no summary will say what the run found: the log does
         _HELD.release(next((h for h in logger.handlers if getattr(h, "_batchmem_cli", False)), None))
         if isinstance(exc, (RunInterrupted, BatchmemError)):  # their "run again with" names this command

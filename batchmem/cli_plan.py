@@ -39,14 +39,16 @@ JSON keys (--json; bytes and seconds are numbers):
 """
 
 
-def plan_job(job: Any) -> Any:
+def plan_job(job: Any, processor: Any = None) -> Any:
     """The :class:`~batchmem.plan.Plan` of a loaded job: its function, source, backend and setup,
-    on sample batches; writes nothing to ``output.path``."""
+    on sample batches; writes nothing to ``output.path``. Given the run's ``processor``, the plan's
+    workers are kept for its run (``batchmem run --plan``: the run does not start them again)."""
     fn = job.load_function()
-    processor = job.build_processor(progress=False)
+    keep = processor is not None
+    processor = processor or job.build_processor(progress=False)
     source = job.build_source()
     try:
-        return processor.plan(source, fn, output=job.output.path)
+        return processor.plan(source, fn, output=job.output.path, output_format=job.output.format, keep_workers=keep)
     finally:
         if isinstance(source, SourceBase):  # a job's python source may be any iterable
             source.close()

@@ -160,6 +160,7 @@ class BatchProcessor:
         )
         self._stop = threading.Event()
         self._run: Run | None = None
+        self._kept: tuple[Callable[..., Any], bool, Executor] | None = None  # plan(keep_workers=True)
 
     @property
     def process_name(self) -> str:
@@ -198,20 +199,57 @@ class BatchProcessor:
             }
         return fingerprint(dict(given))
 
-    def plan(self, items: Iterable[Any], fn: Callable[..., Any], output: str | os.PathLike[str] | None = None) -> Any:
+    def plan(
+        self,
+        items: Iterable[Any],
+        fn: Callable[..., Any],
+        output: str | os.PathLike[str] | None = None,
+        *,
+        output_format: str | None = None,
+        keep_workers: bool = False,
+    ) -> Any:
         """Forecast a run of ``fn`` over ``items`` before it runs: a :class:`batchmem.plan.Plan` (time,
         peak bytes, recommended and minimum memory limits, whether the heaviest item fits).
 
         Runs ``fn`` on a few sample batches in this processor's backend and setup, writes no output and
         records the figures in the operation's history (unless ``use_history=False``). A generator is
-        consumed to weigh it (the plan's notes say so). ``output``: where the run will write (a batch's
-        commit is timed in a temporary folder beside it; the output itself is not touched). See
-        :mod:`batchmem.plan`.
+        consumed to weigh it (the plan's notes say so). ``output``/``output_format``: where and how the
+        run will write (a batch's commit is timed in a temporary folder beside it; the output itself is
+        not touched). ``keep_workers``: the executor the sample ran in (its workers started, their setup
+        done) is kept for the next :meth:`process` of the same ``fn``, which then does not start its own
+        (``batchmem run --plan`` does this). See :mod:`batchmem.plan`.
         """
         from .plan import make_plan
 
         folder = Path(output).parent if output is not None and Path(output).parent.is_dir() else None
-        return make_plan(self.config, self.monitor, lambda: self._executor(fn, encode=True), items, output_dir=folder)
+        encode = resolve_format(Path(output), output_format).encodes if output is not None else True
+        self._release_kept()
+
+        def keep(executor: Executor) -> None:
+            self._kept = (fn, encode, executor)
+
+        return make_plan(
+            self.config,
+            self.monitor,
+            lambda: self._executor(fn, encode=encode),
+            items,
+            output_dir=folder,
+            release=keep if keep_workers else None,
+        )
+
+    def _take_kept(self, fn: Callable[..., Any], encode: bool) -> Executor | None:
+        """The executor a :meth:`plan` kept, if it ran this ``fn`` with this encoding (else it is closed)."""
+        kept, self._kept = self._kept, None
+        if kept is not None and kept[0] is fn and kept[1] == encode:
+            return kept[2]
+        if kept is not None:
+            kept[2].close()
+        return None
+
+    def _release_kept(self) -> None:
+        if self._kept is not None:
+            self._kept[2].close()
+            self._kept = None
 
     def _spool(self) -> Path:
         """A private temporary folder for a run without ``output`` (see :class:`BatchResult`)."""
@@ -261,6 +299,7 @@ class BatchProcessor:
                 spool, items, fn, output, output_format, errors_output, overwrite, resume, fingerprint
             )
         except BaseException:
+            self._release_kept()  # e.g. refused before it started: the plan's workers go too
             if spool is not None:  # a run without output that failed: nothing can reach its spool any more
                 shutil.rmtree(spool, ignore_errors=True)
             raise
@@ -308,7 +347,7 @@ class BatchProcessor:
         The executor comes first: a cluster that cannot be reached fails before any file is touched.
         """
         path, errors_path, fmt = spec
-        executor = self._executor(fn, encode=fmt.encodes)
+        executor = self._take_kept(fn, fmt.encodes) or self._executor(fn, encode=fmt.encodes)
         lock = None
         try:
             if executor.local_memory:  # dask workers have limits of their own

@@ -6,6 +6,7 @@ The forecast runs the real function on real sample batches (in-process) and the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -186,6 +187,56 @@ def test_a_heaviest_item_that_cannot_fit_stops_run_before_the_first_batch(tmp_pa
     assert not (tmp_path / "out.jsonl").exists()  # no batch ran, nothing was written
 
 
+REUSE_FNS = textwrap.dedent(
+    """
+    import os
+
+    def setup():
+        with open(os.environ["SETUP_LOG"], "a") as fh:  # one line per worker that ran the setup
+            fh.write(f"{os.getpid()}\\n")
+        return {"factor": 2}
+
+    def work(batch, state):
+        return [x * state["factor"] for x in batch]
+
+    def items():
+        return list(range(2000))
+    """
+)
+
+
+@pytest.mark.parametrize("with_plan", [True, False])
+def test_run_with_plan_goes_on_in_the_worker_the_plan_started(tmp_path: Path, with_plan: bool, monkeypatch):
+    """``batchmem run --plan``: the plan's loky worker (its setup done) runs the job; the setup runs once."""
+    (tmp_path / "reuse_fns.py").write_text(REUSE_FNS)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        textwrap.dedent(
+            """
+            name: plan_reuse
+            source: {type: python, path: "reuse_fns:items"}
+            function: reuse_fns:work
+            batched: true
+            setup: reuse_fns:setup
+            execution: {n_jobs: 1, backend: loky}
+            output: {path: out.jsonl}
+            progress: false
+            """
+        )
+    )
+    log = tmp_path / "setup.log"
+    monkeypatch.setenv("SETUP_LOG", str(log))  # the child and its loky worker inherit it
+    done = _cli("run", str(job), *(["--plan"] if with_plan else []), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ("recommended" in done.stdout) is with_plan  # the forecast came first
+    setups = log.read_text().split()
+    assert len(setups) == 1, setups  # one worker, set up once, for the plan and the run
+    pids = {json.loads(line)["pid"] for line in (tmp_path / "out.jsonl.batches.jsonl").read_text().splitlines()}
+    assert pids == {int(setups[0])}
+    results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert results == [2 * i for i in range(2000)]
+
+
 # ---------------------------------------------------------------- the arithmetic, with synthetic numbers
 
 
@@ -210,6 +261,29 @@ def test_limits_and_prediction_follow_the_control_law():
     assert seconds == pytest.approx(10.0, rel=0.01) and peak == pytest.approx(150 * MiB, rel=0.01)
     slow, _ = predict(model, shape, minimum, 1)  # the target holds batches shorter, seconds unchanged here
     assert slow == pytest.approx(10.0, rel=0.01)
+
+
+def test_the_run_time_counts_the_round_trip_and_the_output_written():
+    """Encoding and shipping results (``wall`` over ``seconds``) and writing them are the run's time too."""
+    base = CostModel(0.0, Line(0.0, 0.0), Line(0.001, 0.01), Line(0.0, 0.0), overhead_s=0.002)
+    shape = RunShape(total_weight=1000.0, mean_weight=1.0, max_weight=1.0, median_weight=1.0, items=1000)
+    batches = 1000 / ((0.2 - 0.001) / 0.01)  # batches of the function's seconds at the 0.2 s aim
+    fn_only, _ = predict(base, shape, 1 << 40, 1)
+    assert fn_only == pytest.approx(batches * (0.001 + 0.002) + 0.01 * 1000, rel=1e-6)
+    full = dataclasses.replace(
+        base, wall=Line(0.003, 0.015), output_per_unit=1000.0, write_s_per_byte=1e-9, startup_s=0.5
+    )
+    seconds, _ = predict(full, shape, 1 << 40, 1)  # batches still sized by the function's own seconds
+    assert seconds == pytest.approx(0.5 + batches * (0.003 + 0.002) + 0.015 * 1000 + 1000 * 1000 * 1e-9, rel=1e-6)
+
+
+def test_the_page_cache_read_at_start_counts_in_the_peak_up_to_the_limit():
+    model = CostModel(100 * MiB, Line(0.0, float(MiB)), Line(0.0, 0.01), Line(0.0, 0.0), cold_cache_bytes=150 * MiB)
+    shape = RunShape(total_weight=1000.0, mean_weight=1.0, max_weight=50.0, median_weight=1.0, items=1000)
+    _, roomy = predict(model, shape, 1 << 40, 1)
+    assert roomy == pytest.approx(300 * MiB, rel=0.01)  # 100 baseline + 50 heaviest + 150 cached
+    _, tight = predict(model, shape, 200 * MiB, 1)
+    assert tight == 200 * MiB  # the kernel reclaims the cache at the limit
 
 
 def test_sample_batches_spread_over_the_weights_of_a_sorted_source():

@@ -298,3 +298,56 @@ def test_parquet_sink_no_rows_writes_valid_file(tmp_path):
         sink.write_batch(pd.DataFrame({"a": pd.Series([], dtype="int64")}), 0)
     table = pq.read_table(out)
     assert table.num_rows == 0 and table.column_names == ["a"]
+
+
+def _zip_of(path, data: bytes, method: int) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        zf.writestr("data.csv", data)
+
+
+@pytest.mark.parametrize("read_size", [1, 4096, 1 << 20, 64 << 20])
+def test_isal_inflated_member_reads_what_zipfile_reads(tmp_path, read_size):
+    import io
+    import zipfile
+
+    from batchmem.io.inflate import open_member
+
+    rng = np.random.default_rng(3)
+    data = "\n".join(f"{i},{x:.6f}" for i, x in enumerate(rng.random(200_000))).encode()
+    path = tmp_path / "data.csv.zip"
+    _zip_of(path, data, zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(path) as zf, open_member(zf, zf.infolist()[0]) as stream:
+        assert not isinstance(stream, zipfile.ZipExtFile)  # ISA-L's inflate, not zipfile's
+        if read_size == 1:
+            got = io.BufferedReader(stream).read()
+        else:
+            got = b"".join(iter(lambda: stream.read(read_size), b""))
+    assert got == data
+
+
+def test_a_damaged_member_fails_its_crc_check(tmp_path):
+    import zipfile
+
+    from batchmem.io.inflate import open_member
+
+    path = tmp_path / "data.csv.zip"
+    _zip_of(path, b"a,b\n" + b"1,2\n" * 50_000, zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.infolist()[0]
+    info.CRC ^= 1  # the archive says one thing, the data another
+    with zipfile.ZipFile(path) as zf, open_member(zf, info) as stream, pytest.raises(zipfile.BadZipFile, match="CRC"):
+        while stream.read(1 << 16):
+            pass
+
+
+def test_a_stored_member_is_read_by_zipfile(tmp_path):
+    import zipfile
+
+    from batchmem.io.inflate import open_member
+
+    path = tmp_path / "data.csv.zip"
+    _zip_of(path, b"a,b\n1,2\n", zipfile.ZIP_STORED)
+    with zipfile.ZipFile(path) as zf, open_member(zf, zf.infolist()[0]) as stream:
+        assert isinstance(stream, zipfile.ZipExtFile) and stream.read() == b"a,b\n1,2\n"

@@ -489,3 +489,28 @@ def test_a_batch_that_reuses_free_heap_counts_it_in_its_peak():
     peak, counted, released = seen["foreign"]
     assert counted == 0 and peak < 0.5 * used  # 180 MiB of older free heap is not counted ...
     assert released > 4 * used  # ... but handed back to the kernel
+
+
+LIGHT_AFTER_HEAVY_CHILD = (
+    REUSE_CHILD.split("opts, seen")[0]
+    + r"""
+opts = RunOptions(batched=True)
+heavy = run_batch(touch_and_free, BatchTask(0, 0, [1, 2], weight=30.0), opts)
+light = [run_batch(lambda items: items, BatchTask(i, i + 2, [i], weight=0.1), opts) for i in range(1, 4)]
+print(json.dumps({"heavy": heavy.peak_bytes, "light": [o.peak_bytes for o in light]}))
+"""
+)
+
+
+def test_light_batches_after_a_heavy_one_do_not_count_its_free_heap():
+    """The heavy batch's 30 MiB of freed heap is no light batch's peak: counted, each light batch's
+    peak would keep it counted for the next, and batches under a tight limit would stay at one item."""
+    from batchmem.heap.malloc import heap_free_bytes
+
+    if heap_free_bytes() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    out = subprocess.run([sys.executable, "-c", LIGHT_AFTER_HEAVY_CHILD], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen, used = json.loads(out.stdout), 300 * (100 << 10)
+    assert seen["heavy"] >= 0.9 * used
+    assert all(peak < 0.1 * used for peak in seen["light"]), seen["light"]

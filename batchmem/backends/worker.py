@@ -128,8 +128,9 @@ class BatchOutcome:
     worker: str = ""  # where it ran, for remote workers (dask: the worker's address)
 
 
-#: Peak (bytes, as in BatchOutcome.peak_bytes) of the last batch this process ran; 0 before the first.
-_last_peak_bytes = 0
+#: Peak (bytes, as in BatchOutcome.peak_bytes) per unit of weight of the last batch this process ran;
+#: 0 before the first.
+_last_peak_per_unit = 0.0
 #: Whether this process reuses its heap within a batch and hands it back between batches (decided at
 #: its first batch, see _reusable_free_heap); None before.
 _reuse_within_batches: bool | None = None
@@ -143,8 +144,9 @@ def own_this_process() -> None:
     _owned_worker, _reuse_within_batches = True, None
 
 
-def _reusable_free_heap(batched: bool) -> int:
-    """Free heap bytes the coming batch may reuse without its RSS moving, to count in its peak.
+def _reusable_free_heap(batched: bool, units: float) -> int:
+    """Free heap bytes the coming batch of ``units`` (its weight, or items) may reuse without its RSS
+    moving, to count in its peak.
 
     Per-item calls in a worker batchmem started reuse the heap within a batch: blocks up to 256 MiB
     are kept in it (:func:`~batchmem.heap.malloc.reuse_large_blocks`), so only the first item of a
@@ -157,14 +159,18 @@ def _reusable_free_heap(batched: bool) -> int:
     tests/test_weights.py's shift with 2 workers, when the blocks were kept across batches).
 
     Elsewhere (batched calls, whose reuse is across batches; in-process runs, whose allocator is the
-    user's) up to twice the last batch's peak, malloc's free bytes (``mallinfo2().fordblks``) are kept
-    and counted: the last batch's freed pages (at most its peak) plus as much again of older free
-    heap. The next batch reuses them without page faults (benchmarks/bench_weighted.py, log-normal
-    mix: trimming them after every large batch cost 1.4-1.7 s of page faults in a 2 s run; with
-    2 workers 1.88 s against 1.54 s). More free heap than that (or any before the first batch) is not
-    recent batches' leftovers but earlier work's, pinned by live objects; counted, it would make
-    every peak read that large and shrink batches to single items (300 MiB of pinned 100 KiB blocks
-    under a limit of RSS + 100 MiB: 199,000 one-item batches).
+    user's) up to twice the last batch's peak, scaled to this batch's weight, malloc's free bytes
+    (``mallinfo2().fordblks``) are kept and counted: the last batch's freed pages (at most its peak)
+    plus as much again of older free heap. The next batch reuses them without page faults
+    (benchmarks/bench_weighted.py, log-normal mix: trimming them after every large batch cost 1.4-1.7 s
+    of page faults in a 2 s run; with 2 workers 1.88 s against 1.54 s). Scaled, since a light batch
+    after a heavy one reuses no more of its pages than it needs: counted in full, they would read as the
+    light batch's peak, which would keep them counted for the next one, and a run under a tight limit
+    would go on in one-item batches (benchmarks/bench_plan.py, log-normal items at 1.15x the minimum
+    limit: 6,300 batches for 8,000 items, ~1,000 scaled). More free heap than that (or any before the
+    first batch) is not recent batches' leftovers but earlier work's, pinned by live objects; counted,
+    it would make every peak read that large and shrink batches to single items (300 MiB of pinned
+    100 KiB blocks under a limit of RSS + 100 MiB: 199,000 one-item batches).
 
     Free heap that is not counted is handed back to the kernel (glibc ``malloc_trim(0)``, as
     distributed recommends for memory "not released back to the OS",
@@ -175,7 +181,7 @@ def _reusable_free_heap(batched: bool) -> int:
     if _reuse_within_batches is None:
         _reuse_within_batches = _owned_worker and not batched and reuse_large_blocks()
     free = heap_free_bytes() or 0
-    if free <= (0 if _reuse_within_batches else 2 * _last_peak_bytes):
+    if free <= (0 if _reuse_within_batches else 2 * _last_peak_per_unit * units):
         return free
     trim_heap()
     return 0
@@ -350,7 +356,8 @@ def run_batch(
         kwargs = {**kwargs, "state": opts.setup.state()}
     out = BatchOutcome(task.index, task.start, len(task), pid=os.getpid())
     out.heap_bytes = heap_in_use_bytes() or 0  # the previous batch's settled heap: what HeapAnalyzer trends
-    out.free_heap_bytes = _reusable_free_heap(opts.batched)
+    units = task.weight if task.weight else float(len(task))
+    out.free_heap_bytes = _reusable_free_heap(opts.batched, units)
     gc_before = _gc_collections()
     charge = BatchCharge.start() if opts.worker_cgroups else None  # None until this worker is placed
     t0 = time.perf_counter()
@@ -375,8 +382,8 @@ def run_batch(
     out.peak_bytes = peak.peak_delta_bytes + out.free_heap_bytes
     if charge is not None:  # the group's charge also holds what no RSS shows: tmpfs files, page cache
         out.peak_bytes = max(out.peak_bytes, charge.peak_bytes)
-    global _last_peak_bytes
-    _last_peak_bytes = out.peak_bytes
+    global _last_peak_per_unit
+    _last_peak_per_unit = out.peak_bytes / max(units, 1e-12)
     if not _reuse_within_batches:  # what the next batch here will count (it trims the rest)
         end = heap_free_bytes() or 0
         out.free_heap_end_bytes = end if end <= 2 * out.peak_bytes else 0

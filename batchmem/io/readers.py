@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, one_line
+from .inflate import open_member
 from .source_base import SourceBase
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,14 +91,15 @@ class _ZipMember:
 
     pandas (3.x, GH#59279) reads a whole zip member into a ``BytesIO`` when it opens
     it -- the full uncompressed file in memory before the first row. batchmem opens
-    the member itself with ``zipfile`` (a decompressing stream) and hands pandas the
-    stream instead, so memory stays at one chunk.
+    the member itself (a decompressing stream, :func:`batchmem.io.inflate.open_member`) and
+    hands pandas the stream instead, so memory stays at one chunk.
     """
 
     def __init__(self, path: Path) -> None:
         self._zip = zipfile.ZipFile(path)
         try:
-            names = [info.filename for info in self._zip.infolist() if not info.is_dir()]
+            members = [info for info in self._zip.infolist() if not info.is_dir()]
+            names = [info.filename for info in members]
             if len(names) != 1:
                 what = (
                     "no files"
@@ -109,7 +111,7 @@ class _ZipMember:
                     "fix the archive or unzip it"
                 )
             self.name = names[0]
-            self.stream = io.BufferedReader(self._zip.open(self.name), buffer_size=ZIP_BUFFER_BYTES)
+            self.stream = io.BufferedReader(open_member(self._zip, members[0]), buffer_size=ZIP_BUFFER_BYTES)
         except BaseException:
             self._zip.close()
             raise

@@ -249,20 +249,23 @@ def _check_writable_folder(path: Path, field: str) -> None:
         raise JobFileError(f"{field}: folder {folder} is not writable; fix its permissions or change {field}")
 
 
-def run_job(job: Job, resume: bool | str | ResumeDecision = False, *, progress: bool | None = None) -> Any:
+def run_job(
+    job: Job, resume: bool | str | ResumeDecision = False, *, progress: bool | None = None, processor: Any = None
+) -> Any:
     """Run ``job`` (loaded and checked by :func:`~batchmem.job.load_job`) and return the processor's BatchResult.
 
     Decides the resume once (:meth:`JobActions.resume_decision`, unless given a decision), imports the
     function, builds the source and the processor, and calls ``processor.process(source, fn, output=...,
     output_format=..., errors_output=..., overwrite=..., resume=decision)``; the decision carries
     :meth:`Job.fingerprint_fields`, so resuming a changed job is refused unless ``resume="force"``.
-    Errors the user can cause raise :class:`~batchmem.errors.BatchmemError` subclasses; an item
+    ``processor``: one built by :meth:`JobActions.build_processor` already (``run --plan`` keeps the
+    plan's workers in it). Errors the user can cause raise :class:`~batchmem.errors.BatchmemError` subclasses; an item
     failing under ``on_error: raise`` raises :class:`~batchmem.errors.ItemFailedError`.
     """
     decision = resume if isinstance(resume, ResumeDecision) else job.resume_decision(resume)
     job.check_extras()  # a missing package fails now, not after the work
     fn = job.load_function()
-    processor = job.build_processor(progress=progress)
+    processor = processor or job.build_processor(progress=progress)
     source = job.build_source()
     return processor.process(
         source,

@@ -6,7 +6,11 @@ batches and hands them here.
 A batch of weight ``w`` (weight units: items, characters, bytes in the file, ...) is modelled as
 
 * peak bytes above the process tree's resident baseline: ``bytes.intercept + bytes.slope * w``;
-* wall seconds where it runs: ``seconds.intercept + seconds.slope * w``;
+* seconds of the function where it runs (what the control law aims at its time band):
+  ``seconds.intercept + seconds.slope * w``;
+* seconds of the batch's round trip, the function plus encoding its results and, for worker processes,
+  shipping the batch and its results: ``wall.intercept + wall.slope * w``; the run's time is made of
+  these: the function's own seconds alone leave out the encoding, which a run pays for every result;
 * seconds to cut it from the source in the parent (reading and parsing a file chunk):
   ``cut.intercept + cut.slope * w``.
 
@@ -99,10 +103,13 @@ def fit_line(x: Sequence[float], y: Sequence[float]) -> Line:
 @dataclass(frozen=True)
 class CostModel:
     """What a batch costs: ``baseline_bytes`` (resident bytes of the process tree before a batch),
-    ``bytes`` (peak growth per batch, bytes over weight units), ``seconds`` (wall seconds of a batch
-    where it runs), ``cut`` (seconds to cut it from the source), ``startup_s`` (executor start, s),
-    ``overhead_s`` (commit cost per batch, s), ``output_per_unit`` (bytes of output written per weight
-    unit) and ``input_bytes`` (bytes of the source file read): the page cache a run adds to its charge;
+    ``bytes`` (peak growth per batch, bytes over weight units), ``seconds`` (seconds of the function
+    where it runs), ``wall`` (seconds of the batch's round trip: ``seconds`` plus encoding and shipping
+    its results; None: ``seconds``), ``cut`` (seconds to cut it from the source), ``startup_s``
+    (executor start, s), ``overhead_s`` (commit cost per batch, s), ``write_s_per_byte`` (seconds to
+    commit one byte of output, s/byte), ``output_per_unit`` (bytes of output written per weight unit)
+    and ``input_bytes`` (bytes of the source file read): the page cache a run adds to its charge, as do
+    ``cold_cache_bytes`` (libraries and other files its processes read from storage, on a cold node);
     ``retained_fraction`` (0..1): the share of a batch's peak the tree still holds after it (heap the
     allocator keeps), which the control law counts in its baseline before the next batch."""
 
@@ -115,6 +122,9 @@ class CostModel:
     output_per_unit: float = 0.0
     input_bytes: float = 0.0
     retained_fraction: float = 0.0
+    wall: Line | None = None
+    write_s_per_byte: float = 0.0
+    cold_cache_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -181,16 +191,19 @@ def predict(model: CostModel, shape: RunShape, limit: float, n_jobs: int) -> tup
     """``(seconds, peak_bytes)`` of the run under ``limit`` bytes with ``n_jobs`` batches in flight.
 
     Batch weight: :func:`batch_weight`. The run's seconds are the executor start, the cutting (in the
-    parent), and the batches' own seconds plus their commit overhead shared by ``n_jobs``. Peak: what a
+    parent), and the batches' round trips (``wall``) plus their commits (a fixed overhead and the
+    output's bytes) shared by ``n_jobs``. Peak: what a
     memory cgroup of ``limit`` bytes is charged at most: the baseline, the heap earlier batches left
     behind (``retained_fraction``), ``n_jobs`` batches at that weight (or the heaviest item alone beside
-    the others, whichever is more), plus the page cache of the input read and the output written, which
-    the kernel reclaims at the limit (so the cache counts only up to it).
+    the others, whichever is more), plus the page cache of the input read, the output written and the
+    files read from storage at start, which the kernel reclaims at the limit (so the cache counts only
+    up to it).
     """
     w = batch_weight(model, shape, limit, n_jobs)
     batches = max(1.0, shape.total_weight / w)
-    s = model.seconds
-    run_s = batches * (s.intercept + model.overhead_s) + s.slope * shape.total_weight
+    s = model.wall or model.seconds
+    written = model.output_per_unit * shape.total_weight * model.write_s_per_byte
+    run_s = batches * (s.intercept + model.overhead_s) + s.slope * shape.total_weight + written
     cut_s = batches * model.cut.intercept + model.cut.slope * shape.total_weight
     seconds = model.startup_s + cut_s + run_s / max(1, n_jobs)
     b = model.bytes
@@ -199,7 +212,7 @@ def predict(model: CostModel, shape: RunShape, limit: float, n_jobs: int) -> tup
     resident = (
         model.baseline_bytes + kept + max(in_flight * b.at(w), b.at(shape.max_weight) + (in_flight - 1) * b.at(w))
     )
-    cache = model.output_per_unit * shape.total_weight + model.input_bytes
+    cache = model.output_per_unit * shape.total_weight + model.input_bytes + model.cold_cache_bytes
     return float(seconds), float(max(resident, min(limit, resident + cache)))
 
 

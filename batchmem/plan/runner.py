@@ -87,7 +87,8 @@ def _run_one(
 def _sample(
     executor: Executor, weighed: Weighed, config: RunConfig, monitor: MemoryMonitor
 ) -> tuple[list[Measured], list[str]]:
-    """Warm-up batch first (sizes the rest), then the heaviest item alone, light, heavy and median.
+    """Warm-up batch first, twice (the second run sizes the rest), then the heaviest item alone, light,
+    heavy and median, lightest first.
 
     The windows the batches come from are chosen (and, for a file, read in one forward pass) once, at
     the largest sample size; each batch is the head of its window.
@@ -104,11 +105,14 @@ def _sample(
     if weighed.prefetch is not None:
         weighed.prefetch([sb.indices for sb in windows.values()])
     baseline = monitor.rss_bytes()
-    warm, why = _run_one(executor, weighed, _head(windows["warmup"], k0), monitor, baseline)
-    if warm is None:
-        raise ConfigError(f"plan: {why}; fix the function or the data, then plan again")
+    warmup = _head(windows["warmup"], k0)
+    warm = _run_one(executor, weighed, warmup, monitor, baseline)
+    again = _run_one(executor, weighed, warmup, monitor, baseline)
+    if warm[0] is None or again[0] is None:
+        raise ConfigError(f"plan: {warm[1] or again[1]}; fix the function or the data, then plan again")
     most = min(max(n // SAMPLE_SHARE, MIN_SAMPLE_ITEMS), max(1, n // 4))
-    k = sample_size(k0, warm.run_s, b.control_config().aim_s, most, b.max_batch_size)
+    # sized by the second run of the warm-up batch: the first pays one-time costs (a model's first call)
+    k = sample_size(k0, again[0].run_s, b.control_config().aim_s, most, b.max_batch_size)
     heavy_q, mid = float(np.quantile(weighed.weights, 0.9)), max(weighed.median_weight, 1e-12)
     k_heavy = max(1, min(k, int(2 * k * mid / max(heavy_q, mid))))  # a heavy batch at most ~2x the median's weight
     # the median batch twice the others: weights apart even where items weigh alike, nearer the run's size
@@ -116,7 +120,7 @@ def _sample(
     batches = [_head(windows[label], size) for label, size in sizes.items()]
     # lightest first: memory a batch leaves in the heap shows in the peaks of the batches after it
     batches.sort(key=lambda sb: float(weighed.weights[list(sb.indices)].sum()))
-    done, notes = [warm], []
+    done, notes = [warm[0], again[0]], []
     for batch in batches:
         measured, why = _run_one(executor, weighed, batch, monitor, baseline)
         if measured is None:
@@ -130,31 +134,58 @@ def _head(batch: SampleBatch, k: int) -> SampleBatch:
     return SampleBatch(batch.label, batch.indices[:k])
 
 
-def commit_seconds(folder: Path | None, fsync: bool, monitor: MemoryMonitor, repeats: int = 3) -> float:
-    """Seconds a run spends committing one batch outside it, timed in a temporary folder in ``folder``
-    (removed after): append to a results file, replace a checkpoint, append a batch record (with
-    ``fsync``: the results and the checkpoint forced to disk, as :mod:`batchmem.io.output` does), and
-    take a memory sample. The median of ``repeats``."""
-    times = []
+def commit_seconds(
+    folder: Path | None, fsync: bool, monitor: MemoryMonitor, nbytes: int, repeats: int = 3
+) -> tuple[float, float]:
+    """``(seconds, seconds per byte)`` a run spends committing one batch outside it, timed in a
+    temporary folder in ``folder`` (removed after): append to a results file, replace a checkpoint,
+    append a batch record (with ``fsync``: the results and the checkpoint forced to disk, as
+    :mod:`batchmem.io.output` does), and take a memory sample; once with 4 KiB of results, once with
+    ``nbytes`` (a sample batch's output, at least 1 MiB), the medians of ``repeats``, the difference
+    per byte."""
+
+    def once(tmp: Path, block: bytes) -> float:
+        out, ckpt, record = tmp / "out", tmp / "ckpt", tmp / "batches"
+        t0 = time.perf_counter()
+        with open(out, "ab") as fh:
+            fh.write(block)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        with open(ckpt.with_suffix(".tmp"), "wb") as fh:
+            fh.write(b"{}")
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(ckpt.with_suffix(".tmp"), ckpt)
+        with open(record, "ab") as fh:
+            fh.write(b"{}\n")
+        monitor.sample()
+        return time.perf_counter() - t0
+
+    small, large = b"x" * 4096, b"x" * max(1 << 20, nbytes)  # a MiB at least: a difference above the noise
     with tempfile.TemporaryDirectory(prefix=".batchmem-plan-", dir=folder) as tmp:
-        out, ckpt, record = Path(tmp) / "out", Path(tmp) / "ckpt", Path(tmp) / "batches"
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            with open(out, "ab") as fh:
-                fh.write(b"x" * 4096)
-                fh.flush()
-                if fsync:
-                    os.fsync(fh.fileno())
-            with open(ckpt.with_suffix(".tmp"), "wb") as fh:
-                fh.write(b"{}")
-                if fsync:
-                    os.fsync(fh.fileno())
-            os.replace(ckpt.with_suffix(".tmp"), ckpt)
-            with open(record, "ab") as fh:
-                fh.write(b"{}\n")
-            monitor.sample()
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        fixed = float(np.median([once(Path(tmp), small) for _ in range(repeats)]))
+        full = float(np.median([once(Path(tmp), large) for _ in range(repeats)]))
+    return fixed, max(0.0, full - fixed) / (len(large) - len(small))
+
+
+def cold_cache_bytes(input_bytes: float) -> float:
+    """Bytes this process tree read from storage (``/proc/<pid>/io`` ``read_bytes``: libraries, compiled
+    modules, a model's files, the input) beyond the file pages it maps (counted in its resident bytes)
+    and the input (counted apart): the page cache a run on a cold node adds to its cgroup's charge,
+    since the kernel charges a page to the cgroup that reads it first (the kernel's memory cgroup v1
+    docs, section 2.3). 0 where the cache was warm, or without ``/proc/<pid>/io``."""
+    import psutil
+
+    me = psutil.Process()
+    read = mapped = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            read += proc.io_counters().read_bytes
+            mapped += proc.memory_info().shared
+        except (psutil.Error, AttributeError):  # gone, or no io counters on this platform
+            continue
+    return float(max(0.0, read - mapped - input_bytes))
 
 
 def _confidence(model: CostModel, points: int) -> dict[str, Any]:
@@ -170,11 +201,17 @@ def _confidence(model: CostModel, points: int) -> dict[str, Any]:
     }
 
 
-def _model(measured: list[Measured], startup_s: float, overhead_s: float, input_bytes: float) -> CostModel:
+def _model(
+    measured: list[Measured], startup_s: float, commit: tuple[float, float], input_bytes: float, cold_bytes: float
+) -> CostModel:
     """The lines through the sample (the warm-up left out): a batch's peak above the tree's resident bytes
-    before sampling, and the share of it the tree still held after the batch (median over the batches)."""
+    before sampling, its function's seconds and its round trip's, and the share of its peak the tree still
+    held after the batch (median over the batches); ``commit``: :func:`commit_seconds`."""
     fit = [m for m in measured if m.label != "warmup"] or measured
-    x = [m.weight for m in fit]
+    # the heaviest item alone is there for memory; its seconds are those of first touching fresh pages
+    # at its size, which batches of the run's size (reusing the heap) do not pay per unit
+    timed = [m for m in fit if m.label != "heaviest"] if len(fit) > 2 else fit
+    x, xt = [m.weight for m in fit], [m.weight for m in timed]
     kept = [min(1.0, m.retained_bytes / m.peak_bytes) for m in fit if m.peak_bytes > 0]
     return CostModel(
         retained_fraction=float(np.median(kept)) if kept else 0.0,
@@ -182,10 +219,13 @@ def _model(measured: list[Measured], startup_s: float, overhead_s: float, input_
         input_bytes=input_bytes,
         baseline_bytes=float(measured[0].baseline_bytes),
         bytes=fit_line(x, [m.peak_bytes for m in fit]),
-        seconds=fit_line(x, [m.run_s for m in fit]),
-        cut=fit_line(x, [m.cut_s for m in fit]),
+        seconds=fit_line(xt, [m.run_s for m in timed]),
+        wall=fit_line(xt, [m.wall_s for m in timed]),
+        cut=fit_line(xt, [m.cut_s for m in timed]),
         startup_s=startup_s,
-        overhead_s=overhead_s,
+        overhead_s=commit[0],
+        write_s_per_byte=commit[1],
+        cold_cache_bytes=cold_bytes,
     )
 
 
@@ -214,11 +254,13 @@ def make_plan(
     *,
     output_dir: Path | None = None,
     history: HistoryStore | None = None,
+    release: Callable[[Executor], None] | None = None,
 ) -> Plan:
-    """Weigh ``items``, run the sample batches in ``new_executor()`` (closed after), fit, forecast.
+    """Weigh ``items``, run the sample batches in ``new_executor()``, fit, forecast.
 
     ``output_dir``: the folder the run will write to, where a batch's commit is timed in a temporary
-    folder (:func:`commit_seconds`; default: the system's temporary folder).
+    folder (:func:`commit_seconds`; default: the system's temporary folder). ``release``: what becomes
+    of the executor after the sample (default: closed); it is closed anyway when the sample fails.
 
     Records the figures in ``history`` (default: the operation's history unless ``use_history`` is
     off). Raises :class:`~batchmem.errors.ConfigError` for an empty source or a failing warm-up batch.
@@ -237,17 +279,26 @@ def make_plan(
     except BaseException:
         weighed.close()
         raise
+    kept = False
     try:
         started = time.perf_counter()
         measured, notes = _sample(executor, weighed, config, monitor)
-        # executor start: building it, plus what the warm-up batch waited for beyond its own run
-        startup_s = started - t_exec + max(0.0, measured[0].wall_s - measured[0].run_s)
+        # executor start: building it, what the warm-up batch waited for beyond its own run, and the
+        # one-time costs inside its first run (its second run's seconds less)
+        first, second = measured[0], measured[1]
+        startup_s = started - t_exec + max(0.0, first.wall_s - first.run_s) + max(0.0, first.run_s - second.run_s)
+        cold = cold_cache_bytes(weighed.file_bytes)  # while the workers live
+        unit = run_unit(b, items, bool(np.all(weighed.weights == 1)))
+        commit = commit_seconds(output_dir, config.output.fsync, monitor, max(m.output_bytes for m in measured))
+        costs = (startup_s, commit, cold)
+        plan = _forecast(config, monitor, weighed, measured, costs, executor.in_flight, unit)
+        if release is not None:
+            release(executor)
+            kept = True
     finally:
-        executor.close()
         weighed.close()
-    unit = run_unit(b, items, bool(np.all(weighed.weights == 1)))
-    overhead_s = commit_seconds(output_dir, config.output.fsync, monitor)
-    plan = _forecast(config, monitor, weighed, measured, startup_s, executor.in_flight, unit, overhead_s)
+        if not kept:
+            executor.close()
     plan.sample_seconds = time.perf_counter() - t0
     plan.notes = [weighed.how, *notes]
     if b.use_history:
@@ -260,13 +311,13 @@ def _forecast(
     monitor: MemoryMonitor,
     weighed: Weighed,
     measured: list[Measured],
-    startup_s: float,
+    costs: tuple[float, tuple[float, float], float],
     jobs: int,
     unit: str,
-    overhead_s: float,
 ) -> Plan:
-    """The plan at the configured limit (the recommended one when none is set) for ``jobs`` in flight."""
-    model = _model(measured, startup_s, overhead_s, weighed.file_bytes)
+    """The plan at the configured limit (the recommended one when none is set) for ``jobs`` in flight;
+    ``costs``: the executor's start (s), :func:`commit_seconds`, :func:`cold_cache_bytes`."""
+    model = _model(measured, costs[0], costs[1], weighed.file_bytes, costs[2])
     shape = _shape(weighed, config)
     recommended, minimum = forecast_limits(model, shape, jobs)
     configured = config.pressure.memory_limit is not None

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.inflate import open_member
 from ..io.parquet_source import ParquetSource
 from ..io.readers import CsvSource, JsonlSource
 from ..io.source_base import SourceBase
@@ -152,8 +153,8 @@ def _opener(path: Path) -> Callable[[], Any]:
     if suffix == ".zip":
 
         def open_zip() -> Any:
-            archive = zipfile.ZipFile(path)
-            return archive.open(next(i for i in archive.infolist() if not i.is_dir()))
+            with zipfile.ZipFile(path) as archive:  # the member keeps the file open (zipfile counts users)
+                return open_member(archive, next(i for i in archive.infolist() if not i.is_dir()))
 
         return open_zip
     return {".gz": lambda: gzip.open(path), ".bz2": lambda: bz2.open(path), ".xz": lambda: lzma.open(path)}.get(
