@@ -36,7 +36,7 @@ _LAZY = {
     "read_parquet": ".io.sources",
     "BatchOptimizer": ".optimizer",
     "BatchProcessor": ".processor",
-    "BatchResult": ".processor",
+    "BatchResult": ".result",
     "RunStats": ".stats",
 }
 
@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from .heap.monitor import MemoryMonitor, MemorySample, PeakMemoryTracker, PressureLevel
     from .io.sources import read_csv, read_jsonl, read_parquet
     from .optimizer import BatchOptimizer
-    from .processor import BatchProcessor, BatchResult
+    from .processor import BatchProcessor
+    from .result import BatchResult
     from .stats import RunStats
 
 

@@ -21,13 +21,15 @@ JSON keys (--json; bytes and seconds are numbers):
   items                          items in the source (null: unknown)
   total_weight, weight_unit      the source's weight, in the unit batches are budgeted in
   sample_items, sample_seconds   items the sample batches held; seconds the plan took (weighing
-                                 the source and running the sample, imports excluded)
+                                 the source, starting the workers, running the sample; imports
+                                 excluded); run --plan goes on in the workers the plan started
   predicted_seconds              wall seconds of the run at the job's n_jobs
   predicted_seconds_by_n_jobs    {"1": s, "2": s, ...} up to the usable cores
   predicted_peak_bytes           peak bytes charged to the job's memory (cgroup) at its memory_limit,
                                  or at the recommended limit when none is set: the process tree's
-                                 resident bytes plus the page cache of the input read and the
-                                 output written, which counts only up to the limit
+                                 resident bytes plus the page cache of the input read, the output
+                                 written and the files read from storage at start (a cold node),
+                                 which counts only up to the limit
   recommended_memory_limit_bytes smallest limit at which batches still reach the time band
   min_memory_limit_bytes         smallest limit the run completes under: the baseline plus the
                                  heaviest item alone, over terminate_fraction

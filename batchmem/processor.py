@@ -14,8 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,13 @@ from .heap.fit import check_fits
 from .heap.monitor import MemoryMonitor, PressureLevel, current_rss_bytes
 from .heap.pressure import PressureCallbacks
 from .io.checkpoint import fingerprint
-from .io.formats import JSONL, OutputFormat, get_format, resolve_format
+from .io.formats import OutputFormat, resolve_format
 from .io.output import OutputLock, RunFiles, check_output, sidecar
 from .io.resume import ResumeDecision, check_resume_mode, decide_resume, prepare_resume
-from .io.sinks import iter_jsonl
 from .io.sources import as_source
 from .optimizer import BatchOptimizer
 from .options import NODE_ALIASES, Analysis, Batching, ErrorPolicy, Execution, Output, Pressure, group_options
+from .result import BatchResult
 from .run import Run
 from .signals import RunInterrupted, StopOnSignals, signal_name
 from .stats import RunStats
@@ -41,66 +40,6 @@ from .stats import RunStats
 __all__ = ["BatchProcessor", "BatchResult", "NODE_ALIASES"]
 
 logger = logging.getLogger("batchmem")
-
-
-class BatchResult:
-    """The outcome of :meth:`BatchProcessor.process`.
-
-    ``path`` is the results file (one line per input item, in input order;
-    ``null`` for items that failed under ``on_error="skip"``), ``stats`` the
-    :class:`RunStats`, ``errors_path`` the error records (or None). Iterating
-    reads the results back lazily from disk; ``len()`` is the number of items.
-
-    A run without ``output`` spools to a private temporary folder that is removed
-    when the result is closed (``with proc.process(...) as result:``), garbage
-    collected, or at interpreter exit; pass ``output=`` to keep the files.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        stats: RunStats,
-        errors_path: Path | None,
-        output_format: OutputFormat | str = JSONL,
-        *,
-        spool: Path | None = None,
-        already_complete: bool = False,
-    ):
-        self.path, self.stats, self.errors_path = path, stats, errors_path
-        self.format = get_format(output_format) if isinstance(output_format, str) else output_format
-        self.output_format = output_format.name  #: the format's name ("jsonl", "parquet", ...)
-        #: True when ``resume`` found the output complete and touched nothing.
-        self.already_complete = already_complete
-        #: Why the run stopped before every item was committed (``stats.status == "stopped"``), or None.
-        self.stop: RunStopped | None = None
-        # output=None: the run's private spool folder, removed on close(), garbage collection or exit.
-        self._cleanup = weakref.finalize(self, shutil.rmtree, spool, ignore_errors=True) if spool else None
-
-    def close(self) -> None:
-        """Remove the temporary spool folder of a run without ``output`` (results are gone after this).
-        A result with an ``output`` path keeps its files; closing it does nothing."""
-        if self._cleanup is not None:
-            self._cleanup()
-
-    def __enter__(self) -> BatchResult:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        return self.stats.items + self.stats.resumed_from
-
-    def __iter__(self) -> Iterator[Any]:
-        yield from self.format.read(self.path)
-
-    def errors(self) -> Iterator[dict[str, Any]]:
-        """The error records (index, item repr, error type, message, traceback, attempts)."""
-        if self.errors_path and self.errors_path.exists():
-            yield from iter_jsonl(self.errors_path)
-
-    def __repr__(self) -> str:
-        return f"BatchResult(path={str(self.path)!r}, items={len(self)}, failed={self.stats.failed})"
 
 
 class BatchProcessor:
