@@ -31,7 +31,7 @@ from ..options import RunConfig
 from ..weights import make_weigher
 from .fit import CostModel, RunShape, batch_weight, fit_line, forecast_limits, predict
 from .model import Plan
-from .sample import SampleBatch, choose, sample_size
+from .sample import QUANTILES, SampleBatch, choose, sample_size
 from .weigh import Weighed, run_unit, weigh_source
 
 __all__ = ["Measured", "make_plan"]
@@ -120,7 +120,7 @@ def _sample(
     batches = [_head(windows[label], size) for label, size in sizes.items()]
     # lightest first: memory a batch leaves in the heap shows in the peaks of the batches after it
     batches.sort(key=lambda sb: float(weighed.weights[list(sb.indices)].sum()))
-    done, notes = [warm[0], again[0]], []
+    done, notes = [warm[0], replace(again[0], label="warmup again")], []
     for batch in batches:
         measured, why = _run_one(executor, weighed, batch, monitor, baseline)
         if measured is None:
@@ -204,13 +204,20 @@ def _confidence(model: CostModel, points: int) -> dict[str, Any]:
 def _model(
     measured: list[Measured], startup_s: float, commit: tuple[float, float], input_bytes: float, cold_bytes: float
 ) -> CostModel:
-    """The lines through the sample (the warm-up left out): a batch's peak above the tree's resident bytes
-    before sampling, its function's seconds and its round trip's, and the share of its peak the tree still
-    held after the batch (median over the batches); ``commit``: :func:`commit_seconds`."""
-    fit = [m for m in measured if m.label != "warmup"] or measured
-    # the heaviest item alone is there for memory; its seconds are those of first touching fresh pages
-    # at its size, which batches of the run's size (reusing the heap) do not pay per unit
-    timed = [m for m in fit if m.label != "heaviest"] if len(fit) > 2 else fit
+    """The lines through the sample: a batch's peak above the tree's resident bytes before sampling, its
+    function's seconds and its round trip's, and the share of its peak the tree still held after the
+    batch (median over the batches); ``commit``: :func:`commit_seconds`.
+
+    The warm-up's first run is left out of every line (it pays one-time costs), its second run out of
+    the peak line (the first run's memory is still there for it). The heaviest item alone is left out
+    of the time lines: it is there for memory, and its seconds can be those of first touching fresh
+    pages at its size, which the run's batches, reusing the heap, do not pay per unit; the warm-up's
+    second run, at a small weight, anchors the time lines' intercept instead.
+    """
+    fit = [m for m in measured if not m.label.startswith("warmup")] or measured
+    timed = [m for m in measured if m.label in ("warmup again", *QUANTILES)]
+    if len(timed) < 2:
+        timed = fit
     x, xt = [m.weight for m in fit], [m.weight for m in timed]
     kept = [min(1.0, m.retained_bytes / m.peak_bytes) for m in fit if m.peak_bytes > 0]
     return CostModel(
