@@ -4,14 +4,15 @@
     python benchmarks/bench_plan.py --workloads lognormal
 
 For each workload: `batchmem plan JOB --json` in a subprocess (a fresh BATCHMEM_HOME, so the plan is the
-only history), then `batchmem run JOB` twice, each in a new cgroup v1 memory group (no swap) whose limit is
-`recommended_memory_limit_bytes`, then 1.15 x `min_memory_limit_bytes`; the job's own memory_limit is
-unset, so batchmem detects the cgroup's limit (source cgroup_v1). Each run starts from the plan's history.
-Checked per run: exit 0; no kernel OOM kill (memory.oom_control oom_kill); the run's duration_s (its stats:
-process() from executor start to the last commit, imports excluded) within 0.67-1.5x the predicted seconds
-at that limit; the cgroup's peak charge (memory.max_usage_in_bytes: resident memory and page cache of the
-whole process tree) within 0.5-1.25x the predicted peak at that limit; what the plan adds to a
-`batchmem run --plan` at most 15 % of the run's duration_s: its sample_seconds (weighing the source,
+only history), then `batchmem run JOB` in a new cgroup v1 memory group (no swap) whose limit is its
+`recommended_memory_limit_bytes`; then, as a user would, `batchmem plan` again with the job's memory_limit
+set to 1.15 x the first plan's `min_memory_limit_bytes` and the run in a cgroup of that limit. The runs
+leave the job's memory_limit unset, so batchmem detects the cgroup's limit (source cgroup_v1); each starts
+from its plan's history. Checked per run: exit 0; no kernel OOM kill (memory.oom_control oom_kill); the
+run's duration_s (its stats: process() from executor start to the last commit, imports excluded) within
+0.67-1.5x its plan's predicted_seconds; the cgroup's peak charge (memory.max_usage_in_bytes: resident
+memory and page cache of the whole process tree) within 0.5-1.25x its plan's predicted_peak_bytes; what
+the plan adds to a `batchmem run --plan` at most 15 % of the run's duration_s: its sample_seconds (weighing the source,
 starting the executor, the sample batches; imports excluded) less the executor's start, since that run
 goes on in the workers the plan started (tests/test_plan.py checks they are the same processes). The
 page cache is dropped before the plan and before each run (--warm-cache keeps it): the kernel charges a
@@ -126,18 +127,12 @@ def plan(job: Path, sets: list[str], env: dict[str, str]) -> tuple[dict, float]:
     return json.loads(done.stdout), time.perf_counter() - t0
 
 
-def predict_at(name: str, home: Path, limits: list[int]) -> tuple[list[tuple[float, float]], float]:
-    """(seconds, peak bytes) at each limit, from the cost model the plan left in the history, and the
-    seconds the plan spent starting the executor (workers and their setup)."""
+def startup_seconds(name: str, home: Path) -> float:
+    """The seconds the plan in ``home`` spent starting the executor (workers and their setup)."""
     from batchmem.optimizer.history import HistoryStore
-    from batchmem.plan.fit import CostModel, Line, RunShape, predict
 
     record = HistoryStore(home / "history").load(name)
-    entry = next(r["plan"] for r in reversed(record["runs_detail"]) if "plan" in r)
-    m = entry["model"]
-    model = CostModel(**{**m, **{key: Line(**m[key]) for key in ("bytes", "seconds", "cut", "wall") if m.get(key)}})
-    shape = RunShape(**entry["shape"])
-    return [predict(model, shape, limit, entry["n_jobs"]) for limit in limits], model.startup_s
+    return next(r["plan"] for r in reversed(record["runs_detail"]) if "plan" in r)["model"]["startup_s"]
 
 
 def run_in_cgroup(job: Path, sets: list[str], env: dict[str, str], limit: int) -> dict:
@@ -193,22 +188,28 @@ def bench(name: str, job: Path, sets: list[str], tmp: Path, why_not: str | None,
     home = tmp / f"home-{name}"
     env = {**os.environ, "BATCHMEM_HOME": str(home), "TMPDIR": str(tmp)}
     drop_page_cache(cold)
-    forecast, plan_wall = plan(job, sets, env)
-    print(f"{name}: plan {json.dumps(forecast)}", file=sys.stderr)
+    first, first_wall = plan(job, sets, env)
+    print(f"{name}: plan {json.dumps(first)}", file=sys.stderr)
     if why_not:
-        return [{"workload": name, "skipped": why_not, "plan": forecast}]
-    saved = tmp / f"history-{name}"
-    shutil.copytree(home, saved)
-    limits = [forecast["recommended_memory_limit_bytes"], int(1.15 * forecast["min_memory_limit_bytes"])]
-    limits = [-(-x // 4096) * 4096 for x in limits]
-    predicted, startup_s = predict_at(job_name(job), home, limits)
+        return [{"workload": name, "skipped": why_not, "plan": first}]
+    limits = [first["recommended_memory_limit_bytes"], int(1.15 * first["min_memory_limit_bytes"])]
     rows = []
-    for label, limit, (p_s, p_peak) in zip(("recommended", "1.15x min"), limits, predicted, strict=True):
+    for label, limit in zip(("recommended", "1.15x min"), [-(-x // 4096) * 4096 for x in limits], strict=True):
+        if label == "recommended":  # planned without a limit: forecast at the recommended one
+            forecast, plan_wall = first, first_wall
+        else:  # planned again, as a user would, at the limit the job will get
+            shutil.rmtree(home)
+            drop_page_cache(cold)
+            forecast, plan_wall = plan(job, [*sets, f"batching.memory_limit={limit}"], env)
+        startup_s = startup_seconds(job_name(job), home)
+        saved = tmp / f"history-{name}-{label}"
+        shutil.copytree(home, saved)
         shutil.rmtree(home)
-        shutil.copytree(saved, home)  # each run starts from the plan's history only
+        shutil.copytree(saved, home)  # the run starts from its plan's history only
         drop_page_cache(cold)
         r = run_in_cgroup(job, sets, env, limit)
         actual_s = stats_duration(sets) if r["rc"] == 0 else float("nan")
+        p_s, p_peak = forecast["predicted_seconds"], forecast["predicted_peak_bytes"]
         rows.append(
             {
                 "workload": name,

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from batchmem.plan import CostModel, Line, RunShape, fit_line, forecast_limits, predict
+from batchmem.plan.fit import batch_seconds
 from batchmem.plan.sample import choose
 
 MiB = 1 << 20
@@ -284,6 +285,19 @@ def test_the_page_cache_read_at_start_counts_in_the_peak_up_to_the_limit():
     assert roomy == pytest.approx(300 * MiB, rel=0.01)  # 100 baseline + 50 heaviest + 150 cached
     _, tight = predict(model, shape, 200 * MiB, 1)
     assert tight == 200 * MiB  # the kernel reclaims the cache at the limit
+
+
+def test_a_batch_takes_the_measured_seconds_within_the_sample_and_the_line_beyond():
+    """A function whose light batches cost less per unit than heavy ones (heap reuse): a batch at a
+    measured weight takes what was measured, not what the straight line says."""
+    points = ((2.0, 0.002), (10.0, 0.003), (50.0, 0.05))
+    model = CostModel(0.0, Line(0.0, 0.0), Line(0.0, 0.001), Line(0.0, 0.0), wall=Line(0.0, 0.001), timed=points)
+    assert batch_seconds(model, 10.0) == pytest.approx(0.003)  # the line says 0.01
+    assert batch_seconds(model, 6.0) == pytest.approx(0.0025)
+    assert batch_seconds(model, 100.0) == pytest.approx(0.05 + 0.001 * 50)  # the line's slope beyond
+    slower_light = dataclasses.replace(model, timed=((2.0, 0.004), (10.0, 0.003), (50.0, 0.05)))
+    assert batch_seconds(slower_light, 10.0) == pytest.approx(0.004)  # a heavier batch never takes less
+    assert batch_seconds(dataclasses.replace(model, timed=()), 10.0) == pytest.approx(0.01)
 
 
 def test_sample_batches_spread_over_the_weights_of_a_sorted_source():

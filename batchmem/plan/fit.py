@@ -46,6 +46,7 @@ __all__ = [
     "CostModel",
     "Line",
     "RunShape",
+    "batch_seconds",
     "batch_weight",
     "fit_line",
     "forecast_limits",
@@ -110,6 +111,8 @@ class CostModel:
     commit one byte of output, s/byte), ``output_per_unit`` (bytes of output written per weight unit)
     and ``input_bytes`` (bytes of the source file read): the page cache a run adds to its charge, as do
     ``cold_cache_bytes`` (libraries and other files its processes read from storage, on a cold node);
+    ``timed``: the sample's ``(weight, wall seconds)`` points the round trip is read from within their
+    range (see :func:`batch_seconds`);
     ``retained_fraction`` (0..1): the share of a batch's peak the tree still holds after it (heap the
     allocator keeps), which the control law counts in its baseline before the next batch."""
 
@@ -125,6 +128,7 @@ class CostModel:
     wall: Line | None = None
     write_s_per_byte: float = 0.0
     cold_cache_bytes: float = 0.0
+    timed: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,12 +191,31 @@ def forecast_limits(model: CostModel, shape: RunShape, in_flight: int) -> tuple[
     return max(minimum, _round_up(at_aim / shape.memory_target_fraction)), minimum
 
 
+def batch_seconds(model: CostModel, w: float) -> float:
+    """Wall seconds of one batch of weight ``w`` where it runs (its round trip).
+
+    Within the sampled weights: through the measured points, made non-decreasing (a heavier batch
+    never takes less), since a function's cost need not be straight in the batch's weight (a batch whose
+    arrays fit in the heap the one before left behind skips the page faults of fresh memory: the same
+    log-normal items ran 1.4-5x faster in 10 MiB batches than in 50 MiB ones: docs/plan.md, Accuracy).
+    Beyond them: the fitted line's slope from the heaviest point; no points: the line.
+    """
+    line = model.wall or model.seconds
+    if len(model.timed) < 2:
+        return line.at(w)
+    xs, ys = np.array(sorted(model.timed)).T
+    ys = np.maximum.accumulate(ys)
+    if w >= xs[-1]:
+        return float(ys[-1] + line.slope * (w - xs[-1]))
+    return float(np.interp(w, xs, ys))
+
+
 def predict(model: CostModel, shape: RunShape, limit: float, n_jobs: int) -> tuple[float, float]:
     """``(seconds, peak_bytes)`` of the run under ``limit`` bytes with ``n_jobs`` batches in flight.
 
     Batch weight: :func:`batch_weight`. The run's seconds are the executor start, the cutting (in the
-    parent), and the batches' round trips (``wall``) plus their commits (a fixed overhead and the
-    output's bytes) shared by ``n_jobs``. Peak: what a
+    parent), and the batches' round trips (:func:`batch_seconds`) plus their commits (a fixed overhead
+    and the output's bytes) shared by ``n_jobs``. Peak: what a
     memory cgroup of ``limit`` bytes is charged at most: the baseline, the heap earlier batches left
     behind (``retained_fraction``), ``n_jobs`` batches at that weight (or the heaviest item alone beside
     the others, whichever is more), plus the page cache of the input read, the output written and the
@@ -201,9 +224,8 @@ def predict(model: CostModel, shape: RunShape, limit: float, n_jobs: int) -> tup
     """
     w = batch_weight(model, shape, limit, n_jobs)
     batches = max(1.0, shape.total_weight / w)
-    s = model.wall or model.seconds
     written = model.output_per_unit * shape.total_weight * model.write_s_per_byte
-    run_s = batches * (s.intercept + model.overhead_s) + s.slope * shape.total_weight + written
+    run_s = batches * (batch_seconds(model, w) + model.overhead_s) + written
     cut_s = batches * model.cut.intercept + model.cut.slope * shape.total_weight
     seconds = model.startup_s + cut_s + run_s / max(1, n_jobs)
     b = model.bytes

@@ -130,6 +130,31 @@ def _sample(
     return done, notes
 
 
+def _at_run_size(
+    executor: Executor,
+    weighed: Weighed,
+    config: RunConfig,
+    monitor: MemoryMonitor,
+    measured: list[Measured],
+    weight: float,
+) -> Measured | None:
+    """One more sample batch, of the forecast's batch ``weight``: consecutive items whose weight is the
+    median of such runs, as the run cuts its batches; when it holds no more items than a sample batch
+    may (:data:`SAMPLE_SHARE`) and no timed batch is already within 1.5x of that weight. None otherwise.
+    It runs twice and the second run counts: a run's batches follow batches of their own size, whose
+    freed heap they reuse (:func:`batchmem.backends.worker.run_batch`), and the first here follows
+    heavier ones."""
+    n = len(weighed.weights)
+    k = max(1, round(weight * n / max(1e-12, float(weighed.weights.sum()))))
+    timed = [m.weight for m in measured if m.label in ("warmup again", *QUANTILES)]
+    if k > max(n // SAMPLE_SHARE, MIN_SAMPLE_ITEMS) or any(weight / 1.5 <= w <= 1.5 * weight for w in timed):
+        return None
+    (batch,) = choose(weighed.weights, min(k, n), contiguous=True, labels=("median",))
+    at_size = SampleBatch("run size", batch.indices)
+    _run_one(executor, weighed, at_size, monitor, measured[0].baseline_bytes)  # after heavier batches
+    return _run_one(executor, weighed, at_size, monitor, measured[0].baseline_bytes)[0]
+
+
 def _head(batch: SampleBatch, k: int) -> SampleBatch:
     return SampleBatch(batch.label, batch.indices[:k])
 
@@ -215,7 +240,7 @@ def _model(
     second run, at a small weight, anchors the time lines' intercept instead.
     """
     fit = [m for m in measured if not m.label.startswith("warmup")] or measured
-    timed = [m for m in measured if m.label in ("warmup again", *QUANTILES)]
+    timed = [m for m in measured if m.label in ("warmup again", "run size", *QUANTILES)]
     if len(timed) < 2:
         timed = fit
     x, xt = [m.weight for m in fit], [m.weight for m in timed]
@@ -229,6 +254,7 @@ def _model(
         seconds=fit_line(xt, [m.run_s for m in timed]),
         wall=fit_line(xt, [m.wall_s for m in timed]),
         cut=fit_line(xt, [m.cut_s for m in timed]),
+        timed=tuple((m.weight, m.wall_s) for m in timed),
         startup_s=startup_s,
         overhead_s=commit[0],
         write_s_per_byte=commit[1],
@@ -299,6 +325,10 @@ def make_plan(
         commit = commit_seconds(output_dir, config.output.fsync, monitor, max(m.output_bytes for m in measured))
         costs = (startup_s, commit, cold)
         plan = _forecast(config, monitor, weighed, measured, costs, executor.in_flight, unit)
+        at_size = _at_run_size(executor, weighed, config, monitor, measured, plan.batch_weight)
+        if at_size is not None:  # the forecast again, with a batch of the run's own size among the points
+            measured.append(at_size)
+            plan = _forecast(config, monitor, weighed, measured, costs, executor.in_flight, unit)
         if release is not None:
             release(executor)
             kept = True
