@@ -215,12 +215,14 @@ def predict(model: CostModel, shape: RunShape, limit: float, n_jobs: int) -> tup
 
     Batch weight: :func:`batch_weight`. The run's seconds are the executor start, the cutting (in the
     parent), and the batches' round trips (:func:`batch_seconds`) plus their commits (a fixed overhead
-    and the output's bytes) shared by ``n_jobs``. Peak: what a
-    memory cgroup of ``limit`` bytes is charged at most: the baseline, the heap earlier batches left
-    behind (``retained_fraction``), ``n_jobs`` batches at that weight (or the heaviest item alone beside
+    and the output's bytes) shared by ``n_jobs``. Peak: what a memory cgroup of ``limit`` bytes is
+    charged at most: the baseline, ``n_jobs`` batches at that weight (or the heaviest item alone beside
     the others, whichever is more), plus the page cache of the input read, the output written and the
     files read from storage at start, which the kernel reclaims at the limit (so the cache counts only
-    up to it).
+    up to it). The heap earlier batches left behind is not added: a sample batch's peak is measured
+    above the resident bytes before the whole sample, lighter batches first, so it holds what those
+    left, and a batch reuses that heap before it grows (``retained_fraction`` sizes the batches, as the
+    control law counts it in its baseline, but is no second copy of memory).
     """
     w = batch_weight(model, shape, limit, n_jobs)
     batches = max(1.0, shape.total_weight / w)
@@ -230,10 +232,7 @@ def predict(model: CostModel, shape: RunShape, limit: float, n_jobs: int) -> tup
     seconds = model.startup_s + cut_s + run_s / max(1, n_jobs)
     b = model.bytes
     in_flight = max(1, min(n_jobs, math.ceil(batches)))
-    kept = in_flight * model.retained_fraction * b.at(w)  # heap the batches before left behind
-    resident = (
-        model.baseline_bytes + kept + max(in_flight * b.at(w), b.at(shape.max_weight) + (in_flight - 1) * b.at(w))
-    )
+    resident = model.baseline_bytes + max(in_flight * b.at(w), b.at(shape.max_weight) + (in_flight - 1) * b.at(w))
     cache = model.output_per_unit * shape.total_weight + model.input_bytes + model.cold_cache_bytes
     return float(seconds), float(max(resident, min(limit, resident + cache)))
 

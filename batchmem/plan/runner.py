@@ -38,9 +38,10 @@ __all__ = ["Measured", "make_plan"]
 
 logger = logging.getLogger("batchmem")
 
-#: A sample batch holds at most this share of the items (1/100): the four batches and the warm-up stay a
-#: few percent of the run, and the fitted lines carry the forecast to the run's batch sizes.
-SAMPLE_SHARE = 100
+#: A sample batch holds at most this share of the items (1/125): the sample batches stay a few percent
+#: of the run (the flights example's plan: about a tenth of a 1.4 s run, docs/plan.md), and the fitted
+#: lines carry the forecast to the run's batch sizes.
+SAMPLE_SHARE = 125
 #: Items a sample batch may hold whatever the share: lines fitted to batches of a few items are noise.
 MIN_SAMPLE_ITEMS = 16
 
@@ -160,7 +161,7 @@ def _head(batch: SampleBatch, k: int) -> SampleBatch:
 
 
 def commit_seconds(
-    folder: Path | None, fsync: bool, monitor: MemoryMonitor, nbytes: int, repeats: int = 3
+    folder: Path | None, fsync: bool, monitor: MemoryMonitor, nbytes: int, repeats: int = 2
 ) -> tuple[float, float]:
     """``(seconds, seconds per byte)`` a run spends committing one batch outside it, timed in a
     temporary folder in ``folder`` (removed after): append to a results file, replace a checkpoint,
