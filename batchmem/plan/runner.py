@@ -315,21 +315,7 @@ def make_plan(
         raise
     kept = False
     try:
-        started = time.perf_counter()
-        measured, notes = _sample(executor, weighed, config, monitor)
-        # executor start: building it, what the warm-up batch waited for beyond its own run, and the
-        # one-time costs inside its first run (its second run's seconds less)
-        first, second = measured[0], measured[1]
-        startup_s = started - t_exec + max(0.0, first.wall_s - first.run_s) + max(0.0, first.run_s - second.run_s)
-        cold = cold_cache_bytes(weighed.file_bytes)  # while the workers live
-        unit = run_unit(b, items, bool(np.all(weighed.weights == 1)))
-        commit = commit_seconds(output_dir, config.output.fsync, monitor, max(m.output_bytes for m in measured))
-        costs = (startup_s, commit, cold)
-        plan = _forecast(config, monitor, weighed, measured, costs, executor.in_flight, unit)
-        at_size = _at_run_size(executor, weighed, config, monitor, measured, plan.batch_weight)
-        if at_size is not None:  # the forecast again, with a batch of the run's own size among the points
-            measured.append(at_size)
-            plan = _forecast(config, monitor, weighed, measured, costs, executor.in_flight, unit)
+        plan, measured, notes = _measure(executor, weighed, config, monitor, items, output_dir, t_exec)
         if release is not None:
             release(executor)
             kept = True
@@ -342,6 +328,35 @@ def make_plan(
     if b.use_history:
         _record(history or HistoryStore(), config, plan, measured)
     return plan
+
+
+def _measure(
+    executor: Executor,
+    weighed: Weighed,
+    config: RunConfig,
+    monitor: MemoryMonitor,
+    items: Any,
+    output_dir: Path | None,
+    t_exec: float,
+) -> tuple[Plan, list[Measured], list[str]]:
+    """The sample batches, the costs around them and the forecast (again with a batch of the run's own
+    size among the points, where one was run): ``(plan, measured, notes)``."""
+    started = time.perf_counter()
+    measured, notes = _sample(executor, weighed, config, monitor)
+    # executor start: building it, what the warm-up batch waited for beyond its own run, and the
+    # one-time costs inside its first run (its second run's seconds less)
+    first, second = measured[0], measured[1]
+    startup_s = started - t_exec + max(0.0, first.wall_s - first.run_s) + max(0.0, first.run_s - second.run_s)
+    cold = cold_cache_bytes(weighed.file_bytes)  # while the workers live
+    unit = run_unit(config.batching, items, bool(np.all(weighed.weights == 1)))
+    commit = commit_seconds(output_dir, config.output.fsync, monitor, max(m.output_bytes for m in measured))
+    costs = (startup_s, commit, cold)
+    plan = _forecast(config, monitor, weighed, measured, costs, executor.in_flight, unit)
+    at_size = _at_run_size(executor, weighed, config, monitor, measured, plan.batch_weight)
+    if at_size is not None:
+        measured.append(at_size)
+        plan = _forecast(config, monitor, weighed, measured, costs, executor.in_flight, unit)
+    return plan, measured, notes
 
 
 def _forecast(
