@@ -2,10 +2,10 @@
 
 :class:`zipfile.ZipExtFile` inflates with zlib. ISA-L's inflate (Intel's Intelligent Storage
 Acceleration Library, through ``isal.isal_zlib``: https://python-isal.readthedocs.io) reads the same
-raw deflate streams about twice as fast (measured in ``docs/plan.md``). A deflated, unencrypted member is
-read straight from its data (the local file header's layout: PKWARE's APPNOTE.TXT, section 4.3.7) and
-its CRC-32 checked at the end, as zipfile does; any other member (stored, bzip2, lzma, encrypted) is
-left to zipfile.
+raw deflate streams about twice as fast (measured in ``docs/plan.md``). A deflated, unencrypted
+member is read straight from its data (the local file header's layout: PKWARE's APPNOTE.TXT, section
+4.3.7) and its CRC-32 checked at the end, as zipfile does; any other member (stored, bzip2, lzma,
+encrypted) is left to zipfile.
 """
 
 from __future__ import annotations

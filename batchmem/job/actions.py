@@ -259,8 +259,8 @@ def run_job(
     output_format=..., errors_output=..., overwrite=..., resume=decision)``; the decision carries
     :meth:`Job.fingerprint_fields`, so resuming a changed job is refused unless ``resume="force"``.
     ``processor``: one built by :meth:`JobActions.build_processor` already (``run --plan`` keeps the
-    plan's workers in it). Errors the user can cause raise :class:`~batchmem.errors.BatchmemError` subclasses; an item
-    failing under ``on_error: raise`` raises :class:`~batchmem.errors.ItemFailedError`.
+    plan's workers in it). Errors the user can cause raise :class:`~batchmem.errors.BatchmemError`
+    subclasses; an item failing under ``on_error: raise`` raises :class:`~batchmem.errors.ItemFailedError`.
     """
     decision = resume if isinstance(resume, ResumeDecision) else job.resume_decision(resume)
     job.check_extras()  # a missing package fails now, not after the work
