@@ -166,8 +166,7 @@ def _reusable_free_heap(batched: bool, units: float) -> int:
     of page faults in a 2 s run; with 2 workers 1.88 s against 1.54 s). Scaled, since a light batch
     after a heavy one reuses no more of its pages than it needs: counted in full, they would read as the
     light batch's peak, which would keep them counted for the next one, and a run under a tight limit
-    would go on in one-item batches (benchmarks/bench_plan.py, log-normal items at 1.15x the minimum
-    limit: 6,300 batches for 8,000 items, ~1,000 scaled). More free heap than that (or any before the
+    would go on in one-item batches (docs/plan.md, Accuracy). More free heap than that (or any before the
     first batch) is not recent batches' leftovers but earlier work's, pinned by live objects; counted,
     it would make every peak read that large and shrink batches to single items (300 MiB of pinned
     100 KiB blocks under a limit of RSS + 100 MiB: 199,000 one-item batches).

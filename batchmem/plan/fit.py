@@ -196,8 +196,8 @@ def batch_seconds(model: CostModel, w: float) -> float:
 
     Within the sampled weights: through the measured points, made non-decreasing (a heavier batch
     never takes less), since a function's cost need not be straight in the batch's weight (a batch whose
-    arrays fit in the heap the one before left behind skips the page faults of fresh memory: the same
-    log-normal items ran 1.4-5x faster in 10 MiB batches than in 50 MiB ones: docs/plan.md, Accuracy).
+    arrays fit in the heap the one before left behind skips the page faults of fresh memory; measured
+    in docs/plan.md, Accuracy).
     Beyond them: the fitted line's slope from the heaviest point; no points: the line.
     """
     line = model.wall or model.seconds

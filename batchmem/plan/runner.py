@@ -39,8 +39,7 @@ __all__ = ["Measured", "make_plan"]
 logger = logging.getLogger("batchmem")
 
 #: A sample batch holds at most this share of the items (1/125): the sample batches stay a few percent
-#: of the run (the flights example's plan: about a tenth of a 1.4 s run, docs/plan.md), and the fitted
-#: lines carry the forecast to the run's batch sizes.
+#: of the run (docs/plan.md, Accuracy), and the fitted lines carry the forecast to the run's batch sizes.
 SAMPLE_SHARE = 125
 #: Items a sample batch may hold whatever the share: lines fitted to batches of a few items are noise.
 MIN_SAMPLE_ITEMS = 16
